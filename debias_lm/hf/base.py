@@ -1,0 +1,133 @@
+"""Base class of the HF implementations of methods, and prompt encoding helpers."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from ..config import MethodConfig
+from ..errors import UserInputError
+
+log = logging.getLogger(__name__)
+
+Messages = list[dict[str, Any]]
+PROMPT_KWARGS = ("prompt", "prompts", "messages")
+
+
+def get_tokenizer(tokenizer_or_processor):
+    """The text tokenizer of a tokenizer or a multimodal processor."""
+    return getattr(tokenizer_or_processor, "tokenizer", tokenizer_or_processor)
+
+
+def has_chat_template(tokenizer_or_processor) -> bool:
+    tp = tokenizer_or_processor
+    return bool(getattr(tp, "chat_template", None) or getattr(get_tokenizer(tp), "chat_template", None))
+
+
+class HFMethod:
+    """An HF implementation of a method: ``HFMethod(model, tokenizer_or_processor, config)``.
+
+    Subclasses override :meth:`generate` (full control) or the text hooks :meth:`transform_prompt` /
+    :meth:`transform_messages` / :meth:`transform_input_ids` (prompt-transform methods such as NBLS).
+    """
+
+    def __init__(self, model, tokenizer_or_processor, config: MethodConfig) -> None:
+        self.model = model
+        self.processor = tokenizer_or_processor
+        self.tokenizer = get_tokenizer(tokenizer_or_processor)
+        self.config = config
+
+    # -- text hooks ---------------------------------------------------------------------------------
+    def transform_prompt(self, prompt: str) -> str:
+        return prompt
+
+    def transform_messages(self, messages: Messages) -> Messages:
+        return messages
+
+    def transform_input_ids(self, input_ids, attention_mask):
+        return input_ids, attention_mask
+
+    # -- encoding -----------------------------------------------------------------------------------
+    def encode(self, *, prompt=None, prompts=None, messages=None, chat: bool | None = None):
+        """Tokenise text prompts (``prompt``/``prompts``: str or list of str; ``messages``: one chat or a
+        list of chats) after applying the method's text transform. Left padding, ``return_tensors="pt"``.
+
+        Plain prompts go through the chat template when ``chat`` is true (default: no).
+        """
+        given = [n for n, v in (("prompt", prompt), ("prompts", prompts), ("messages", messages)) if v is not None]
+        if len(given) != 1:
+            raise UserInputError(f"pass exactly one of prompt=, prompts=, messages= (got {given or 'none'})")
+        tok = self.tokenizer
+        if messages is not None:
+            chats = [messages] if messages and isinstance(messages[0], dict) else list(messages)
+            if not chats or any(not c for c in chats):
+                raise UserInputError("messages= is empty; pass a list of {'role', 'content'} dicts")
+            if not has_chat_template(self.processor):
+                raise UserInputError("messages= needs a tokenizer with a chat template; pass prompt= instead")
+            texts = [
+                tok.apply_chat_template(self.transform_messages(c), add_generation_prompt=True, tokenize=False)
+                for c in chats
+            ]
+            add_special = False
+        else:
+            items = prompt if prompt is not None else prompts
+            texts_in = [items] if isinstance(items, str) else list(items)
+            for i, t in enumerate(texts_in):
+                if not isinstance(t, str) or not t.strip():
+                    raise UserInputError(f"prompt {i} is empty; pass non-empty text")
+            if chat:
+                if not has_chat_template(self.processor):
+                    raise UserInputError("chat=True needs a tokenizer with a chat template")
+                texts = [
+                    tok.apply_chat_template(
+                        self.transform_messages([{"role": "user", "content": t}]),
+                        add_generation_prompt=True,
+                        tokenize=False,
+                    )
+                    for t in texts_in
+                ]
+                add_special = False
+            else:
+                texts = [self.transform_prompt(t) for t in texts_in]
+                add_special = True
+        if tok.pad_token is None:
+            tok.pad_token = tok.eos_token
+        old_side = tok.padding_side
+        tok.padding_side = "left"
+        try:
+            enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=add_special)
+        finally:
+            tok.padding_side = old_side
+        device = getattr(self.model, "device", None)
+        return {k: v.to(device) for k, v in enc.items()} if device is not None else dict(enc)
+
+    # -- generation ---------------------------------------------------------------------------------
+    def generate(self, *args, chat: bool | None = None, **kwargs):
+        """Like HF ``generate``; also accepts ``prompt=`` / ``prompts=`` / ``messages=`` text input."""
+        text_args = {k: kwargs.pop(k) for k in PROMPT_KWARGS if k in kwargs}
+        if text_args:
+            if args:
+                raise UserInputError("pass either input_ids or prompt=/prompts=/messages=, not both")
+            kwargs.update(self.encode(chat=chat, **text_args))
+        elif args or "input_ids" in kwargs:
+            input_ids = args[0] if args else kwargs.pop("input_ids")
+            args = ()
+            attention_mask = kwargs.pop("attention_mask", None)
+            input_ids, attention_mask = self.transform_input_ids(input_ids, attention_mask)
+            kwargs["input_ids"] = input_ids
+            if attention_mask is not None:
+                kwargs["attention_mask"] = attention_mask
+        return self._generate(*args, **kwargs)
+
+    def _generate(self, *args, **kwargs):
+        return self.model.generate(*args, **kwargs)
+
+
+def new_tokens(sequences, prompt_length: int, tokenizer, skip_special_tokens: bool = True) -> list[str]:
+    """Decode the part of each generated row after the (left-padded) prompt."""
+    return [tokenizer.decode(row[prompt_length:], skip_special_tokens=skip_special_tokens) for row in sequences]
+
+
+def as_list(x: Any) -> Sequence[Any]:
+    return x if isinstance(x, (list, tuple)) else [x]

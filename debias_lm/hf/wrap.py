@@ -1,0 +1,99 @@
+"""``debias_lm.wrap``: apply a method to any HF model through its own ``generate``."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from ..config import MethodConfig
+from ..errors import UserInputError
+from ..registry import config_from_dict, default_config, get_method
+from .base import HFMethod, get_tokenizer, new_tokens
+
+
+class DebiasedModel:
+    """A model with a debiasing method applied (see :func:`wrap`).
+
+    ``generate`` takes everything HF ``generate`` takes (plus ``prompt=`` / ``prompts=`` / ``messages=``
+    text input, tokenised with left padding after the method's prompt transform) and returns what HF
+    ``generate`` returns. ``.model``, ``.tokenizer``, ``.processor`` and ``.config`` stay reachable.
+    """
+
+    def __init__(self, model, tokenizer_or_processor, config: MethodConfig, impl: HFMethod) -> None:
+        self.model = model
+        self.processor = tokenizer_or_processor
+        self.tokenizer = get_tokenizer(tokenizer_or_processor)
+        self.config = config
+        self.impl = impl
+
+    @property
+    def method(self) -> str:
+        return self.config.method
+
+    def generate(self, *args, **kwargs):
+        return self.impl.generate(*args, **kwargs)
+
+    def generate_text(self, prompts: str | list, *, chat: bool | None = None, **gen_kwargs) -> list[str]:
+        """Generate from text and return only the new text of each prompt.
+
+        ``prompts``: a string, a list of strings, or chat messages (a list of dicts, or a list of such
+        lists). ``chat=None`` uses the chat template for plain strings when the tokenizer has one.
+        """
+        from .base import has_chat_template
+
+        is_chat = isinstance(prompts, list) and prompts and (
+            isinstance(prompts[0], dict) or (isinstance(prompts[0], list) and prompts[0] and isinstance(prompts[0][0], dict))
+        )
+        if is_chat:
+            enc = self.impl.encode(messages=prompts)
+        else:
+            use_chat = has_chat_template(self.processor) if chat is None else chat
+            enc = self.impl.encode(prompts=[prompts] if isinstance(prompts, str) else prompts, chat=use_chat)
+        out = self.impl._generate(**enc, **gen_kwargs)
+        seqs = out.sequences if hasattr(out, "sequences") else out
+        return new_tokens(seqs, enc["input_ids"].shape[1], self.tokenizer)
+
+    def __call__(self, *args, **kwargs):
+        return self.model(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"DebiasedModel(method={self.method!r}, model={type(self.model).__name__}, config={self.config!r})"
+
+
+def resolve_config(config: MethodConfig | str | Mapping[str, Any] | None) -> MethodConfig:
+    if config is None:
+        return default_config("identity")
+    if isinstance(config, MethodConfig):
+        config.validate()
+        return config
+    if isinstance(config, str):
+        return default_config(config)
+    if isinstance(config, Mapping):
+        return config_from_dict(config)
+    raise UserInputError(
+        f"config must be a debias_lm config (e.g. dl.NBLSConfig()), a method name or a dict, got {type(config).__name__}"
+    )
+
+
+def wrap(model, tokenizer_or_processor, config: MethodConfig | str | Mapping[str, Any] | None = None) -> DebiasedModel:
+    """Apply a debiasing method to ``model``.
+
+    Args:
+        model: any HF ``PreTrainedModel`` with ``generate`` (also ``peft`` models and bitsandbytes-quantised
+            models).
+        tokenizer_or_processor: its tokenizer, or its multimodal processor.
+        config: a method config (``dl.NBLSConfig(k=32)``), a registered method name (``"nbls"``: defaults)
+            or a flat dict (``{"method": "nbls", "k": 16}``). ``None`` is the identity method.
+
+    Returns:
+        :class:`DebiasedModel` whose ``generate`` applies the method.
+    """
+    if not hasattr(model, "generate"):
+        raise UserInputError(f"wrap() needs a model with .generate(); got {type(model).__name__}")
+    if tokenizer_or_processor is None:
+        raise UserInputError("wrap() needs the model's tokenizer or processor as its second argument")
+    cfg = resolve_config(config)
+    spec = get_method(cfg.method)
+    impl_cls = spec.load_hf_impl()
+    impl = impl_cls(model, tokenizer_or_processor, cfg)
+    return DebiasedModel(model, tokenizer_or_processor, cfg, impl)

@@ -1,0 +1,102 @@
+"""The ``nbls`` method: ground prompts in U.S. BLS occupation statistics (a prompt transform)."""
+
+from __future__ import annotations
+
+import dataclasses
+from functools import cached_property
+from typing import ClassVar
+
+from ..config import MethodConfig
+from ..hf.base import HFMethod
+from ..nbls.grounding import NBLSGrounding
+from ..nbls.table import ATTRIBUTES
+
+
+@dataclasses.dataclass(frozen=True)
+class NBLSConfig(MethodConfig):
+    """Config of NBLS grounding (see :class:`debias_lm.NBLSGrounding` for the meaning of each field).
+
+    ``template`` / ``header``: ``""`` keeps the defaults. ``bls_table``: path of an official Table 11
+    export to ground on instead of the shipped 2022 table.
+    """
+
+    method: ClassVar[str] = "nbls"
+    k: int = 32
+    attributes: tuple[str, ...] = ATTRIBUTES
+    exclude: tuple[str, ...] = ()
+    seed: int = 0
+    template: str = ""
+    header: str = ""
+    bls_table: str = ""
+
+    def validate(self) -> None:
+        self._check_number("k", lo=1, integer=True)
+        self._check_number("seed", lo=0, integer=True)
+        if not isinstance(self.attributes, tuple) or not self.attributes:
+            raise ValueError(
+                f"NBLSConfig.attributes={self.attributes!r} is invalid: expected a non-empty tuple of "
+                + ", ".join(ATTRIBUTES)
+            )
+        bad = [a for a in self.attributes if a not in ATTRIBUTES]
+        if bad:
+            raise ValueError(f"NBLSConfig.attributes has {bad!r}; allowed values: {', '.join(ATTRIBUTES)}")
+        if not isinstance(self.exclude, tuple) or not all(isinstance(x, str) for x in self.exclude):
+            raise ValueError(f"NBLSConfig.exclude={self.exclude!r} is invalid: expected a tuple of occupation names")
+
+    def grounding(self) -> NBLSGrounding:
+        """Build the :class:`NBLSGrounding` this config describes (validates exclusions and k)."""
+        from ..nbls.table import load_bls_table
+
+        return NBLSGrounding(
+            k=self.k,
+            attributes=self.attributes,
+            exclude=self.exclude,
+            seed=self.seed,
+            template=self.template or None,
+            header=self.header or None,
+            table=load_bls_table(self.bls_table) if self.bls_table else None,
+        )
+
+
+class NBLSHF(HFMethod):
+    """Applies the grounding to text prompts, chat messages (system message) or token ids (prefix)."""
+
+    def __init__(self, model, tokenizer_or_processor, config: NBLSConfig) -> None:
+        super().__init__(model, tokenizer_or_processor, config)
+        self.grounding = config.grounding()  # errors (k too large, unknown exclusion) before any work
+
+    def transform_prompt(self, prompt: str) -> str:
+        return self.grounding.apply(prompt)
+
+    def transform_messages(self, messages):
+        return self.grounding.apply(messages)
+
+    @cached_property
+    def _prefix_ids(self) -> list[int]:
+        return self.tokenizer(self.grounding.text + "\n\n", add_special_tokens=False)["input_ids"]
+
+    def transform_input_ids(self, input_ids, attention_mask):
+        """Insert the grounding tokens at the start of every row (after BOS), re-padding on the left.
+
+        For chat models prefer ``messages=``, which puts the grounding into the system message.
+        """
+        import torch
+
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        bos = self.tokenizer.bos_token_id
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+        rows = []
+        for ids, mask in zip(input_ids.tolist(), attention_mask.tolist()):
+            real = [t for t, m in zip(ids, mask) if m]
+            if real and bos is not None and real[0] == bos:
+                rows.append([bos, *self._prefix_ids, *real[1:]])
+            else:
+                rows.append([*self._prefix_ids, *real])
+        width = max(len(r) for r in rows)
+        new_ids = torch.full((len(rows), width), pad, dtype=input_ids.dtype, device=input_ids.device)
+        new_mask = torch.zeros((len(rows), width), dtype=attention_mask.dtype, device=input_ids.device)
+        for i, r in enumerate(rows):
+            new_ids[i, width - len(r) :] = torch.tensor(r, dtype=input_ids.dtype)
+            new_mask[i, width - len(r) :] = 1
+        return new_ids, new_mask
