@@ -30,7 +30,11 @@ class HFMethod:
 
     Subclasses override :meth:`generate` (full control) or the text hooks :meth:`transform_prompt` /
     :meth:`transform_messages` / :meth:`transform_input_ids` (prompt-transform methods such as NBLS).
+    ``is_prompt_transform`` is true for methods that only change the prompt (the decoding itself is the
+    model's own), which lets evaluations score them with plain forward passes.
     """
+
+    is_prompt_transform: bool = False
 
     def __init__(self, model, tokenizer_or_processor, config: MethodConfig) -> None:
         self.model = model

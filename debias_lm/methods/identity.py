@@ -9,6 +9,8 @@ from ..hf.base import HFMethod
 class IdentityHF(HFMethod):
     """``generate`` forwards to the model's own ``generate`` untouched (bit-identical output)."""
 
+    is_prompt_transform = True
+
     def generate(self, *args, chat: bool | None = None, **kwargs):
         if any(k in kwargs for k in ("prompt", "prompts", "messages")):
             return super().generate(*args, chat=chat, **kwargs)

@@ -61,6 +61,8 @@ class NBLSConfig(MethodConfig):
 class NBLSHF(HFMethod):
     """Applies the grounding to text prompts, chat messages (system message) or token ids (prefix)."""
 
+    is_prompt_transform = True
+
     def __init__(self, model, tokenizer_or_processor, config: NBLSConfig) -> None:
         super().__init__(model, tokenizer_or_processor, config)
         self.grounding = config.grounding()  # errors (k too large, unknown exclusion) before any work

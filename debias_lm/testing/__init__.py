@@ -6,5 +6,22 @@ are random-initialised from small configs. Builders return live objects and can 
 """
 
 from .text import build_tiny_gpt2, build_tiny_llama, build_tiny_tokenizer, save_tiny
+from .vlm import (
+    build_tiny_idefics3,
+    build_tiny_llava,
+    build_tiny_qwen2_vl,
+    register_qwen2_vl_image_only_processor,
+    tiny_image,
+)
 
-__all__ = ["build_tiny_gpt2", "build_tiny_llama", "build_tiny_tokenizer", "save_tiny"]
+__all__ = [
+    "build_tiny_gpt2",
+    "build_tiny_idefics3",
+    "build_tiny_llama",
+    "build_tiny_llava",
+    "build_tiny_qwen2_vl",
+    "build_tiny_tokenizer",
+    "register_qwen2_vl_image_only_processor",
+    "save_tiny",
+    "tiny_image",
+]

@@ -10,6 +10,8 @@ Text towers are Llama-like: hidden 64, 2 layers, 2 heads, head_dim 32.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from .text import _set_generation_defaults, build_tiny_tokenizer
 
 TEXT_HIDDEN = 64
@@ -75,7 +77,7 @@ def tiny_image(size: int | tuple[int, int] = 32, seed: int = 0):
 
     width, height = (size, size) if isinstance(size, int) else size
     pixels = np.random.RandomState(seed).randint(0, 256, size=(height, width, 3), dtype=np.uint8)
-    return Image.fromarray(pixels, mode="RGB")
+    return Image.fromarray(pixels)  # uint8 (H, W, 3) -> RGB
 
 
 def build_tiny_llava(seed: int = 0):
@@ -135,18 +137,46 @@ def build_tiny_llava(seed: int = 0):
 QWEN2_VL_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>")
 
 
-def build_tiny_qwen2_vl(seed: int = 0):
-    """A random ``Qwen2VLForConditionalGeneration`` and ``Qwen2VLProcessor`` (no video processor).
+@lru_cache(maxsize=1)
+def register_qwen2_vl_image_only_processor():
+    """Define ``Qwen2VLImageOnlyProcessor`` (a ``Qwen2VLProcessor`` without its video processor), register it
+    with ``AutoProcessor`` and return it. Idempotent; :func:`build_tiny_qwen2_vl` calls it.
 
-    Patch 14, merge 2: any image up to about 60x60 is resized to 56x56 (min_pixels = max_pixels = 56*56), i.e.
-    a 4x4 patch grid and 4 ``<|image_pad|>`` tokens. The chat template renders an image part as
+    Call it before ``AutoProcessor.from_pretrained`` on a saved tiny Qwen2-VL directory in a process that has
+    not built one: the saved ``processor_config.json`` names this class. Why it exists: the stock class can
+    neither be built nor loaded without torchvision, since its ``video_processor`` slot is type-checked against
+    ``VideoProcessorMixin`` (exported by transformers only when torchvision is installed) and ``from_pretrained``
+    requires a video processor config. Dropping the slot from ``__init__``'s signature removes it from the
+    processor's attributes; images and text are handled exactly as by ``Qwen2VLProcessor``.
+    """
+    from transformers import AutoProcessor, Qwen2VLProcessor
+
+    class Qwen2VLImageOnlyProcessor(Qwen2VLProcessor):
+        """A ``Qwen2VLProcessor`` with an image processor and a tokenizer only (no videos)."""
+
+        def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
+            super().__init__(
+                image_processor=image_processor, tokenizer=tokenizer, chat_template=chat_template, **kwargs
+            )
+
+    # A string key never equals a config type, so this changes no model's processor; it only lets
+    # AutoProcessor resolve the class name stored in processor_config.json.
+    AutoProcessor.register("debias_lm:Qwen2VLImageOnlyProcessor", Qwen2VLImageOnlyProcessor, exist_ok=True)
+    return Qwen2VLImageOnlyProcessor
+
+
+def build_tiny_qwen2_vl(seed: int = 0):
+    """A random ``Qwen2VLForConditionalGeneration`` and a ``Qwen2VLProcessor`` subclass without videos (see
+    :func:`register_qwen2_vl_image_only_processor`).
+
+    Patch 14, merge 2, min_pixels = max_pixels = 56*56: every square image becomes 56x56, a 4x4 patch grid
+    merged into 4 ``<|image_pad|>`` tokens. The chat template renders an image part as
     ``<|vision_start|><|image_pad|><|vision_end|>``.
     """
     from transformers import (
         Qwen2VLConfig,
         Qwen2VLForConditionalGeneration,
         Qwen2VLImageProcessorPil,
-        Qwen2VLProcessor,
     )
 
     patch_size, merge_size, temporal_patch_size = 14, 2, 2
@@ -185,7 +215,8 @@ def build_tiny_qwen2_vl(seed: int = 0):
         merge_size=merge_size,
         temporal_patch_size=temporal_patch_size,
     )
-    processor = Qwen2VLProcessor(image_processor=image_processor, tokenizer=tok, chat_template=template)
+    processor_cls = register_qwen2_vl_image_only_processor()
+    processor = processor_cls(image_processor=image_processor, tokenizer=tok, chat_template=template)
     return model, processor
 
 

@@ -1,0 +1,243 @@
+"""The ``debias-lm`` command line.
+
+Subcommands: ``generate``, ``eval occupational``, ``methods``, ``env``. Bad user input prints one line
+(``debias-lm: error: ...``) and exits with code 2; it never prints a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from ..errors import DebiasLMError, UserInputError
+
+EXIT_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, exit 2 (argparse prints usage + message by default)
+        raise UserInputError(f"{message} (see '{self.prog} --help')")
+
+
+def _parse_value(raw: str) -> Any:
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        return raw
+
+
+def build_config(method: str, sets: Sequence[str] = (), config_json: str | None = None):
+    """A method config from its name plus ``--config JSON`` and ``--set field=value`` overrides."""
+    from ..registry import get_method
+
+    spec = get_method(method)
+    data: dict[str, Any] = {}
+    if config_json:
+        if os.path.isfile(config_json):
+            with open(config_json, encoding="utf-8") as fh:
+                config_json = fh.read()
+        try:
+            loaded = json.loads(config_json)
+        except json.JSONDecodeError as e:
+            raise UserInputError(f"--config is neither a JSON file nor JSON text: {e}") from None
+        if not isinstance(loaded, dict):
+            raise UserInputError("--config must be a JSON object")
+        data.update(loaded)
+    for item in sets:
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise UserInputError(f"--set {item!r} is invalid: expected FIELD=VALUE, e.g. --set k=16")
+        data[key.strip()] = _parse_value(value)
+    data.setdefault("method", spec.name)
+    try:
+        return spec.config_cls.from_dict(data)
+    except TypeError as e:
+        raise UserInputError(f"invalid config for {spec.name!r}: {e}") from None
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="default",
+                   help="HF model id or local path (default: the embedded SmolLM2-135M-Instruct)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="model dtype")
+    chat = p.add_mutually_exclusive_group()
+    chat.add_argument("--chat", dest="chat", action="store_true", default=None,
+                      help="use the tokenizer's chat template (default: when it has one)")
+    chat.add_argument("--no-chat", dest="chat", action="store_false", help="prompt with raw text")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="debias-lm", description="Inference-time debiasing for LLMs and VLMs.")
+    p.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    g = sub.add_parser("generate", help="generate with a method, side by side with plain decoding")
+    g.add_argument("--method", required=True, help="registered method name (see 'debias-lm methods')")
+    _add_model_args(g)
+    g.add_argument("--prompt", action="append", required=True, help="prompt text (repeat for a batch)")
+    g.add_argument("--max-new-tokens", type=int, default=64)
+    g.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
+    g.add_argument("--temperature", type=float, default=1.0)
+    g.add_argument("--top-p", type=float, default=1.0)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override a config field")
+    g.add_argument("--config", help="method config as a JSON object or a JSON file")
+    g.add_argument("--no-baseline", action="store_true", help="only the debiased output")
+    g.add_argument("--json", metavar="OUT", help="also write the outputs to this JSON file")
+
+    e = sub.add_parser("eval", help="evaluation suites")
+    esub = e.add_subparsers(dest="suite", metavar="SUITE", parser_class=_Parser)
+    esub.required = True
+    o = esub.add_parser("occupational", help="occupational gender bias vs U.S. BLS shares")
+    _add_model_args(o)
+    o.add_argument("--method", default="none", help="comma-separated: none, nbls (default none)")
+    o.add_argument("--probe", default="likelihood", help="comma-separated: likelihood, generation")
+    o.add_argument("--occupations", metavar="FILE", help="one BLS occupation name per line")
+    o.add_argument("--occupation", action="append", default=[], metavar="NAME", help="an occupation (repeatable)")
+    o.add_argument("--k", type=int, default=32, help="NBLS grounding instances (default 32)")
+    o.add_argument("--grounding-seed", type=int, default=0, help="NBLS instance-selection seed")
+    o.add_argument("--n-samples", type=int, default=10, help="generation probe: samples per occupation")
+    o.add_argument("--max-new-tokens", type=int, default=20, help="generation probe: tokens per sample")
+    o.add_argument("--seed", type=int, default=0, help="generation probe sampling seed")
+    o.add_argument("--batch-size", type=int, default=8)
+    o.add_argument("--json", metavar="OUT", help="write the result JSON (one method and one probe)")
+    o.add_argument("--out", metavar="DIR", help="write every result, report.md and a scatter plot here")
+    o.add_argument("--no-progress", action="store_true")
+
+    sub.add_parser("methods", help="list the registered methods")
+    sub.add_parser("env", help="versions, device and which extras work")
+    return p
+
+
+# ------------------------------------------------------------------------------------------------------
+def _load(args):
+    from ..models import load_model
+
+    return load_model(args.model, dtype=args.dtype)
+
+
+def cmd_generate(args) -> int:
+    import torch
+
+    from ..hf.wrap import wrap
+
+    if any(not p.strip() for p in args.prompt):
+        raise UserInputError("--prompt is empty; pass the text to continue")
+    if args.max_new_tokens < 1:
+        raise UserInputError(f"--max-new-tokens={args.max_new_tokens} is invalid: expected >= 1")
+    config = build_config(args.method, args.set, args.config)
+    model, tok = _load(args)
+    debiased = wrap(model, tok, config)  # validates method-specific inputs before any generation
+    plain = wrap(model, tok, "identity")
+    gen_kwargs: dict[str, Any] = {"max_new_tokens": args.max_new_tokens, "do_sample": args.sample}
+    if args.sample:
+        gen_kwargs.update(temperature=args.temperature, top_p=args.top_p)
+    results = {"model": args.model, "config": config.to_dict(), "generation": gen_kwargs, "outputs": []}
+    base_out = None
+    if not args.no_baseline:
+        torch.manual_seed(args.seed)
+        base_out = plain.generate_text(args.prompt, chat=args.chat, **gen_kwargs)
+    torch.manual_seed(args.seed)
+    deb_out = debiased.generate_text(args.prompt, chat=args.chat, **gen_kwargs)
+    for i, prompt in enumerate(args.prompt):
+        row = {"prompt": prompt, "debiased": deb_out[i]}
+        print(f"=== prompt: {prompt}")
+        if base_out is not None:
+            row["plain"] = base_out[i]
+            print(f"--- plain:\n{base_out[i].strip()}")
+        print(f"--- {config.method}:\n{deb_out[i].strip()}\n")
+        results["outputs"].append(row)
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as fh:
+            json.dump(results, fh, indent=2)
+            fh.write("\n")
+    return 0
+
+
+def cmd_eval_occupational(args) -> int:
+    from ..eval.occupational import PROBES, read_occupations_file, resolve_occupations
+    from ..eval.report import run_occupational_suite
+
+    methods = [m.strip() for m in args.method.split(",") if m.strip()]
+    probes = [p.strip() for p in args.probe.split(",") if p.strip()]
+    for m in methods:
+        if m not in ("none", "nbls"):
+            raise UserInputError(f"--method {m!r} is not supported by the occupational suite: use none, nbls")
+    for p in probes:
+        if p not in PROBES:
+            raise UserInputError(f"--probe {p!r} is invalid: expected one of {', '.join(PROBES)}")
+    if not methods or not probes:
+        raise UserInputError("--method and --probe need at least one value")
+    if args.json and (len(methods) > 1 or len(probes) > 1):
+        raise UserInputError("--json takes one method and one probe; use --out DIR for several")
+    if args.k < 1:
+        raise UserInputError(f"--k={args.k} is invalid: expected >= 1")
+    if args.n_samples < 1 or args.max_new_tokens < 1 or args.batch_size < 1:
+        raise UserInputError("--n-samples, --max-new-tokens and --batch-size must be >= 1")
+    names = list(args.occupation)
+    if args.occupations:
+        names = read_occupations_file(args.occupations) + names
+    occs = resolve_occupations(names or None)  # unknown names fail here, before the model loads
+    if "nbls" in methods:  # k too large for what is left after excluding the evaluated set: fail early
+        from ..methods.nbls import NBLSConfig
+
+        NBLSConfig(k=args.k, seed=args.grounding_seed, exclude=tuple(o.name for o in occs)).grounding()
+    model, tok = _load(args)
+    results = run_occupational_suite(
+        model, tok, methods=methods, probes=probes, occupations=[o.name for o in occs], k=args.k,
+        grounding_seed=args.grounding_seed, chat=args.chat, n_samples=args.n_samples,
+        max_new_tokens=args.max_new_tokens, seed=args.seed, batch_size=args.batch_size,
+        model_name=args.model, out_dir=args.out, progress=not args.no_progress,
+    )
+    if args.json:
+        results[0].save(args.json)
+    return 0
+
+
+def cmd_methods(args) -> int:
+    from ..registry import list_methods
+
+    print(f"{'method':<18}{'vllm':<9}description")
+    for spec in list_methods():
+        print(f"{spec.name:<18}{spec.vllm:<9}{spec.description}")
+    return 0
+
+
+def cmd_env(args) -> int:
+    from ..utils.env import environment_report
+
+    for key, value in environment_report().items():
+        print(f"{key:<22}{value}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        args = _parser().parse_args(argv)
+        logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(name)s: %(message)s")
+        if args.command == "generate":
+            return cmd_generate(args)
+        if args.command == "eval":
+            return cmd_eval_occupational(args)
+        if args.command == "methods":
+            return cmd_methods(args)
+        if args.command == "env":
+            return cmd_env(args)
+        raise UserInputError(f"unknown command {args.command!r}")
+    except (DebiasLMError, ValueError) as e:
+        msg = " ".join(str(e).split())
+        print(f"debias-lm: error: {msg}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("debias-lm: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

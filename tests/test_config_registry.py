@@ -1,0 +1,97 @@
+"""Config base class and method registry."""
+
+import dataclasses
+import json
+import subprocess
+import sys
+from typing import ClassVar
+
+import pytest
+
+import debias_lm as dl
+from debias_lm.config import MethodConfig
+from debias_lm.hf.base import HFMethod
+from debias_lm.registry import _REGISTRY, config_from_dict, get_method, list_methods, register_method
+
+
+def test_builtin_methods_registered():
+    names = [s.name for s in list_methods()]
+    assert {"identity", "nbls"} <= set(names)
+    spec = get_method("nbls")
+    assert spec.config_cls is dl.NBLSConfig and spec.vllm == "yes"
+    assert spec.load_hf_impl().__name__ == "NBLSHF"
+
+
+def test_unknown_method_lists_available():
+    with pytest.raises(ValueError, match="unknown method 'nope'.*identity.*nbls"):
+        get_method("nope")
+
+
+def test_configs_are_frozen_and_validated_on_creation():
+    cfg = dl.NBLSConfig()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.k = 3  # type: ignore[misc]
+    with pytest.raises(ValueError, match=r"NBLSConfig\.k=-1 is invalid: expected an integer in \[1, inf\]"):
+        dl.NBLSConfig(k=-1)
+    with pytest.raises(ValueError, match="NBLSConfig.seed"):
+        dl.NBLSConfig(seed=-2)
+    with pytest.raises(ValueError, match="allowed values: women, white, black, asian, hispanic"):
+        dl.NBLSConfig(attributes=("gender",))
+    with pytest.raises(ValueError, match="NBLSConfig.k"):
+        cfg.replace(k=True)
+
+
+def test_flat_dict_roundtrip_through_json():
+    cfg = dl.NBLSConfig(k=7, attributes=("women", "asian"), exclude=("Cooks", "Bakers"), seed=5)
+    d = cfg.to_dict()
+    assert d == {"method": "nbls", "k": 7, "attributes": ["women", "asian"], "exclude": ["Cooks", "Bakers"],
+                 "seed": 5, "template": "", "header": "", "bls_table": ""}
+    assert all(not isinstance(v, dict) for v in d.values())  # flat
+    back = config_from_dict(json.loads(json.dumps(d)))
+    assert back == cfg and isinstance(back.exclude, tuple)
+    assert dl.IdentityConfig.from_dict({"method": "identity"}) == dl.IdentityConfig()
+
+
+def test_from_dict_errors():
+    with pytest.raises(ValueError, match="unknown field"):
+        dl.NBLSConfig.from_dict({"k": 3, "kk": 4})
+    with pytest.raises(ValueError, match="expected 'nbls'"):
+        dl.NBLSConfig.from_dict({"method": "identity"})
+    with pytest.raises(ValueError, match="no 'method' key"):
+        config_from_dict({"k": 3})
+
+
+def test_register_a_new_method_and_wrap_it(tiny_llama):
+    @dataclasses.dataclass(frozen=True)
+    class ShoutConfig(MethodConfig):
+        method: ClassVar[str] = "test-shout"
+        suffix: str = "!"
+
+    class ShoutHF(HFMethod):
+        is_prompt_transform = True
+
+        def transform_prompt(self, prompt):
+            return prompt.upper() + self.config.suffix
+
+    try:
+        register_method(ShoutConfig, ShoutHF, description="test")
+        with pytest.raises(ValueError, match="already registered"):
+            register_method(ShoutConfig, ShoutHF)
+        model, tok = tiny_llama
+        w = dl.wrap(model, tok, {"method": "test-shout", "suffix": "?"})
+        enc = w.impl.encode(prompt="hello")
+        assert tok.decode(enc["input_ids"][0], skip_special_tokens=True) == "HELLO?"
+    finally:
+        _REGISTRY.pop("test-shout", None)
+
+
+def test_import_is_light():
+    code = (
+        "import sys, debias_lm as dl; "
+        "heavy=[m for m in ('torch','transformers','vllm','trl','bitsandbytes') if m in sys.modules]; "
+        "assert not heavy, heavy; dl.NBLSGrounding(k=2).apply('x'); "
+        "assert 'torch' not in sys.modules; print('ok')"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"
