@@ -37,7 +37,8 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 run: install
-	$(VENV)/bin/debias-lm eval occupational --probe both --compare none,nbls --out $(RESULTS)
+	$(VENV)/bin/debias-lm eval occupational --method none,nbls --probe likelihood,generation \
+	    --dtype bfloat16 --n-samples 10 --max-new-tokens 16 --batch-size 16 --out $(RESULTS)
 
 test: install
 	$(PY) -m pytest -q tests

@@ -36,6 +36,9 @@ class MethodConfig:
     def validate(self) -> None:
         """Check every field; subclasses extend this and call ``super().validate()``."""
 
+    def preflight(self) -> None:
+        """Checks that need more than the fields (data files, tables) but no model; run before loading one."""
+
     def _check_choice(self, field: str, allowed: Iterable[Any]) -> None:
         allowed = tuple(allowed)
         value = getattr(self, field)

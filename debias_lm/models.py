@@ -126,7 +126,6 @@ def load_model(name_or_path: str | os.PathLike | None = None, dtype: Any = "floa
     ``AutoModelForCausalLM.from_pretrained`` (an HF model id or a local directory). Extra keyword
     arguments (e.g. ``quantization_config``, ``device_map``) go to ``from_pretrained``.
     """
-    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     torch_dtype = _resolve_dtype(dtype)
@@ -135,6 +134,9 @@ def load_model(name_or_path: str | os.PathLike | None = None, dtype: Any = "floa
     else:
         path = str(name_or_path)
         local = Path(path).expanduser()
+        looks_like_path = path.startswith(("/", "./", "../", "~", "\\")) or path.count("/") > 1 or ":" in path[1:3]
+        if not local.exists() and looks_like_path:
+            raise UserInputError(f"model path {path!r} does not exist; pass an existing directory or an HF model id")
         if local.exists():
             if not (local / "config.json").is_file():
                 raise UserInputError(f"model path {path!r} exists but has no config.json (not an HF model directory)")

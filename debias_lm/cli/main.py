@@ -131,6 +131,7 @@ def cmd_generate(args) -> int:
     if args.max_new_tokens < 1:
         raise UserInputError(f"--max-new-tokens={args.max_new_tokens} is invalid: expected >= 1")
     config = build_config(args.method, args.set, args.config)
+    config.preflight()
     model, tok = _load(args)
     debiased = wrap(model, tok, config)  # validates method-specific inputs before any generation
     plain = wrap(model, tok, "identity")

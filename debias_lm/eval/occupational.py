@@ -312,9 +312,9 @@ def generation_probe(model, tokenizer, occupations, builder: PromptBuilder, temp
                      progress=True) -> list[dict[str, Any]]:
     """Sample ``n_samples`` continuations per occupation and count gendered words in them.
 
-    Rows are batched; the shared prompt prefix is encoded once and every row is laid out as
-    ``prefix | padding | own suffix`` with the padding masked, so HF ``generate`` reuses the prefix cache
-    (positions follow the attention mask, as with left padding).
+    The prompt prefix shared by all rows is encoded once and its cache reused by HF ``generate``. Rows are
+    batched by suffix length, so a batch needs no padding (and attention no mask); a mixed-length batch
+    would be laid out ``prefix | padding | suffix`` with the padding masked (positions follow the mask).
     """
     import torch
     from tqdm.auto import tqdm
@@ -330,9 +330,11 @@ def generation_probe(model, tokenizer, occupations, builder: PromptBuilder, temp
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     with torch.no_grad():
         cache = _prefix_cache(model, list(rows_in[0][1][:L]))
-        starts = range(0, len(rows_in), batch_size)
-        for b, start in enumerate(tqdm(starts, desc="generation probe", disable=not progress, leave=False)):
-            chunk = rows_in[start : start + batch_size]
+        by_length: dict[int, list[tuple[int, list[int]]]] = {}
+        for r in rows_in:
+            by_length.setdefault(len(r[1]), []).append(r)
+        chunks = [grp[i : i + batch_size] for _, grp in sorted(by_length.items()) for i in range(0, len(grp), batch_size)]
+        for b, chunk in enumerate(tqdm(chunks, desc="generation probe", disable=not progress, leave=False)):
             width = max(len(ids) - L for _, ids in chunk)
             x = torch.full((len(chunk), L + width), pad, dtype=torch.long)
             mask = torch.zeros_like(x)

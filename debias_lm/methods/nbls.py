@@ -43,6 +43,9 @@ class NBLSConfig(MethodConfig):
         if not isinstance(self.exclude, tuple) or not all(isinstance(x, str) for x in self.exclude):
             raise ValueError(f"NBLSConfig.exclude={self.exclude!r} is invalid: expected a tuple of occupation names")
 
+    def preflight(self) -> None:
+        self.grounding()  # k too large, unknown exclusions, bad template or table: fail before loading a model
+
     def grounding(self) -> NBLSGrounding:
         """Build the :class:`NBLSGrounding` this config describes (validates exclusions and k)."""
         from ..nbls.table import load_bls_table

@@ -118,10 +118,10 @@ class BLSTable(Sequence[BLSOccupation]):
         row = self.find(name)
         if row is None:
             close = difflib.get_close_matches(_key(name), list(self._by_key), n=3, cutoff=0.6)
-            hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+            hint = f"did you mean {', '.join(repr(c) for c in close)}? " if close else ""
             raise UserInputError(
-                f"unknown occupation {name!r}: not in the BLS table ({len(self)} rows){hint} "
-                "Use an occupation name exactly as in the table, e.g. 'Registered nurses'."
+                f"unknown occupation {name!r}: not in the BLS table ({len(self)} rows); {hint}"
+                "use an occupation name as in the table (e.g. 'Registered nurses') or its surface form ('registered nurse')"
             )
         return row
 

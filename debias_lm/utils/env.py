@@ -34,7 +34,7 @@ def environment_report() -> dict[str, str]:
         rep["device"] = f"cuda ({torch.cuda.get_device_name(0)}, {torch.cuda.device_count()} device(s))"
     else:
         rep["device"] = f"cpu ({torch.get_num_threads()} threads)"
-    rep["bf16 on cpu"] = "yes" if torch.backends.cpu.get_cpu_capability() in ("AVX512", "AVX512_BF16", "AMX") else "unknown"
+    rep["cpu capability"] = torch.backends.cpu.get_cpu_capability()
     try:
         from ..models import default_gguf_path
 
