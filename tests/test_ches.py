@@ -194,3 +194,69 @@ def test_resumable_run_gives_identical_output(tiny_llama, tmp_path, monkeypatch)
     assert json.dumps(resumed, sort_keys=True) == json.dumps(full, sort_keys=True)
     with pytest.raises(ValueError, match="different run"):
         ches.score(model, tok, ds, out_dir=tmp_path / "b", shard_size=4, max_length=20, progress=False)
+
+
+# ------------------------------------------------------------------------------------------------- CLI
+def _write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_cli_filter_outputs_and_dpo_loads_them(tiny_llama_dir, tmp_path):
+    import pyarrow.parquet as pq
+    from datasets import load_from_disk
+
+    from tests.test_cli import run_cli
+
+    rows = STANDARD + [{"prompt": "", "chosen": " a", "rejected": " b"}] + CONVERSATIONAL[:0]
+    data = _write_jsonl(tmp_path / "prefs.jsonl", rows)
+    out = tmp_path / "out"
+    r = run_cli("ches", "filter", "--model", str(tiny_llama_dir), "--dataset", str(data), "--keep-fraction", "0.3",
+                "--out", str(out), "--batch-size", "3", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    scores = pq.read_table(out / "scores.parquet").to_pylist()
+    assert [s["orig_index"] for s in scores] == list(range(len(rows)))  # every input row, in order
+    assert scores[-1]["status"] == "skipped" and scores[-1]["skip_reason"] == "empty_prompt"
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["counts"]["rows"] == len(rows) and manifest["counts"]["skipped"] == 1
+    sel = manifest["selection"]
+    assert sel["n_kept"] == math.ceil(0.3 * 9) and sel["keep_fraction"] == 0.3
+    filtered = load_from_disk(str(out / "filtered"))
+    assert filtered.column_names == ["prompt", "chosen", "rejected"]  # original schema
+    ok = sorted((s["ln_ches"], s["orig_index"]) for s in scores if s["status"] == "ok")
+    kept_idx = sorted(i for _, i in ok[: sel["n_kept"]])
+    assert [dict(x) for x in filtered] == [rows[i] for i in kept_idx]  # original row order
+    assert sel["cut_value"] == pytest.approx(ok[sel["n_kept"] - 1][0])
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import DPOConfig, DPOTrainer
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
+    tok = AutoTokenizer.from_pretrained(tiny_llama_dir)
+    trainer = DPOTrainer(model=model, ref_model=copy.deepcopy(model), train_dataset=filtered, processing_class=tok,
+                         args=DPOConfig(output_dir=str(tmp_path / "dpo"), report_to=[], max_steps=1,
+                                        per_device_train_batch_size=2, use_cpu=True))
+    trainer.train()  # the filtered output trains without changes
+
+
+def test_cli_score_formats_and_errors(tiny_llama_dir, tmp_path):
+    from tests.test_cli import run_cli
+
+    data = _write_jsonl(tmp_path / "conv.jsonl", CONVERSATIONAL[:4])
+    r = run_cli("ches", "filter", "--model", str(tiny_llama_dir), "--dataset", str(data), "--threshold", "0",
+                "--format", "parquet", "--out", str(tmp_path / "o"), "--no-progress")
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "o" / "filtered.parquet").is_file()
+    bad = _write_jsonl(tmp_path / "bad.jsonl", [{"question": "q", "good": "a", "bad": "b"}])
+    for args, msg in [
+        (["--dataset", str(bad)], "no column(s) 'chosen', 'rejected'"),
+        (["--dataset", str(tmp_path / "missing.jsonl")], "does not exist"),
+        (["--dataset", str(data), "--batch-size", "0"], "--batch-size"),
+    ]:
+        r = run_cli("ches", "score", "--model", str(tiny_llama_dir), "--out", str(tmp_path / "x"), *args)
+        assert r.returncode == 2 and msg in r.stderr and "Traceback" not in r.stderr, r.stderr
+    r = run_cli("ches", "filter", "--dataset", str(data), "--out", str(tmp_path / "x"), "--keep-fraction", "2")
+    assert r.returncode == 2 and "fraction in [0, 1]" in r.stderr
+    r = run_cli("ches", "score", "--model", str(tiny_llama_dir), "--dataset", str(bad), "--prompt-col", "question",
+                "--chosen-col", "good", "--rejected-col", "bad", "--out", str(tmp_path / "y"), "--no-progress")
+    assert r.returncode == 0, r.stderr  # column overrides

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from ..errors import UserInputError
@@ -31,7 +30,7 @@ def load_preference_dataset(source: str, config: str | None = None, split: str |
             except Exception as e:
                 raise UserInputError(f"cannot read {source!r}: {str(e).splitlines()[0]}") from None
     else:
-        if os.environ.get("HF_HUB_OFFLINE") == "1" and (source.startswith((".", "/", "~")) or source.count("/") > 1):
+        if source.startswith((".", "/", "~")) or source.count("/") > 1 or Path(source).suffix in (".json", ".jsonl", ".parquet"):
             raise UserInputError(f"dataset path {source!r} does not exist")
         try:
             ds = datasets.load_dataset(source, config, split=split, revision=revision)

@@ -34,18 +34,19 @@ def run_key(dataset_fingerprint: str, model_name: str, dtype: str, params: Mappi
 
 
 def _write_rows_parquet(rows: Sequence[Mapping[str, Any]], path: Path) -> None:
-    import datasets
+    """Atomic write (tmp file + rename), so an interrupted run never leaves a half-written shard."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
 
     tmp = path.with_name(path.name + ".tmp")
-    datasets.Dataset.from_list([{k: r[k] for k in SCORE_FIELDS} for r in rows]).to_parquet(str(tmp))
+    pq.write_table(pa.Table.from_pylist([{k: r[k] for k in SCORE_FIELDS} for r in rows]), tmp)
     os.replace(tmp, path)
 
 
 def _read_rows_parquet(path: Path) -> list[dict[str, Any]]:
-    import datasets
+    import pyarrow.parquet as pq
 
-    ds = datasets.Dataset.from_parquet(str(path), keep_in_memory=True)
-    return [dict(r) for r in ds]
+    return pq.read_table(path).to_pylist()
 
 
 def score_dataset(

@@ -109,6 +109,38 @@ def _parser() -> argparse.ArgumentParser:
     o.add_argument("--out", metavar="DIR", help="write every result, report.md and a scatter plot here")
     o.add_argument("--no-progress", action="store_true")
 
+    c = sub.add_parser("ches", help="score / filter DPO preference data by CHES (likelihood displacement)")
+    csub = c.add_subparsers(dest="ches_command", metavar="ACTION", parser_class=_Parser)
+    csub.required = True
+    for name, helptext in (("score", "score every pair; writes scores.parquet and manifest.json"),
+                           ("filter", "score, then keep the lowest-scoring pairs; writes the filtered dataset too")):
+        cp = csub.add_parser(name, help=helptext)
+        cp.add_argument("--model", default="default", help="HF model id or local path (default: embedded model)")
+        cp.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                        help="model dtype (sums are accumulated in float32 either way)")
+        cp.add_argument("--dataset", required=True, help="hub id, json/jsonl/parquet file or save_to_disk folder")
+        cp.add_argument("--config", help="dataset config name (hub datasets)")
+        cp.add_argument("--split", help="dataset split (default: train)")
+        cp.add_argument("--revision", help="dataset revision (hub datasets)")
+        cp.add_argument("--prompt-col")
+        cp.add_argument("--chosen-col")
+        cp.add_argument("--rejected-col")
+        cp.add_argument("--batch-size", type=int, default=8, help="pairs per forward pass")
+        cp.add_argument("--max-length", type=int, default=1024, help="TRL's max_length (keep_start truncation)")
+        cp.add_argument("--on-prefix-mismatch", default="trl", choices=["trl", "skip"])
+        cp.add_argument("--shard-size", type=int, default=512, help="rows per resumable shard")
+        cp.add_argument("--out", required=True, metavar="DIR")
+        cp.add_argument("--no-progress", action="store_true")
+        if name == "filter":
+            rule = cp.add_mutually_exclusive_group(required=True)
+            rule.add_argument("--keep-fraction", type=float, help="keep this fraction with the lowest score (paper: 0.05)")
+            rule.add_argument("--drop-top-fraction", type=float, help="drop this fraction with the highest score")
+            rule.add_argument("--threshold", type=float, help="keep pairs with score <= this value")
+            cp.add_argument("--score", default="ln_ches", help="ln_ches (default), ches, neg_norm_edit_distance, "
+                                                              "last_hidden_inner, reward_margin")
+            cp.add_argument("--format", default="save_to_disk", choices=["save_to_disk", "parquet", "jsonl"])
+            cp.add_argument("--keep-skipped", action="store_true", help="keep rows that could not be scored")
+
     sub.add_parser("methods", help="list the registered methods")
     sub.add_parser("env", help="versions, device and which extras work")
     return p
@@ -200,6 +232,48 @@ def cmd_eval_occupational(args) -> int:
     return 0
 
 
+def cmd_ches(args) -> int:
+    from .. import ches
+    from ..ches.selection import SCORES
+
+    if args.batch_size < 1 or args.shard_size < 1 or args.max_length < 2:
+        raise UserInputError("--batch-size and --shard-size must be >= 1 and --max-length >= 2")
+    selection_args = {}
+    if args.ches_command == "filter":
+        if args.score not in SCORES:
+            raise UserInputError(f"--score {args.score!r} is invalid: expected one of {', '.join(SCORES)}")
+        for flag in ("keep_fraction", "drop_top_fraction"):
+            v = getattr(args, flag)
+            if v is not None and not 0.0 <= v <= 1.0:
+                raise UserInputError(f"--{flag.replace('_', '-')} {v} is invalid: expected a fraction in [0, 1]")
+        selection_args = {"keep_fraction": args.keep_fraction, "drop_top_fraction": args.drop_top_fraction,
+                          "threshold": args.threshold, "score": args.score, "keep_skipped": args.keep_skipped}
+    ds = ches.load_preference_dataset(args.dataset, args.config, args.split, args.revision)
+    ches.detect_columns(ds.column_names, args.prompt_col, args.chosen_col, args.rejected_col)  # before the model
+    model, tok = _load(args)
+    scores = ches.score_dataset(
+        model, tok, ds, prompt_col=args.prompt_col, chosen_col=args.chosen_col, rejected_col=args.rejected_col,
+        batch_size=args.batch_size, max_length=args.max_length, on_prefix_mismatch=args.on_prefix_mismatch,
+        out_dir=args.out, shard_size=args.shard_size, model_name=args.model, dtype=args.dtype,
+        progress=not args.no_progress,
+    )
+    arguments = {k: v for k, v in vars(args).items() if k not in ("func",)}
+    sel = ches.select(scores, **selection_args) if selection_args else None
+    manifest = ches.build_manifest(arguments=arguments, dataset=ds, model_name=args.model, dtype=args.dtype,
+                                   tokenizer=tok, scores=scores, selection=sel)
+    out = ches.write_scores(args.out, scores, manifest)
+    counts = manifest["counts"]
+    print(f"scored {counts['scored']} of {counts['rows']} pairs ({counts['skipped']} skipped: "
+          f"{ {k: v for k, v in counts['by_status'].items() if k != 'ok'} })")
+    if sel is not None:
+        target = {"save_to_disk": out / "filtered", "parquet": out / "filtered.parquet",
+                  "jsonl": out / "filtered.jsonl"}[args.format]
+        ches.save_dataset(ches.filter_dataset(ds, sel), target, args.format)
+        print(f"kept {sel.n_kept} pairs ({args.score} <= {sel.cut_value:.6g}); filtered dataset: {target}")
+    print(f"scores: {out / 'scores.parquet'}  manifest: {out / 'manifest.json'}")
+    return 0
+
+
 def cmd_methods(args) -> int:
     from ..registry import list_methods
 
@@ -226,6 +300,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_generate(args)
         if args.command == "eval":
             return cmd_eval_occupational(args)
+        if args.command == "ches":
+            return cmd_ches(args)
         if args.command == "methods":
             return cmd_methods(args)
         if args.command == "env":
