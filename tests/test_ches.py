@@ -260,3 +260,79 @@ def test_cli_score_formats_and_errors(tiny_llama_dir, tmp_path):
     r = run_cli("ches", "score", "--model", str(tiny_llama_dir), "--dataset", str(bad), "--prompt-col", "question",
                 "--chosen-col", "good", "--rejected-col", "bad", "--out", str(tmp_path / "y"), "--no-progress")
     assert r.returncode == 0, r.stderr  # column overrides
+
+
+def _ches_env():
+    import os
+
+    return dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+
+
+def _big_prefs(tmp_path, n=120):
+    rows = [dict(r, prompt=f"[{i}] " + r["prompt"]) for i, r in enumerate((STANDARD * (n // len(STANDARD) + 1))[:n])]
+    return _write_jsonl(tmp_path / "big.jsonl", rows), rows
+
+
+def test_cli_killed_run_resumes_to_identical_output(tiny_llama_dir, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    data, _ = _big_prefs(tmp_path)
+    base = [sys.executable, "-m", "debias_lm.cli.main", "ches", "score", "--model", str(tiny_llama_dir),
+            "--dataset", str(data), "--shard-size", "4", "--batch-size", "1", "--no-progress"]
+    ref = subprocess.run(base + ["--out", str(tmp_path / "ref")], env=_ches_env(), capture_output=True, text=True)
+    assert ref.returncode == 0, ref.stderr
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(base + ["--out", str(out)], env=_ches_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list((out / "shards").glob("shard-*.parquet"))) < 3:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done_before = len(list((out / "shards").glob("shard-*.parquet")))
+    assert 3 <= done_before < 30, done_before  # really interrupted mid-way
+    again = subprocess.run(base + ["--out", str(out)], env=_ches_env(), capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr
+    assert (out / "scores.parquet").read_bytes() == (tmp_path / "ref" / "scores.parquet").read_bytes()
+
+
+def test_cli_data_parallel_two_processes_and_streaming(tiny_llama_dir, tmp_path):
+    import shutil
+    import subprocess
+    import sys
+
+    data, _ = _big_prefs(tmp_path, n=40)
+    common = ["ches", "filter", "--model", str(tiny_llama_dir), "--dataset", str(data), "--shard-size", "4",
+              "--keep-fraction", "0.1", "--format", "jsonl", "--no-progress"]
+    single = subprocess.run([sys.executable, "-m", "debias_lm.cli.main", *common, "--out", str(tmp_path / "one")],
+                            env=_ches_env(), capture_output=True, text=True)
+    assert single.returncode == 0, single.stderr
+    accelerate = shutil.which("accelerate", path=str(__import__("pathlib").Path(sys.executable).parent))
+    assert accelerate, "accelerate is a core dependency"
+    dp = subprocess.run([accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                         "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "debias_lm.cli.main", *common,
+                         "--out", str(tmp_path / "two")], env=_ches_env(), capture_output=True, text=True, timeout=600)
+    assert dp.returncode == 0, dp.stderr[-3000:]
+    shards = tmp_path / "two" / "shards"
+    assert (shards / "DONE-0-of-2").exists() and (shards / "DONE-1-of-2").exists()  # both processes took part
+    for name in ("scores.parquet", "filtered.jsonl"):
+        assert (tmp_path / "two" / name).read_bytes() == (tmp_path / "one" / name).read_bytes()
+    streamed = subprocess.run([sys.executable, "-m", "debias_lm.cli.main", *common, "--streaming",
+                               "--out", str(tmp_path / "stream")], env=_ches_env(), capture_output=True, text=True)
+    assert streamed.returncode == 0, streamed.stderr
+    for name in ("scores.parquet", "filtered.jsonl"):
+        assert (tmp_path / "stream" / name).read_bytes() == (tmp_path / "one" / name).read_bytes()
+
+
+def test_implicit_prompt_dataset(tiny_llama):
+    model, tok = tiny_llama
+    implicit = [{"chosen": r["prompt"] + r["chosen"], "rejected": r["prompt"] + r["rejected"]} for r in STANDARD[:3]]
+    got = ches.score(model, tok, implicit, progress=False)
+    assert all(g["status"] == "ok" for g in got)
+    conv = [{"chosen": r["prompt"] + r["chosen"], "rejected": r["prompt"] + r["rejected"]} for r in CONVERSATIONAL[:3]]
+    explicit = ches.score(model, tok, CONVERSATIONAL[:3], progress=False)
+    for a, b in zip(ches.score(model, tok, conv, progress=False), explicit):
+        assert a["ln_ches"] == pytest.approx(b["ln_ches"], rel=1e-6)  # same prompt turns extracted

@@ -10,8 +10,8 @@ The math is in :mod:`debias_lm.core.ches`; tokenisation follows TRL's DPOTrainer
 """
 
 from .formats import SKIP_REASONS, Columns, TokenizedPair, detect_columns, extract_prompt, tokenize_pair
-from .io import load_preference_dataset, save_dataset
-from .run import build_manifest, score_dataset, write_scores
+from .io import load_preference_dataset, save_dataset, save_filtered_stream, source_fingerprint
+from .run import build_manifest, dist_info, score_dataset, write_scores
 from .scoring import base_model_of, score_rows
 from .selection import SCORES, Selection, select
 
@@ -26,5 +26,6 @@ def filter_dataset(dataset, selection: Selection):
 __all__ = [
     "SCORES", "SKIP_REASONS", "Columns", "Selection", "TokenizedPair", "base_model_of", "build_manifest",
     "detect_columns", "extract_prompt", "filter_dataset", "load_preference_dataset", "save_dataset", "score",
-    "score_dataset", "score_rows", "select", "tokenize_pair", "write_scores",
+    "score_dataset", "score_rows", "select", "tokenize_pair", "write_scores", "dist_info", "save_filtered_stream",
+    "source_fingerprint",
 ]

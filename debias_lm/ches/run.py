@@ -6,7 +6,8 @@ import hashlib
 import json
 import math
 import os
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,54 @@ def _read_rows_parquet(path: Path) -> list[dict[str, Any]]:
     return pq.read_table(path).to_pylist()
 
 
+def dist_info() -> tuple[int, int]:
+    """(rank, world size) of a data-parallel launch (``accelerate launch`` / ``torchrun`` set RANK, WORLD_SIZE)."""
+    try:
+        return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        return 0, 1
+
+
+def _chunks(dataset, shard_size: int) -> Iterator[tuple[int, list[dict[str, Any]]]]:
+    """(start index, rows) per shard, for a ``datasets.Dataset`` (sliced), an IterableDataset or a list."""
+    if hasattr(dataset, "__len__") and hasattr(dataset, "column_names") and not _is_iterable_dataset(dataset):
+        n = len(dataset)
+        for start in range(0, n, shard_size):
+            batch = dataset[start : min(start + shard_size, n)]
+            keys = list(batch)
+            yield start, [dict(zip(keys, vals)) for vals in zip(*(batch[k] for k in keys))]
+        return
+    buf: list[dict[str, Any]] = []
+    start = 0
+    for row in dataset:
+        buf.append(dict(row))
+        if len(buf) == shard_size:
+            yield start, buf
+            start += len(buf)
+            buf = []
+    if buf:
+        yield start, buf
+
+
+def _is_iterable_dataset(ds) -> bool:
+    try:
+        import datasets
+
+        return isinstance(ds, datasets.IterableDataset)
+    except ImportError:  # pragma: no cover
+        return False
+
+
+def _column_names(dataset) -> list[str]:
+    names = getattr(dataset, "column_names", None)
+    if names:
+        return list(names)
+    first = next(iter(dataset), None)  # streaming datasets without declared features
+    if first is None:
+        raise UserInputError("the dataset is empty")
+    return list(first)
+
+
 def score_dataset(
     model,
     tokenizer,
@@ -64,13 +113,18 @@ def score_dataset(
     shard_size: int = 512,
     model_name: str = "",
     dtype: str = "",
+    fingerprint: str | None = None,
     progress: bool = True,
+    wait_timeout_s: float = 7 * 24 * 3600,
 ) -> list[dict[str, Any]]:
-    """Score every row of ``dataset`` (a ``datasets.Dataset`` or a list of dicts); one result per row.
+    """Score every row of ``dataset``; one result dict per row, in order (``orig_index`` = row position).
 
-    With ``out_dir`` the work is split into shards of ``shard_size`` rows, each saved under
-    ``out_dir/shards/`` as soon as it is done; rerunning the same call skips finished shards, so an
-    interrupted run resumes and ends with identical scores.
+    ``dataset``: a ``datasets.Dataset``, a streaming ``IterableDataset`` (rows are read shard by shard, never all
+    at once) or a list of dicts. With ``out_dir`` each shard of ``shard_size`` rows is saved under
+    ``out_dir/shards/`` as soon as it is done; rerunning the same call skips finished shards, so an interrupted
+    run resumes and ends with identical scores. Under ``accelerate launch`` (RANK / WORLD_SIZE set) process r
+    scores the shards i with i % world == r, then every process waits for all shards and returns the merged
+    scores (write outputs from rank 0 only).
     """
     from tqdm.auto import tqdm
 
@@ -80,15 +134,19 @@ def score_dataset(
         raise UserInputError(f"shard_size={shard_size} is invalid: expected >= 1")
     if max_length is not None and max_length < 2:
         raise UserInputError(f"max_length={max_length} is invalid: expected >= 2 or None")
-    rows_src = dataset
-    names = list(dataset.column_names) if hasattr(dataset, "column_names") else sorted({k for r in dataset for k in r})
-    columns = detect_columns(names, prompt_col, chosen_col, rejected_col)
-    n = len(rows_src)
+    rank, world = dist_info()
+    if world > 1 and out_dir is None:
+        raise UserInputError("a data-parallel run needs an output folder (--out) to share its shards")
+    columns = detect_columns(_column_names(dataset), prompt_col, chosen_col, rejected_col)
     params = {"max_length": max_length, "on_prefix_mismatch": on_prefix_mismatch,
               "columns": [columns.prompt, columns.chosen, columns.rejected], "shard_size": shard_size}
     shard_dir = None
     if out_dir is not None:
-        fp = getattr(dataset, "_fingerprint", None) or _sha(json.dumps(list(dataset), sort_keys=True, default=str))
+        fp = fingerprint or getattr(dataset, "_fingerprint", None)
+        if fp is None:
+            if _is_iterable_dataset(dataset):
+                raise UserInputError("a streaming dataset needs fingerprint= (e.g. its id, config, split, revision)")
+            fp = _sha(json.dumps(list(dataset), sort_keys=True, default=str))
         key = run_key(fp, model_name, dtype, params, tokenizer)
         shard_dir = Path(out_dir) / "shards"
         shard_dir.mkdir(parents=True, exist_ok=True)
@@ -98,25 +156,42 @@ def score_dataset(
                 f"{shard_dir} holds shards of a different run (other data, model or settings); "
                 "use another --out or delete that folder"
             )
-        key_file.write_text(key + "\n")
+        if rank == 0 or not key_file.exists():
+            key_file.write_text(key + "\n")
+    total = len(dataset) if not _is_iterable_dataset(dataset) and hasattr(dataset, "__len__") else None
     results: list[dict[str, Any]] = []
-    bar = tqdm(total=n, desc="CHES scoring", unit="pair", disable=not progress, dynamic_ncols=True)
+    n_shards = 0
+    bar = tqdm(total=total, desc="CHES scoring" + (f" [rank {rank}/{world}]" if world > 1 else ""), unit="pair",
+               disable=not progress, dynamic_ncols=True)
     try:
-        for start in range(0, n, shard_size):
-            stop = min(start + shard_size, n)
-            path = shard_dir / f"shard-{start:09d}-{stop:09d}.parquet" if shard_dir is not None else None
+        for k, (start, chunk) in enumerate(_chunks(dataset, shard_size)):
+            n_shards = k + 1
+            path = shard_dir / f"shard-{k:06d}.parquet" if shard_dir is not None else None
+            if k % world != rank:
+                continue
             if path is not None and path.exists():
                 rows = _read_rows_parquet(path)
-                bar.update(stop - start)
+                bar.update(len(chunk))
             else:
-                chunk = [dict(rows_src[i]) for i in range(start, stop)]
                 rows = score_rows(model, tokenizer, chunk, columns, start_index=start, batch_size=batch_size,
                                   max_length=max_length, on_prefix_mismatch=on_prefix_mismatch, progress=bar)
                 if path is not None:
                     _write_rows_parquet(rows, path)
-            results.extend(rows)
+            if world == 1:
+                results.extend(rows)
     finally:
         bar.close()
+    if world == 1:
+        return results
+    (shard_dir / f"DONE-{rank}-of-{world}").write_text(f"{n_shards}\n")
+    deadline = time.monotonic() + wait_timeout_s
+    markers = [shard_dir / f"DONE-{r}-of-{world}" for r in range(world)]
+    while not all(m.exists() for m in markers):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out waiting for the other {world - 1} processes' shards in {shard_dir}")
+        time.sleep(0.2)
+    for k in range(n_shards):
+        results.extend(_read_rows_parquet(shard_dir / f"shard-{k:06d}.parquet"))
     return results
 
 

@@ -129,6 +129,7 @@ def _parser() -> argparse.ArgumentParser:
         cp.add_argument("--max-length", type=int, default=1024, help="TRL's max_length (keep_start truncation)")
         cp.add_argument("--on-prefix-mismatch", default="trl", choices=["trl", "skip"])
         cp.add_argument("--shard-size", type=int, default=512, help="rows per resumable shard")
+        cp.add_argument("--streaming", action="store_true", help="read the dataset row by row (larger than memory)")
         cp.add_argument("--out", required=True, metavar="DIR")
         cp.add_argument("--no-progress", action="store_true")
         if name == "filter":
@@ -248,15 +249,22 @@ def cmd_ches(args) -> int:
                 raise UserInputError(f"--{flag.replace('_', '-')} {v} is invalid: expected a fraction in [0, 1]")
         selection_args = {"keep_fraction": args.keep_fraction, "drop_top_fraction": args.drop_top_fraction,
                           "threshold": args.threshold, "score": args.score, "keep_skipped": args.keep_skipped}
-    ds = ches.load_preference_dataset(args.dataset, args.config, args.split, args.revision)
-    ches.detect_columns(ds.column_names, args.prompt_col, args.chosen_col, args.rejected_col)  # before the model
+    ds = ches.load_preference_dataset(args.dataset, args.config, args.split, args.revision, streaming=args.streaming)
+    from ..ches.run import _column_names
+
+    ches.detect_columns(_column_names(ds), args.prompt_col, args.chosen_col, args.rejected_col)  # before the model
     model, tok = _load(args)
+    fingerprint = (ches.source_fingerprint(args.dataset, args.config, args.split, args.revision)
+                   if args.streaming else None)
     scores = ches.score_dataset(
         model, tok, ds, prompt_col=args.prompt_col, chosen_col=args.chosen_col, rejected_col=args.rejected_col,
         batch_size=args.batch_size, max_length=args.max_length, on_prefix_mismatch=args.on_prefix_mismatch,
         out_dir=args.out, shard_size=args.shard_size, model_name=args.model, dtype=args.dtype,
-        progress=not args.no_progress,
+        fingerprint=fingerprint, progress=not args.no_progress,
     )
+    rank, _ = ches.dist_info()
+    if rank != 0:  # data-parallel: process 0 writes the merged outputs
+        return 0
     arguments = {k: v for k, v in vars(args).items() if k not in ("func",)}
     sel = ches.select(scores, **selection_args) if selection_args else None
     manifest = ches.build_manifest(arguments=arguments, dataset=ds, model_name=args.model, dtype=args.dtype,
@@ -268,7 +276,10 @@ def cmd_ches(args) -> int:
     if sel is not None:
         target = {"save_to_disk": out / "filtered", "parquet": out / "filtered.parquet",
                   "jsonl": out / "filtered.jsonl"}[args.format]
-        ches.save_dataset(ches.filter_dataset(ds, sel), target, args.format)
+        if args.streaming:
+            ches.save_filtered_stream(ds, set(sel.keep), target, args.format)
+        else:
+            ches.save_dataset(ches.filter_dataset(ds, sel), target, args.format)
         print(f"kept {sel.n_kept} pairs ({args.score} <= {sel.cut_value:.6g}); filtered dataset: {target}")
     print(f"scores: {out / 'scores.parquet'}  manifest: {out / 'manifest.json'}")
     return 0
