@@ -19,8 +19,10 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 def shared_bls_csv() -> Path:
     """The project's reference copy of BLS CPS 2022 Table 11 (kept outside the package, in ../shared)."""
     path = Path(os.environ.get("DEBIAS_LM_SHARED_DATA", SHARED_DATA)) / "bls_cps_2022_table11.csv"
-    if not path.is_file():
-        pytest.skip(f"reference data {path.name} not found next to the repository (set DEBIAS_LM_SHARED_DATA)")
+    assert path.is_file(), (
+        f"reference data {path.name} not found in ../shared/data next to the repository; "
+        "point DEBIAS_LM_SHARED_DATA at the folder that holds it"
+    )
     return path
 
 

@@ -1,6 +1,7 @@
 """CHES scores vs an independent fp64 implementation of the paper's definition, on TRL's own tokenisation."""
 
 import copy
+import functools
 import json
 import math
 
@@ -336,3 +337,24 @@ def test_implicit_prompt_dataset(tiny_llama):
     explicit = ches.score(model, tok, CONVERSATIONAL[:3], progress=False)
     for a, b in zip(ches.score(model, tok, conv, progress=False), explicit):
         assert a["ln_ches"] == pytest.approx(b["ln_ches"], rel=1e-6)  # same prompt turns extracted
+
+
+def test_edit_distance_and_reward_margin_baselines(tiny_llama):
+
+    model, tok = tiny_llama
+    rows = [dict(r, score_chosen=8.0, score_rejected=5.5) for r in STANDARD[:3]]
+    got = ches.score(model, tok, rows, edit_distance=True, progress=False)
+    for g, r in zip(got, rows):
+        p = ches.tokenize_pair(tok, r, ches.Columns())
+        a, b = tuple(p.chosen_ids), tuple(p.rejected_ids)
+
+        @functools.cache
+        def lev(i, j):  # recursive definition, independent of the iterative implementation
+            if i == 0 or j == 0:
+                return i + j
+            return min(lev(i - 1, j) + 1, lev(i, j - 1) + 1, lev(i - 1, j - 1) + (a[i - 1] != b[j - 1]))
+
+        assert g["neg_norm_edit_distance"] == pytest.approx(-lev(len(a), len(b)) / max(len(a), len(b)))
+        assert g["reward_margin"] == 2.5
+        assert math.isfinite(g["last_hidden_inner"])
+    assert math.isnan(ches.score(model, tok, rows[:1], progress=False)[0]["neg_norm_edit_distance"])  # opt-in

@@ -114,6 +114,7 @@ def score_dataset(
     model_name: str = "",
     dtype: str = "",
     fingerprint: str | None = None,
+    edit_distance: bool = False,
     progress: bool = True,
     wait_timeout_s: float = 7 * 24 * 3600,
 ) -> list[dict[str, Any]]:
@@ -138,7 +139,7 @@ def score_dataset(
     if world > 1 and out_dir is None:
         raise UserInputError("a data-parallel run needs an output folder (--out) to share its shards")
     columns = detect_columns(_column_names(dataset), prompt_col, chosen_col, rejected_col)
-    params = {"max_length": max_length, "on_prefix_mismatch": on_prefix_mismatch,
+    params = {"max_length": max_length, "on_prefix_mismatch": on_prefix_mismatch, "edit_distance": edit_distance,
               "columns": [columns.prompt, columns.chosen, columns.rejected], "shard_size": shard_size}
     shard_dir = None
     if out_dir is not None:
@@ -174,7 +175,8 @@ def score_dataset(
                 bar.update(len(chunk))
             else:
                 rows = score_rows(model, tokenizer, chunk, columns, start_index=start, batch_size=batch_size,
-                                  max_length=max_length, on_prefix_mismatch=on_prefix_mismatch, progress=bar)
+                                  max_length=max_length, on_prefix_mismatch=on_prefix_mismatch,
+                                  edit_distance=edit_distance, progress=bar)
                 if path is not None:
                     _write_rows_parquet(rows, path)
             if world == 1:

@@ -48,13 +48,15 @@ def score_rows(
     batch_size: int = 8,
     max_length: int | None = 1024,
     on_prefix_mismatch: str = "trl",
-    edit_distance: bool = True,
+    edit_distance: bool = False,
     progress=None,
 ) -> list[dict[str, Any]]:
     """Score ``rows`` (one output dict per input row, in order; ``orig_index = start_index + i``).
 
     Pairs are sorted by length into batches of ``batch_size`` (2·batch_size sequences per forward pass),
     right-padded with explicit masks; each row's score does not depend on its batch-mates.
+    ``edit_distance``: also compute the token-level edit-distance baseline (quadratic in the response length,
+    in Python: off by default; ``last_hidden_inner`` and ``reward_margin`` cost nothing and are always filled).
     ``progress``: a tqdm bar to advance by the number of pairs done (or None).
     """
     import torch

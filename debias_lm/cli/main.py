@@ -130,6 +130,8 @@ def _parser() -> argparse.ArgumentParser:
         cp.add_argument("--on-prefix-mismatch", default="trl", choices=["trl", "skip"])
         cp.add_argument("--shard-size", type=int, default=512, help="rows per resumable shard")
         cp.add_argument("--streaming", action="store_true", help="read the dataset row by row (larger than memory)")
+        cp.add_argument("--edit-distance", action="store_true",
+                        help="also compute the normalised token edit-distance baseline (slow for long responses)")
         cp.add_argument("--out", required=True, metavar="DIR")
         cp.add_argument("--no-progress", action="store_true")
         if name == "filter":
@@ -260,7 +262,7 @@ def cmd_ches(args) -> int:
         model, tok, ds, prompt_col=args.prompt_col, chosen_col=args.chosen_col, rejected_col=args.rejected_col,
         batch_size=args.batch_size, max_length=args.max_length, on_prefix_mismatch=args.on_prefix_mismatch,
         out_dir=args.out, shard_size=args.shard_size, model_name=args.model, dtype=args.dtype,
-        fingerprint=fingerprint, progress=not args.no_progress,
+        fingerprint=fingerprint, edit_distance=args.edit_distance, progress=not args.no_progress,
     )
     rank, _ = ches.dist_info()
     if rank != 0:  # data-parallel: process 0 writes the merged outputs
