@@ -339,6 +339,18 @@ def test_implicit_prompt_dataset(tiny_llama):
         assert a["ln_ches"] == pytest.approx(b["ln_ches"], rel=1e-6)  # same prompt turns extracted
 
 
+def _levenshtein(a, b):
+    """The recursive definition, independent of the iterative implementation under test."""
+
+    @functools.cache
+    def lev(i, j):
+        if i == 0 or j == 0:
+            return i + j
+        return min(lev(i - 1, j) + 1, lev(i, j - 1) + 1, lev(i - 1, j - 1) + (a[i - 1] != b[j - 1]))
+
+    return lev(len(a), len(b))
+
+
 def test_edit_distance_and_reward_margin_baselines(tiny_llama):
 
     model, tok = tiny_llama
@@ -348,13 +360,7 @@ def test_edit_distance_and_reward_margin_baselines(tiny_llama):
         p = ches.tokenize_pair(tok, r, ches.Columns())
         a, b = tuple(p.chosen_ids), tuple(p.rejected_ids)
 
-        @functools.cache
-        def lev(i, j):  # recursive definition, independent of the iterative implementation
-            if i == 0 or j == 0:
-                return i + j
-            return min(lev(i - 1, j) + 1, lev(i, j - 1) + 1, lev(i - 1, j - 1) + (a[i - 1] != b[j - 1]))
-
-        assert g["neg_norm_edit_distance"] == pytest.approx(-lev(len(a), len(b)) / max(len(a), len(b)))
+        assert g["neg_norm_edit_distance"] == pytest.approx(-_levenshtein(a, b) / max(len(a), len(b)))
         assert g["reward_margin"] == 2.5
         assert math.isfinite(g["last_hidden_inner"])
     assert math.isnan(ches.score(model, tok, rows[:1], progress=False)[0]["neg_norm_edit_distance"])  # opt-in
