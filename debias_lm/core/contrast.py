@@ -1,0 +1,93 @@
+"""Post-hoc answer calibration and contrastive (debias-sampling) logits, as pure tensor functions.
+
+Calibration (contextual calibration, Zhao et al. 2021, per question as in Zhang et al. 2024 "Debiasing Large
+Visual Language Models"): for label probabilities p (with the image) and p_cf (image-free / content-free),
+
+    q ∝ W p + b,   diagonal: W = diag(p_cf + ε)⁻¹, b = 0      identity: W = I, b = −p_cf
+
+renormalised over the labels. ``batch`` uses the batch-calibration prior (Zhou et al. 2023): the mean label
+distribution over the batch, with the diagonal form.
+
+Contrast (visual debias decoding / VCD / CFG): for conditional and unconditional raw logits l_c, l_u,
+
+    s = (1 + α)·l_c − α·l_u,   s[y] = −inf where p_c(y) < β · max p_c   (adaptive plausibility cutoff)
+
+applied on raw logits before temperature / top-k / top-p.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+CALIBRATION_MODES = ("diagonal", "identity", "batch")
+
+
+def _normalise(p: torch.Tensor, name: str) -> torch.Tensor:
+    p = p.double()
+    if (p < 0).any():
+        raise ValueError(f"{name} has negative entries; pass probabilities (e.g. softmax over the labels)")
+    s = p.sum(-1, keepdim=True)
+    if (s == 0).any():
+        raise ValueError(f"{name} has a row that sums to 0")
+    return p / s
+
+
+def batch_prior(p: torch.Tensor) -> torch.Tensor:
+    """Batch-calibration prior: the mean (renormalised) label distribution over all leading dimensions."""
+    p = _normalise(p, "p")
+    return p.reshape(-1, p.shape[-1]).mean(0)
+
+
+def calibrate(p: torch.Tensor, p_cf: torch.Tensor | None = None, mode: str = "diagonal", eps: float = 1e-4) -> torch.Tensor:
+    """Calibrated label distributions ``[..., L]`` (float64, rows sum to 1).
+
+    Args:
+        p: label probabilities with the real input ``[..., L]`` (renormalised here).
+        p_cf: the prior ``[..., L]`` or ``[L]`` (image-free / content-free probabilities); ignored for ``batch``.
+        mode: ``diagonal`` (default), ``identity`` or ``batch``.
+        eps: added to p_cf in the diagonal forms (the reference code uses 1e-4).
+
+    In ``identity`` mode negative entries of p − p_cf are clipped to 0 before renormalising (a row equal to
+    its prior becomes uniform); the argmax is that of p − p_cf.
+    """
+    if mode not in CALIBRATION_MODES:
+        raise ValueError(f"mode={mode!r} is invalid: expected one of {', '.join(CALIBRATION_MODES)}")
+    pn = _normalise(p, "p")
+    if mode == "batch":
+        prior = batch_prior(p)
+    else:
+        if p_cf is None:
+            raise ValueError(f"mode={mode!r} needs p_cf (the image-free / content-free prior)")
+        prior = _normalise(p_cf, "p_cf").to(pn.device)
+        if prior.shape[-1] != pn.shape[-1]:
+            raise ValueError(f"p has {pn.shape[-1]} labels but p_cf has {prior.shape[-1]}")
+    if mode in ("diagonal", "batch"):
+        q = pn / (prior + eps)
+    else:
+        q = (pn - prior).clamp_min(0.0)
+    s = q.sum(-1, keepdim=True)
+    uniform = torch.full_like(q, 1.0 / q.shape[-1])
+    return torch.where(s > 0, q / s.clamp_min(1e-300), uniform)
+
+
+def contrast(l_c: torch.Tensor, l_u: torch.Tensor, alpha: float = 1.0, beta: float = 0.1) -> torch.Tensor:
+    """Contrastive scores ``(1+α)·l_c − α·l_u`` with the adaptive plausibility cutoff (float32, same shape).
+
+    Tokens whose conditional probability is below ``beta`` times the most likely token's are set to −inf
+    (equivalently l_c < log β + max l_c, on raw logits). ``alpha = 0`` returns l_c with that cutoff applied.
+    Tokens already at −inf in ``l_c`` stay −inf; a −inf in ``l_u`` does not turn a token into +inf.
+    """
+    if not (isinstance(alpha, (int, float)) and math.isfinite(alpha) and alpha >= 0):
+        raise ValueError(f"alpha={alpha!r} is invalid: expected a finite number >= 0")
+    if not (isinstance(beta, (int, float)) and 0 < beta <= 1):
+        raise ValueError(f"beta={beta!r} is invalid: expected a number in (0, 1]")
+    if l_c.shape != l_u.shape:
+        raise ValueError(f"l_c {tuple(l_c.shape)} and l_u {tuple(l_u.shape)} must have the same shape")
+    lc, lu = l_c.float(), l_u.float()
+    finite_min = torch.where(torch.isfinite(lu), lu, torch.full_like(lu, float("inf"))).amin(-1, keepdim=True)
+    lu = torch.where(torch.isneginf(lu), finite_min.expand_as(lu), lu)
+    cut = math.log(beta) + lc.amax(-1, keepdim=True)
+    s = (1.0 + alpha) * lc - alpha * lu if alpha else lc.clone()
+    return s.masked_fill(lc < cut, float("-inf"))

@@ -1,0 +1,87 @@
+"""Calibration and contrast math against closed forms."""
+
+import math
+
+import pytest
+import torch
+
+from debias_lm.core import batch_prior, calibrate, contrast
+
+
+def test_diagonal_calibration_flips_the_answer():
+    p, p_cf = torch.tensor([0.6, 0.4]), torch.tensor([0.8, 0.2])
+    q = calibrate(p, p_cf, "diagonal")
+    # q ∝ (0.6 / 0.8001, 0.4 / 0.2001)
+    a, b = 0.6 / 0.8001, 0.4 / 0.2001
+    torch.testing.assert_close(q, torch.tensor([a / (a + b), b / (a + b)], dtype=torch.float64))
+    assert q.argmax().item() == 1 and p.argmax().item() == 0
+
+
+def test_identity_calibration_closed_form():
+    q = calibrate(torch.tensor([0.6, 0.4]), torch.tensor([0.8, 0.2]), "identity")
+    torch.testing.assert_close(q, torch.tensor([0.0, 1.0], dtype=torch.float64))  # (-0.2, 0.2) clipped, renormalised
+    q = calibrate(torch.tensor([0.5, 0.3, 0.2]), torch.tensor([0.2, 0.2, 0.6]), "identity")
+    torch.testing.assert_close(q, torch.tensor([0.3 / 0.4, 0.1 / 0.4, 0.0], dtype=torch.float64))
+    assert torch.equal(calibrate(torch.tensor([0.5, 0.5]), torch.tensor([0.5, 0.5]), "identity"),
+                       torch.tensor([0.5, 0.5], dtype=torch.float64))
+
+
+def test_batch_calibration_uses_mean_prior():
+    p = torch.tensor([[0.9, 0.1], [0.7, 0.3], [0.8, 0.2]])
+    prior = batch_prior(p)
+    torch.testing.assert_close(prior, torch.tensor([0.8, 0.2], dtype=torch.float64))
+    q = calibrate(p, mode="batch")
+    row = torch.tensor([0.7 / 0.8001, 0.3 / 0.2001], dtype=torch.float64)
+    torch.testing.assert_close(q[1], row / row.sum())
+    assert q[1].argmax().item() == 1  # the below-average "yes" becomes a "no"
+
+
+def test_calibration_renormalises_and_broadcasts():
+    p = torch.tensor([[3.0, 1.0], [1.0, 1.0]])  # unnormalised scores are renormalised
+    q = calibrate(p, torch.tensor([0.5, 0.5]))
+    torch.testing.assert_close(q.sum(-1), torch.ones(2, dtype=torch.float64))
+    torch.testing.assert_close(q[0], torch.tensor([0.75, 0.25], dtype=torch.float64))
+
+
+def test_calibration_bad_input():
+    with pytest.raises(ValueError, match="mode="):
+        calibrate(torch.tensor([0.5, 0.5]), torch.tensor([0.5, 0.5]), "affine")
+    with pytest.raises(ValueError, match="needs p_cf"):
+        calibrate(torch.tensor([0.5, 0.5]))
+    with pytest.raises(ValueError, match="labels"):
+        calibrate(torch.tensor([0.5, 0.5]), torch.tensor([0.2, 0.3, 0.5]))
+    with pytest.raises(ValueError, match="negative"):
+        calibrate(torch.tensor([-0.5, 1.5]), torch.tensor([0.5, 0.5]))
+
+
+def test_contrast_by_hand():
+    l_c = torch.tensor([[2.0, 1.0, 0.0, -5.0]])
+    l_u = torch.tensor([[1.0, 2.0, 0.0, 0.0]])
+    s = contrast(l_c, l_u, alpha=1.0, beta=0.1)
+    # cutoff: log(0.1) + 2 = -0.3026 -> tokens 2 (0.0 >= -0.30: kept) and 3 (-5: cut)
+    assert s[0, 0].item() == pytest.approx(2 * 2.0 - 1.0)
+    assert s[0, 1].item() == pytest.approx(2 * 1.0 - 2.0)
+    assert s[0, 2].item() == pytest.approx(0.0)
+    assert s[0, 3].item() == float("-inf")
+    # the plausibility rule in probability space: p_c(y) >= beta * max p_c
+    pc = torch.softmax(l_c, -1)
+    assert torch.equal(torch.isfinite(s), pc >= 0.1 * pc.max())
+
+
+def test_contrast_alpha_zero_and_edge_cases():
+    l_c = torch.randn(3, 50)
+    l_u = torch.randn(3, 50)
+    s0 = contrast(l_c, l_u, alpha=0.0, beta=1.0)  # beta=1 keeps only the argmax
+    assert torch.equal(s0.argmax(-1), l_c.argmax(-1)) and torch.isfinite(s0).sum().item() == 3
+    masked = l_c.clone()
+    masked[:, 7] = float("-inf")
+    assert torch.isneginf(contrast(masked, l_u, 1.0, 1e-9)[:, 7]).all()
+    l_u_inf = l_u.clone()
+    l_u_inf[:, l_c[0].argmax()] = float("-inf")
+    assert not torch.isposinf(contrast(l_c, l_u_inf, 1.0, 0.1)).any()
+    bf = contrast(l_c.bfloat16(), l_u.bfloat16(), 1.0, 0.1)
+    assert bf.dtype == torch.float32
+    for bad in [dict(alpha=-0.1), dict(alpha=float("nan")), dict(beta=0.0), dict(beta=1.5)]:
+        with pytest.raises(ValueError):
+            contrast(l_c, l_u, **{"alpha": 1.0, "beta": 0.1, **bad})
+    assert math.isclose(contrast(torch.tensor([[0.0, 0.0]]), torch.tensor([[0.0, 1.0]]), 2.0, 0.5)[0, 1].item(), -2.0)
