@@ -36,6 +36,7 @@ _LAZY = {
     "list_methods": "debias_lm.registry",
     "config_from_dict": "debias_lm.registry",
     "UserInputError": "debias_lm.errors",
+    "DebiasSamplingLogitsProcessor": "debias_lm.hf.debias_sampling",
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]
