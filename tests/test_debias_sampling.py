@@ -9,7 +9,7 @@ from debias_lm.hf.debias_sampling import DebiasSamplingLogitsProcessor
 def _reference(model, cond, uncond, alpha, beta, n, eos):
     """Recompute both branches from scratch every step; plausibility rule in probability space."""
     c, u = list(cond), list(uncond)
-    for step in range(n):
+    for _ in range(n):
         with torch.no_grad():
             lc = model(input_ids=torch.tensor([c])).logits[0, -1].double()
             lu = model(input_ids=torch.tensor([u])).logits[0, -1].double()
