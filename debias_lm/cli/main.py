@@ -252,9 +252,9 @@ def cmd_ches(args) -> int:
         selection_args = {"keep_fraction": args.keep_fraction, "drop_top_fraction": args.drop_top_fraction,
                           "threshold": args.threshold, "score": args.score, "keep_skipped": args.keep_skipped}
     ds = ches.load_preference_dataset(args.dataset, args.config, args.split, args.revision, streaming=args.streaming)
-    from ..ches.run import _column_names
+    from ..ches.run import column_names
 
-    ches.detect_columns(_column_names(ds), args.prompt_col, args.chosen_col, args.rejected_col)  # before the model
+    ches.detect_columns(column_names(ds), args.prompt_col, args.chosen_col, args.rejected_col)  # before the model
     model, tok = _load(args)
     fingerprint = (ches.source_fingerprint(args.dataset, args.config, args.split, args.revision)
                    if args.streaming else None)

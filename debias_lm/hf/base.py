@@ -95,16 +95,7 @@ class HFMethod:
             else:
                 texts = [self.transform_prompt(t) for t in texts_in]
                 add_special = True
-        if tok.pad_token is None:
-            tok.pad_token = tok.eos_token
-        old_side = tok.padding_side
-        tok.padding_side = "left"
-        try:
-            enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=add_special)
-        finally:
-            tok.padding_side = old_side
-        device = getattr(self.model, "device", None)
-        return {k: v.to(device) for k, v in enc.items()} if device is not None else dict(enc)
+        return encode_left_padded(tok, texts, add_special_tokens=add_special, device=getattr(self.model, "device", None))
 
     # -- generation ---------------------------------------------------------------------------------
     def generate(self, *args, chat: bool | None = None, **kwargs):
@@ -126,6 +117,19 @@ class HFMethod:
 
     def _generate(self, *args, **kwargs):
         return self.model.generate(*args, **kwargs)
+
+
+def encode_left_padded(tokenizer, texts: list[str], *, add_special_tokens: bool = True, device=None) -> dict:
+    """Tokenise a batch with left padding (what decoder-only generation needs), leaving the tokenizer as it was."""
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    old_side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    try:
+        enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=add_special_tokens)
+    finally:
+        tokenizer.padding_side = old_side
+    return {k: v.to(device) for k, v in enc.items()} if device is not None else dict(enc)
 
 
 def new_tokens(sequences, prompt_length: int, tokenizer, skip_special_tokens: bool = True) -> list[str]:

@@ -16,6 +16,7 @@ import torch
 
 from ..core.contrast import contrast
 from ..errors import UserInputError
+from .base import encode_left_padded
 
 try:  # transformers is a core dependency; keep the import local to this module
     from transformers import LogitsProcessor
@@ -71,14 +72,9 @@ class DebiasSamplingLogitsProcessor(LogitsProcessor):
         texts = [texts] if isinstance(texts, str) else list(texts)
         if not texts or any(not isinstance(t, str) or not t.strip() for t in texts):
             raise UserInputError("counterfactual texts must be non-empty strings")
-        side = tokenizer.padding_side
-        tokenizer.padding_side = "left"
-        try:
-            enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=add_special_tokens)
-        finally:
-            tokenizer.padding_side = side
-        device = next(model.parameters()).device
-        return cls(model, enc["input_ids"].to(device), enc["attention_mask"].to(device), alpha=alpha, beta=beta)
+        enc = encode_left_padded(tokenizer, texts, add_special_tokens=add_special_tokens,
+                                 device=next(model.parameters()).device)
+        return cls(model, enc["input_ids"], enc["attention_mask"], alpha=alpha, beta=beta)
 
     def reset(self) -> None:
         self._cache = None
