@@ -37,6 +37,9 @@ _LAZY = {
     "config_from_dict": "debias_lm.registry",
     "UserInputError": "debias_lm.errors",
     "DebiasSamplingLogitsProcessor": "debias_lm.hf.debias_sampling",
+    "DebiasSamplingConfig": "debias_lm.methods.debias_sampling",
+    "CalibrationConfig": "debias_lm.methods.calibration",
+    "AnswerCalibrator": "debias_lm.hf.calibration",
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]

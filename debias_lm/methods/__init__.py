@@ -2,6 +2,8 @@
 
 from ..config import IdentityConfig
 from ..registry import _REGISTRY, register_method
+from .calibration import CalibrationConfig
+from .debias_sampling import DebiasSamplingConfig
 from .nbls import NBLSConfig
 
 if "identity" not in _REGISTRY:
@@ -19,4 +21,19 @@ if "nbls" not in _REGISTRY:
         description="ground prompts in U.S. BLS occupation statistics (k=32 instances, system message)",
     )
 
-__all__ = ["IdentityConfig", "NBLSConfig"]
+if "debias_sampling" not in _REGISTRY:
+    register_method(
+        DebiasSamplingConfig,
+        "debias_lm.hf.vlm_debias:DebiasSamplingHF",
+        vllm="partial",
+        description="contrastive decoding against an image-free (VLM) or counterfactual (LLM) context (VDD)",
+    )
+if "calibration" not in _REGISTRY:
+    register_method(
+        CalibrationConfig,
+        "debias_lm.hf.calibration:CalibrationHF",
+        vllm="yes",
+        description="post-hoc calibration of answer labels against an image-free / content-free prior",
+    )
+
+__all__ = ["CalibrationConfig", "DebiasSamplingConfig", "IdentityConfig", "NBLSConfig"]

@@ -1,0 +1,72 @@
+"""Demographic word lists shared by the methods (gender pairs; counterfactual term swapping).
+
+The gender pairs are written for this project (female, male). They serve two purposes: building
+counterfactual prompts (``swap_terms``) and defining group directions in a model's embedding space (UDDIA).
+"""
+
+from __future__ import annotations
+
+import re
+
+GENDER_PAIRS: tuple[tuple[str, str], ...] = (
+    ("woman", "man"), ("women", "men"), ("girl", "boy"), ("girls", "boys"), ("she", "he"), ("her", "his"),
+    ("hers", "his"), ("herself", "himself"), ("mother", "father"), ("mothers", "fathers"), ("mom", "dad"),
+    ("moms", "dads"), ("mum", "dad"), ("daughter", "son"), ("daughters", "sons"), ("sister", "brother"),
+    ("sisters", "brothers"), ("aunt", "uncle"), ("aunts", "uncles"), ("niece", "nephew"), ("nieces", "nephews"),
+    ("wife", "husband"), ("wives", "husbands"), ("bride", "groom"), ("brides", "grooms"), ("queen", "king"),
+    ("queens", "kings"), ("princess", "prince"), ("princesses", "princes"), ("lady", "gentleman"),
+    ("ladies", "gentlemen"), ("female", "male"), ("females", "males"), ("feminine", "masculine"),
+    ("girlfriend", "boyfriend"), ("girlfriends", "boyfriends"), ("grandmother", "grandfather"),
+    ("grandmothers", "grandfathers"), ("grandma", "grandpa"), ("granddaughter", "grandson"),
+    ("madam", "sir"), ("ms", "mr"), ("mrs", "mr"), ("actress", "actor"), ("actresses", "actors"),
+    ("waitress", "waiter"), ("waitresses", "waiters"), ("stepmother", "stepfather"), ("stepdaughter", "stepson"),
+    ("heroine", "hero"), ("heroines", "heroes"), ("nun", "monk"), ("nuns", "monks"), ("spokeswoman", "spokesman"),
+    ("chairwoman", "chairman"), ("businesswoman", "businessman"), ("businesswomen", "businessmen"),
+    ("policewoman", "policeman"), ("congresswoman", "congressman"), ("gal", "guy"), ("gals", "guys"),
+    ("maternal", "paternal"), ("motherhood", "fatherhood"), ("sisterhood", "brotherhood"),
+    ("femininity", "masculinity"), ("duchess", "duke"), ("empress", "emperor"), ("goddess", "god"),
+    ("hostess", "host"), ("landlady", "landlord"), ("widow", "widower"), ("fiancee", "fiance"),
+    ("Mary", "John"), ("Emily", "James"), ("Sarah", "Michael"), ("Jennifer", "David"), ("Lisa", "Robert"),
+)
+
+# For swapping, an ambiguous form maps to one choice (his -> her, mr -> ms).
+_SWAP_OVERRIDES = {"his": "her", "mr": "ms", "dad": "mom", "her": "his"}
+
+
+def word_pairs(group: str = "gender") -> tuple[tuple[str, str], ...]:
+    """Built-in word pairs of a group (``gender``)."""
+    if group != "gender":
+        from .errors import UserInputError
+
+        raise UserInputError(f"no built-in word pairs for group {group!r}; built in: gender")
+    return GENDER_PAIRS
+
+
+def _swap_table(pairs) -> dict[str, str]:
+    table: dict[str, str] = {}
+    for a, b in pairs:
+        table.setdefault(a.lower(), b.lower())
+        table.setdefault(b.lower(), a.lower())
+    table.update(_SWAP_OVERRIDES)
+    return table
+
+
+def swap_terms(text: str, group: str = "gender") -> str:
+    """Swap each group term for its counterpart, keeping capitalisation ("She said" -> "He said").
+
+    Word-level and rule-based: "her" always becomes "his" (the possessive reading), a known limitation.
+    """
+    table = _swap_table(word_pairs(group))
+
+    def repl(m: re.Match) -> str:
+        w = m.group(0)
+        out = table.get(w.lower())
+        if out is None:
+            return w
+        if w.isupper() and len(w) > 1:
+            return out.upper()
+        if w[0].isupper():
+            return out[0].upper() + out[1:]
+        return out
+
+    return re.sub(r"[A-Za-z]+", repl, text)
