@@ -91,3 +91,15 @@ def contrast(l_c: torch.Tensor, l_u: torch.Tensor, alpha: float = 1.0, beta: flo
     cut = math.log(beta) + lc.amax(-1, keepdim=True)
     s = (1.0 + alpha) * lc - alpha * lu if alpha else lc.clone()
     return s.masked_fill(lc < cut, float("-inf"))
+
+
+def calibration_offsets(p_cf: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
+    """Diagonal calibration as additive logit offsets: ``−log(p̂_cf + ε)`` per label (float64, same shape).
+
+    Adding the offset of label ℓ to the logit of every token variant of ℓ multiplies ℓ's total probability by
+    ``1 / (p̂_cf,ℓ + ε)`` and leaves other tokens alone, so renormalised over the labels the result is exactly
+    ``calibrate(p, p_cf, "diagonal", eps)``. ``p_cf`` is renormalised over the labels first. This is how a
+    prior is applied inside decoding (HF ``generate`` and the vLLM plugin), where only logits are seen.
+    """
+    prior = _normalise(p_cf, "p_cf")
+    return -torch.log(prior + eps)

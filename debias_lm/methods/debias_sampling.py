@@ -76,3 +76,29 @@ class DebiasSamplingConfig(MethodConfig):
     @property
     def variants(self) -> tuple[str, ...]:
         return parse_variants(self.variant)
+
+
+def counterfactual_texts(config: DebiasSamplingConfig, prompts: list[str]) -> list[str]:
+    """Text LLMs: the counterfactual context of each prompt that ``config`` describes.
+
+    ``counterfactual_prefix`` -> prefix + prompt; ``counterfactual_swap="gender"`` -> gendered terms swapped.
+    Raises when the config names neither (then the caller must pass the contexts explicitly), or when
+    swapping leaves a prompt unchanged (there is nothing to contrast against).
+    """
+    if config.counterfactual_prefix:
+        return [config.counterfactual_prefix + p for p in prompts]
+    if config.counterfactual_swap:
+        from ..words import swap_terms
+
+        out = [swap_terms(p, config.counterfactual_swap) for p in prompts]
+        same = [i for i, (a, b) in enumerate(zip(prompts, out)) if a == b]
+        if same:
+            raise UserInputError(
+                f"counterfactual_swap={config.counterfactual_swap!r} left prompt(s) {same[:5]} unchanged (no "
+                f"{config.counterfactual_swap} terms); pass explicit counterfactual contexts for them"
+            )
+        return out
+    raise UserInputError(
+        "text debias sampling needs a counterfactual context: set DebiasSamplingConfig.counterfactual_prefix or "
+        "counterfactual_swap='gender', or pass counterfactual=[...] (one text per prompt)"
+    )
