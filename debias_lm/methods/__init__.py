@@ -24,14 +24,14 @@ if "nbls" not in _REGISTRY:
 if "debias_sampling" not in _REGISTRY:
     register_method(
         DebiasSamplingConfig,
-        "debias_lm.hf.vlm_debias:DebiasSamplingHF",
+        "debias_lm.methods.debias_sampling:DebiasSamplingHF",
         vllm="partial",
         description="contrastive decoding against an image-free (VLM) or counterfactual (LLM) context (VDD)",
     )
 if "calibration" not in _REGISTRY:
     register_method(
         CalibrationConfig,
-        "debias_lm.hf.calibration:CalibrationHF",
+        "debias_lm.methods.calibration:CalibrationHF",
         vllm="yes",
         description="post-hoc calibration of answer labels against an image-free / content-free prior",
     )

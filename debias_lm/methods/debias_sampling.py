@@ -102,3 +102,149 @@ def counterfactual_texts(config: DebiasSamplingConfig, prompts: list[str]) -> li
         "text debias sampling needs a counterfactual context: set DebiasSamplingConfig.counterfactual_prefix or "
         "counterfactual_swap='gender', or pass counterfactual=[...] (one text per prompt)"
     )
+
+
+from ..hf.base import HFMethod  # noqa: E402
+
+
+def _is_vlm(model) -> bool:
+    return hasattr(getattr(model, "config", None), "vision_config")
+
+
+def _swap_messages(messages: list[dict], config: DebiasSamplingConfig) -> list[dict]:
+    """Counterfactual chat: the prefix goes before the last user message's text; swaps apply to every text."""
+    from ..words import swap_terms
+
+    out = [dict(m) for m in messages]
+    last_user = max((i for i, m in enumerate(out) if m.get("role") == "user"), default=None)
+    if last_user is None:
+        raise UserInputError("counterfactual chat needs at least one user message")
+    for i, m in enumerate(out):
+        if not isinstance(m.get("content"), str):
+            raise UserInputError("text debias sampling with messages= needs string message contents")
+        if config.counterfactual_swap:
+            m["content"] = swap_terms(m["content"], config.counterfactual_swap)
+        elif i == last_user:
+            m["content"] = config.counterfactual_prefix + m["content"]
+    if config.counterfactual_swap and out == messages:
+        raise UserInputError("counterfactual_swap left the chat unchanged (no gendered terms to swap)")
+    return out
+
+
+class DebiasSamplingHF(HFMethod):
+    """``wrap(model, tok_or_processor, DebiasSamplingConfig(...)).generate(...)``.
+
+    VLMs: pass the processor's inputs (``input_ids``, ``pixel_values``, ...); the image-free branch(es) of
+    ``config.variant`` are built for you. Text LLMs: pass ``prompt=``/``prompts=``/``messages=`` or
+    ``input_ids=`` and a counterfactual context: ``counterfactual=[texts]`` (one per row) or the config's
+    ``counterfactual_prefix`` / ``counterfactual_swap``. Beam search and ``num_return_sequences > 1`` are refused
+    before generation starts.
+    """
+
+    def generate(self, *args, chat: bool | None = None, counterfactual=None, **kwargs):
+        import torch
+
+        from ..hf.base import PROMPT_KWARGS
+        from ..hf.debias_sampling import DebiasSamplingLogitsProcessor
+
+        cfg = self.config
+        if kwargs.get("num_beams", 1) != 1 or kwargs.get("num_return_sequences", 1) != 1:
+            raise UserInputError(
+                "debias sampling supports num_beams=1 and num_return_sequences=1 only (its counterfactual branch "
+                "keeps one cache per row); for several samples repeat the prompts"
+            )
+        if args:
+            kwargs["input_ids"], args = args[0], ()
+        text_args = {k: kwargs.pop(k) for k in PROMPT_KWARGS if k in kwargs}
+        if text_args and "input_ids" in kwargs:
+            raise UserInputError("pass either input_ids or prompt=/prompts=/messages=, not both")
+        procs = list(kwargs.pop("logits_processor", None) or [])
+        if _is_vlm(self.model):
+            if text_args:
+                raise UserInputError("for a VLM pass the processor's inputs (input_ids, pixel_values, ...), not text")
+            if counterfactual is not None:
+                raise UserInputError("counterfactual= is for text LLMs; VLMs use config.variant (image-free branches)")
+            inputs = {k: v for k, v in kwargs.items() if isinstance(v, torch.Tensor)}
+            proc = DebiasSamplingLogitsProcessor.from_inputs(
+                self.model, self.processor, inputs, alpha=cfg.alpha, beta=cfg.beta, variant=cfg.variant,
+                noise_step=cfg.noise_step, seed=cfg.seed)
+            return self.model.generate(logits_processor=procs + [proc], **kwargs)
+        tok = self.tokenizer
+        device = next(self.model.parameters()).device
+        if text_args:
+            enc = self.encode(chat=chat, **text_args)
+            cf_enc = self._counterfactual_from_text(text_args, counterfactual, chat)
+            kwargs.update(enc)
+        elif "input_ids" in kwargs:
+            ids = kwargs["input_ids"]
+            mask = kwargs.get("attention_mask")
+            mask = torch.ones_like(ids) if mask is None else mask
+            cf_enc = self._counterfactual_from_ids(ids, mask, counterfactual, chat)
+        else:
+            raise UserInputError("debias sampling needs input_ids= or prompt=/prompts=/messages=")
+        n_rows = kwargs["input_ids"].shape[0]
+        if cf_enc["input_ids"].shape[0] != n_rows:
+            raise UserInputError(f"{cf_enc['input_ids'].shape[0]} counterfactual contexts for {n_rows} prompts")
+        proc = DebiasSamplingLogitsProcessor(
+            self.model, cf_enc["input_ids"].to(device), cf_enc["attention_mask"].to(device), alpha=cfg.alpha,
+            beta=cfg.beta, pad_token_id=tok.pad_token_id or 0)
+        return self.model.generate(logits_processor=procs + [proc], **kwargs)
+
+    def _counterfactual_from_text(self, text_args: dict, counterfactual, chat):
+        cfg = self.config
+        if counterfactual is not None:
+            if isinstance(counterfactual, str):
+                counterfactual = [counterfactual]
+            if "messages" in text_args:
+                return self.encode(messages=counterfactual)
+            return self.encode(prompts=list(counterfactual), chat=chat)
+        if "messages" in text_args:
+            msgs = text_args["messages"]
+            chats = [msgs] if msgs and isinstance(msgs[0], dict) else list(msgs)
+            return self.encode(messages=[_swap_messages(c, cfg) for c in chats])
+        prompts = text_args.get("prompts", text_args.get("prompt"))
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        return self.encode(prompts=counterfactual_texts(cfg, prompts), chat=chat)
+
+    def _counterfactual_from_ids(self, ids, mask, counterfactual, chat):
+        import torch
+
+        from ..hf.base import encode_left_padded
+
+        tok = self.tokenizer
+        if counterfactual is not None:
+            if isinstance(counterfactual, dict):
+                return counterfactual
+            if isinstance(counterfactual, str):
+                counterfactual = [counterfactual]
+            return encode_left_padded(tok, list(counterfactual))
+        cfg = self.config
+        rows = [ids[b][mask[b].bool()].tolist() for b in range(ids.shape[0])]
+        special = set(tok.all_special_ids)
+        out_rows = []
+        if cfg.counterfactual_prefix:
+            pre = tok.encode(cfg.counterfactual_prefix, add_special_tokens=False)
+            for r in rows:
+                k = 0
+                while k < len(r) and r[k] in special:
+                    k += 1
+                out_rows.append(r[:k] + pre + r[k:])
+        elif cfg.counterfactual_swap:
+            from ..words import swap_terms
+
+            for r in rows:
+                text = tok.decode(r, skip_special_tokens=False)
+                swapped = swap_terms(text, cfg.counterfactual_swap)
+                if swapped == text:
+                    raise UserInputError("counterfactual_swap left a prompt unchanged (no gendered terms to swap)")
+                out_rows.append(tok.encode(swapped, add_special_tokens=False))
+        else:
+            counterfactual_texts(cfg, [""])  # raises the "needs a counterfactual context" error
+        width = max(len(r) for r in out_rows)
+        pad = tok.pad_token_id or 0
+        cf_ids = torch.full((len(out_rows), width), pad, dtype=torch.long)
+        cf_mask = torch.zeros((len(out_rows), width), dtype=torch.long)
+        for i, r in enumerate(out_rows):
+            cf_ids[i, width - len(r):] = torch.tensor(r)
+            cf_mask[i, width - len(r):] = 1
+        return {"input_ids": cf_ids, "attention_mask": cf_mask}

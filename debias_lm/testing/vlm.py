@@ -18,6 +18,7 @@ TEXT_HIDDEN = 64
 TEXT_LAYERS = 2
 TEXT_HEADS = 2
 TEXT_HEAD_DIM = TEXT_HIDDEN // TEXT_HEADS
+ANSWER_WORDS = ("yes", "no", "Yes", "No")
 
 
 def _chat_template(image_placeholder: str) -> str:
@@ -40,6 +41,7 @@ def _tokenizer(extra_special_tokens: tuple[str, ...], chat_template: str):
     """The tiny tokenizer with the model's image tokens and the multimodal chat template (kept in sync with the
     processor's so a saved directory has one template)."""
     tok = build_tiny_tokenizer(extra_special_tokens=extra_special_tokens)
+    tok.add_tokens(list(ANSWER_WORDS))  # single-token answers, so yes/no calibration has labels to read
     tok.chat_template = chat_template
     return tok
 
