@@ -89,3 +89,34 @@ def test_bad_input(tiny_llama):
     enc = tok(["hello"], return_tensors="pt")
     with pytest.raises(ValueError, match="beam search"):
         model.generate(**enc, logits_processor=[proc], num_beams=2, do_sample=False, max_new_tokens=2)
+
+
+def test_wrap_text_paths_equal_the_processor(tiny_llama):
+    import debias_lm as dl
+    from debias_lm.words import swap_terms
+
+    model, tok = tiny_llama
+    prompts = ["The nurse said that she", "He is a pilot and his"]
+    kw = dict(do_sample=False, max_new_tokens=6, min_new_tokens=6)
+    enc = tok(prompts, return_tensors="pt", padding=True)
+
+    def direct(cf_texts):
+        p = DebiasSamplingLogitsProcessor.from_texts(model, tok, cf_texts, alpha=1.0, beta=0.1)
+        return model.generate(**enc, logits_processor=[p], **kw)
+
+    prefix = "Women are weak. "
+    w = dl.wrap(model, tok, dl.DebiasSamplingConfig(counterfactual_prefix=prefix))
+    assert torch.equal(w.generate(prompts=prompts, **kw), direct([prefix + p for p in prompts]))
+    w = dl.wrap(model, tok, dl.DebiasSamplingConfig(counterfactual_swap="gender"))
+    swapped = [swap_terms(p) for p in prompts]
+    assert swapped == ["The nurse said that he", "She is a pilot and her"]
+    assert torch.equal(w.generate(prompts=prompts, **kw), direct(swapped))
+    # token-id input: the swap is done on the decoded rows
+    assert torch.equal(w.generate(**enc, **kw), direct(swapped))
+    # explicit counterfactual contexts
+    w = dl.wrap(model, tok, dl.DebiasSamplingConfig())
+    assert torch.equal(w.generate(prompts=prompts, counterfactual=["x y", "q"], **kw), direct(["x y", "q"]))
+    with pytest.raises(ValueError, match="needs a counterfactual context"):
+        w.generate(prompts=prompts, **kw)
+    with pytest.raises(ValueError, match="left prompt"):
+        dl.wrap(model, tok, dl.DebiasSamplingConfig(counterfactual_swap="gender")).generate(prompts=["A pilot"], **kw)

@@ -54,7 +54,8 @@ def arch_spec(model) -> ArchSpec:
     if cfg is not None and not hasattr(cfg, "vision_config"):
         raise UserInputError(
             f"{type(model).__name__} (model_type={mt!r}) is a text-only model: image-free branches need a VLM. For "
-            "text LLMs use DebiasSamplingLogitsProcessor.from_texts(model, tokenizer, counterfactual_texts)"
+            "text LLMs use a counterfactual text context (DebiasSamplingLogitsProcessor.from_texts, or "
+            "DebiasSamplingConfig.counterfactual_prefix / counterfactual_swap); for calibration, prior='given' or 'batch'"
         )
     raise UserInputError(
         f"image-free inputs are not implemented for {type(model).__name__} (model_type={mt!r}); supported "
