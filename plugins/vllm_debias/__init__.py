@@ -1,7 +1,49 @@
-"""vLLM plugin for debias-lm.
+"""vllm_debias: the debias-lm plugin for vLLM (offline ``LLM`` and the OpenAI-compatible server).
 
-The logits processor and request helpers arrive with the vLLM integration; importing this package never
-imports vLLM itself, so it is safe on machines without vLLM.
+Register the logits processor (it is inert for requests that do not opt in)::
+
+    llm = LLM(model=M, logits_processors=["vllm_debias:DebiasLogitsProcessor"])
+    python -m vllm.entrypoints.openai.api_server --model M --logits-processors vllm_debias:DebiasLogitsProcessor
+    debias-lm serve --model M                      # the same, plus sensible defaults
+
+then use any debias-lm config::
+
+    import debias_lm as dl, vllm_debias
+    outs = vllm_debias.generate(llm, prompts, dl.DebiasSamplingConfig(counterfactual_swap="gender"), params)
+
+Importing this package is light (no torch, no vLLM); the names below load on first use.
 """
 
-__all__: list[str] = []
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_LAZY = {
+    "DebiasLogitsProcessor": "vllm_debias.processor",
+    "request_args": "vllm_debias.args",
+    "label_args": "vllm_debias.args",
+    "DebiasArgsError": "vllm_debias.args",
+    "generate": "vllm_debias.offline",
+    "PairCheckError": "vllm_debias.offline",
+    "label_priors": "vllm_debias.calibration",
+    "calibrate_labels": "vllm_debias.calibration",
+    "LockstepClient": "vllm_debias.lockstep",
+    "lockstep_decode": "vllm_debias.lockstep",
+    "nbls_chat_template": "vllm_debias.nbls",
+    "server_command": "vllm_debias.serve",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'vllm_debias' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return __all__

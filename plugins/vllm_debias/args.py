@@ -1,0 +1,257 @@
+"""Per-request arguments of the vLLM plugin: parse and validate ``SamplingParams.extra_args`` / ``vllm_xargs``.
+
+A request opts in by carrying a debias-lm config as a flat dict (``config.to_dict()``: ``"method"`` plus the
+config's fields) in ``extra_args`` (offline) or ``vllm_xargs`` (server), plus these plugin keys:
+
+``debias_pair`` (str | int)
+    debias_sampling: the id shared by a main request and its counterfactual ("aux") request.
+``debias_role`` (``"main"`` | ``"aux"``)
+    debias_sampling: which of the two rows this request is.
+``debias_label_ids`` (list[int]) and ``debias_label_sizes`` (list[int])
+    calibration: the token ids of every label variant, concatenated label by label, and how many belong to
+    each label (``label_token_ids(tokenizer, labels)`` flattened). Built by :func:`request_args`.
+
+Requests without ``"method"`` are not touched (the processor is inert for them). This module imports
+neither torch nor vLLM: it runs in vLLM's frontend at admission (``validate_params``) and in every worker.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+METHOD_KEY = "method"
+PAIR_KEY = "debias_pair"
+ROLE_KEY = "debias_role"
+LABEL_IDS_KEY = "debias_label_ids"
+LABEL_SIZES_KEY = "debias_label_sizes"
+PLUGIN_KEYS = (PAIR_KEY, ROLE_KEY, LABEL_IDS_KEY, LABEL_SIZES_KEY)
+# keys vLLM itself puts into extra_args (chat/completions protocol); never ours to judge
+VLLM_KEYS = ("kv_transfer_params", "ec_transfer_params")
+ROLES = ("main", "aux")
+# methods the processor acts on; the others are rejected with a pointer to what works instead
+LOGIT_METHODS = ("calibration", "debias_sampling")
+
+UDDIA_MESSAGE = (
+    "method 'uddia' cannot run in vLLM: it needs gradients (a backward pass through the model at every "
+    "decoding step), and vLLM logits processors only see logits. Use the HF path instead: "
+    "debias_lm.wrap(model, tokenizer, debias_lm.UDDIAConfig(...)).generate(...)"
+)
+NBLS_MESSAGE = (
+    "method 'nbls' is a prompt transform, not a logits adjustment: ground the prompt on the client "
+    "(vllm_debias.generate(llm, prompts, NBLSConfig()) or NBLSConfig().grounding().apply(prompt_or_messages)) "
+    "or serve with 'debias-lm serve --model M --nbls' (a grounding chat template), and send the request "
+    "without vllm_xargs"
+)
+
+
+class DebiasArgsError(ValueError):
+    """Invalid debias arguments in a request (vLLM turns a ValueError from validate_params into HTTP 400)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RequestSpec:
+    """What the processor does for one request (parsed once, when the request enters the batch)."""
+
+    method: str
+    # calibration: label token ids (flat) and the additive offset of each id
+    label_ids: tuple[int, ...] = ()
+    label_offsets: tuple[float, ...] = ()
+    # debias_sampling
+    pair: str = ""
+    role: str = ""
+    alpha: float = 1.0
+    beta: float = 0.1
+    seed: int = 0
+
+
+def _prefix() -> str:
+    return "vllm_debias: "
+
+
+def _fail(msg: str) -> DebiasArgsError:
+    return DebiasArgsError(_prefix() + msg)
+
+
+def _method_names() -> list[str]:
+    from debias_lm.registry import list_methods
+
+    return [s.name for s in list_methods()]
+
+
+def _split(extra: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(config dict, plugin keys) of an opted-in request's extra_args."""
+    cfg: dict[str, Any] = {}
+    plug: dict[str, Any] = {}
+    for k, v in extra.items():
+        if k in PLUGIN_KEYS:
+            plug[k] = v
+        elif k in VLLM_KEYS:
+            continue
+        elif k.startswith("debias_"):
+            raise _fail(f"unknown key {k!r} in vllm_xargs; plugin keys are {', '.join(PLUGIN_KEYS)}")
+        else:
+            cfg[k] = v
+    return cfg, plug
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def build_config(cfg: Mapping[str, Any]):
+    """The debias-lm config a request carries; raises DebiasArgsError with the config's own message."""
+    method = cfg.get(METHOD_KEY)
+    if not isinstance(method, str):
+        raise _fail(f"'method' must be a method name string, got {method!r}")
+    if method == "uddia":
+        raise _fail(UDDIA_MESSAGE)
+    from debias_lm.registry import config_from_dict, get_method
+
+    try:
+        spec = get_method(method)
+    except ValueError:
+        raise _fail(
+            f"unknown method {method!r}; methods the vLLM plugin runs per request: {', '.join(LOGIT_METHODS)} "
+            f"(and 'identity'); all registered methods: {', '.join(_method_names())}"
+        ) from None
+    if method == "nbls":
+        raise _fail(NBLS_MESSAGE)
+    if method not in LOGIT_METHODS and method != "identity":
+        why = "it needs gradients or model internals" if spec.vllm == "no" else "it has no per-request vLLM form"
+        raise _fail(f"method {method!r} cannot run inside vLLM ({why}); use the HF path debias_lm.wrap(...)")
+    try:
+        return config_from_dict(dict(cfg))
+    except (ValueError, TypeError) as e:
+        raise _fail(str(e)) from None
+
+
+def parse(extra: Mapping[str, Any] | None, sampling_params: Any = None) -> RequestSpec | None:
+    """The :class:`RequestSpec` of a request, or None when it did not opt in. Raises DebiasArgsError."""
+    if not extra or METHOD_KEY not in extra:
+        if extra:
+            stray = [k for k in extra if k in PLUGIN_KEYS]
+            if stray:
+                raise _fail(f"{', '.join(stray)} given without 'method'; add the config's to_dict() keys")
+        return None
+    if not isinstance(extra, Mapping):
+        raise _fail("extra_args must be a flat dict")
+    cfg_dict, plug = _split(extra)
+    config = build_config(cfg_dict)
+    method = config.method
+    if method == "identity":
+        if plug:
+            raise _fail(f"{', '.join(plug)} given with method 'identity'")
+        return None
+    if method == "calibration":
+        return _parse_calibration(config, plug)
+    return _parse_pair(config, plug, sampling_params)
+
+
+def _parse_calibration(config, plug: dict[str, Any]) -> RequestSpec:
+    extra_keys = [k for k in plug if k not in (LABEL_IDS_KEY, LABEL_SIZES_KEY)]
+    if extra_keys:
+        raise _fail(f"{', '.join(extra_keys)} do not apply to method 'calibration'")
+    if config.prior != "given":
+        raise _fail(
+            f"calibration in a vLLM request needs the prior carried in the request: prior='given' with "
+            f"prior_probs (got prior={config.prior!r}). Compute priors with vllm_debias.label_priors(...) "
+            "(image-free / content-free prompts, max_tokens=1) or let vllm_debias.generate(...) do it"
+        )
+    if config.mode == "identity":
+        raise _fail(
+            "calibration mode 'identity' (p - p_cf) is not a logit offset; inside generation use mode "
+            "'diagonal', or calibrate label scores on the client with vllm_debias.calibrate_labels(...)"
+        )
+    ids = plug.get(LABEL_IDS_KEY)
+    sizes = plug.get(LABEL_SIZES_KEY)
+    if ids is None or sizes is None:
+        raise _fail(
+            f"calibration needs {LABEL_IDS_KEY} and {LABEL_SIZES_KEY} (the labels' token ids, which depend on "
+            "the tokenizer): build the request args with vllm_debias.request_args(config, tokenizer)"
+        )
+    if (not isinstance(ids, (list, tuple)) or not isinstance(sizes, (list, tuple))
+            or not all(_is_int(i) and i >= 0 for i in ids) or not all(_is_int(s) and s >= 1 for s in sizes)):
+        raise _fail(f"{LABEL_IDS_KEY} must be a list of token ids >= 0 and {LABEL_SIZES_KEY} a list of counts >= 1")
+    if len(sizes) != len(config.labels) or sum(sizes) != len(ids):
+        raise _fail(
+            f"{LABEL_SIZES_KEY} must have one count per label ({len(config.labels)}) summing to "
+            f"len({LABEL_IDS_KEY}) ({len(ids)})"
+        )
+    if len(set(ids)) != len(ids):
+        raise _fail(f"{LABEL_IDS_KEY} has repeated token ids (labels must not share tokens)")
+    total = float(sum(config.prior_probs))
+    offsets: list[float] = []
+    for p, n in zip(config.prior_probs, sizes):
+        # same formula as debias_lm.core.contrast.calibration_offsets (kept torch-free here)
+        off = -math.log(float(p) / total + config.eps)
+        if not math.isfinite(off):
+            raise _fail("calibration: a prior probability of 0 needs eps > 0")
+        offsets.extend([off] * n)
+    return RequestSpec(method="calibration", label_ids=tuple(int(i) for i in ids), label_offsets=tuple(offsets))
+
+
+def _parse_pair(config, plug: dict[str, Any], sampling_params: Any) -> RequestSpec:
+    extra_keys = [k for k in plug if k not in (PAIR_KEY, ROLE_KEY)]
+    if extra_keys:
+        raise _fail(f"{', '.join(extra_keys)} do not apply to method 'debias_sampling'")
+    pair = plug.get(PAIR_KEY)
+    if pair is None or (isinstance(pair, str) and not pair) or not isinstance(pair, (str, int)) or isinstance(pair, bool):
+        raise _fail(
+            f"debias_sampling needs a pair id ({PAIR_KEY}: str or int) shared by the main request and its "
+            f"counterfactual request, and {ROLE_KEY} 'main' or 'aux'. Offline, vllm_debias.generate(llm, prompts, "
+            "config) builds both; with a server use vllm_debias.LockstepClient (paired HTTP requests are not "
+            "co-scheduled)"
+        )
+    role = plug.get(ROLE_KEY)
+    if role not in ROLES:
+        raise _fail(f"{ROLE_KEY} must be 'main' or 'aux', got {role!r}")
+    if sampling_params is not None:
+        if getattr(sampling_params, "n", 1) != 1:
+            raise _fail("debias_sampling twin rows need n=1 (one row per request)")
+        for name in ("repetition_penalty", "presence_penalty", "frequency_penalty"):
+            v = getattr(sampling_params, name, None)
+            neutral = 1.0 if name == "repetition_penalty" else 0.0
+            if v is not None and v != neutral:
+                raise _fail(f"debias_sampling twin rows do not support {name} (the pair's rows are forced to "
+                            "the contrasted token; penalties would act on one runner and not the other)")
+    return RequestSpec(method="debias_sampling", pair=str(pair), role=role, alpha=float(config.alpha),
+                       beta=float(config.beta), seed=int(config.seed))
+
+
+def validate(sampling_params: Any) -> None:
+    """``validate_params`` body: raise DebiasArgsError (a ValueError) on bad args; cheap for plain requests."""
+    extra = getattr(sampling_params, "extra_args", None)
+    if not extra:
+        return
+    parse(extra, sampling_params)
+
+
+# -- building request args (client side) ----------------------------------------------------------------
+def label_args(tokenizer, labels: Sequence[str]) -> dict[str, list[int]]:
+    """``debias_label_ids`` / ``debias_label_sizes`` for ``labels`` with this (HF) tokenizer."""
+    from debias_lm.labels import label_token_ids
+
+    groups = label_token_ids(tokenizer, list(labels))
+    return {LABEL_IDS_KEY: [i for g in groups for i in g], LABEL_SIZES_KEY: [len(g) for g in groups]}
+
+
+def request_args(config, tokenizer=None, *, pair: str | int | None = None, role: str | None = None) -> dict[str, Any]:
+    """The flat ``extra_args`` / ``vllm_xargs`` dict for one request with ``config``.
+
+    ``config``: a debias-lm config (or its ``to_dict()``). calibration needs ``tokenizer`` (label token ids);
+    debias_sampling needs ``pair`` and ``role``. The result is validated like the server would.
+    """
+    data = dict(config.to_dict() if hasattr(config, "to_dict") else config)
+    if data.get(METHOD_KEY) == "calibration":
+        if tokenizer is None:
+            raise _fail("request_args(calibration config) needs the model's tokenizer (label token ids)")
+        data.update(label_args(tokenizer, data.get("labels", ())))
+    if pair is not None:
+        data[PAIR_KEY] = pair
+    if role is not None:
+        data[ROLE_KEY] = role
+    parse(data)
+    return data
