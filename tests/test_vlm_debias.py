@@ -187,3 +187,26 @@ def test_image_spans_for_other_families():
     m = _fake("smolvlm", image_token_id=49)
     ids = [1, 50, 51, 49, 49, 50, 52, 49, 49, 10, 10, 50, 53, 49, 49, 50, 10, 20, 21]
     assert image_spans(m, _Vocab(vocab), ids) == [(1, 16)]
+
+
+@pytest.mark.parametrize("name", ["llava", "qwen2_vl"])
+@pytest.mark.parametrize("variant", ["none", "none+unk"])
+def test_fused_twin_rows_equal_the_two_forward_processor(name, variant):
+    model, proc = built(name)
+    texts = ["Is there a cat?", "Is there a small red square in the upper left part of this picture?"]
+    inputs = make_inputs(name, texts, [5, 6])
+    kw = dict(max_new_tokens=N, min_new_tokens=N)
+    fused = dl.wrap(model, proc, dl.DebiasSamplingConfig(alpha=1.0, beta=0.05, variant=variant))
+    p = DebiasSamplingLogitsProcessor.from_inputs(model, proc, inputs, alpha=1.0, beta=0.05, variant=variant)
+    greedy = fused.generate(**inputs, do_sample=False, **kw)
+    assert greedy.shape == (2, inputs["input_ids"].shape[1] + N)
+    assert torch.equal(greedy, model.generate(**inputs, logits_processor=[p], do_sample=False, **kw))
+    # sampling with temperature / top-k / top-p: the same draws as generate's own sampler
+    samp = dict(do_sample=True, temperature=0.7, top_k=40, top_p=0.9)
+    torch.manual_seed(123)
+    a = fused.generate(**inputs, **samp, **kw)
+    torch.manual_seed(123)
+    b = model.generate(**inputs, logits_processor=[p], **samp, **kw)
+    assert torch.equal(a, b)
+    unfused = dl.wrap(model, proc, dl.DebiasSamplingConfig(alpha=1.0, beta=0.05, variant=variant, fused=False))
+    assert torch.equal(unfused.generate(**inputs, do_sample=False, **kw), greedy)

@@ -82,10 +82,13 @@ def tiny_image(size: int | tuple[int, int] = 32, seed: int = 0):
     return Image.fromarray(pixels)  # uint8 (H, W, 3) -> RGB
 
 
-def build_tiny_llava(seed: int = 0):
+def build_tiny_llava(seed: int = 0, *, text_hidden: int = TEXT_HIDDEN, text_layers: int = TEXT_LAYERS,
+                     vision_hidden: int = 32, vision_layers: int = 1):
     """A random ``LlavaForConditionalGeneration`` (CLIP 32x32 / patch 8 -> 16 image tokens) and ``LlavaProcessor``.
 
-    The prompt placeholder is ``<image>``; the chat template renders an image part as ``<image>\\n``.
+    The prompt placeholder is ``<image>``; the chat template renders an image part as ``<image>\\n``. The size
+    arguments make larger variants (the synthetic biased VLM of ``debias_lm.eval.pope_synthetic`` uses them);
+    attention heads are ``hidden // 32`` (head_dim 32) in the text tower and 2 in the vision tower.
     """
     from transformers import (
         CLIPImageProcessorPil,
@@ -101,15 +104,19 @@ def build_tiny_llava(seed: int = 0):
     template = _chat_template("<image>\n")
     tok = _tokenizer(("<image>",), template)
     vision = CLIPVisionConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=1,
+        hidden_size=vision_hidden,
+        intermediate_size=vision_hidden * 2,
+        num_hidden_layers=vision_layers,
         num_attention_heads=2,
         image_size=image_size,
         patch_size=patch_size,
-        projection_dim=32,
+        projection_dim=vision_hidden,
     )
-    text = LlamaConfig(**_text_kwargs(tok), head_dim=TEXT_HEAD_DIM)
+    text_kw = _text_kwargs(tok)
+    heads = max(1, text_hidden // TEXT_HEAD_DIM)
+    text_kw.update(hidden_size=text_hidden, intermediate_size=text_hidden * 2, num_hidden_layers=text_layers,
+                   num_attention_heads=heads, num_key_value_heads=heads)
+    text = LlamaConfig(**text_kw, head_dim=TEXT_HEAD_DIM)
     config = LlavaConfig(
         vision_config=vision,
         text_config=text,
