@@ -36,8 +36,16 @@ class PairCheckError(RuntimeError):
 
 
 def _resolve(config):
+    from collections.abc import Mapping
+
     from debias_lm.hf.wrap import resolve_config
 
+    from .args import UDDIA_MESSAGE, DebiasArgsError
+
+    name = config if isinstance(config, str) else (
+        config.get("method") if isinstance(config, Mapping) else getattr(config, "method", None))
+    if name == "uddia":
+        raise DebiasArgsError("vllm_debias: " + UDDIA_MESSAGE)
     return resolve_config(config)
 
 
