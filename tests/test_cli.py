@@ -98,3 +98,16 @@ def test_methods_and_env():
     assert r.returncode == 0, r.stderr
     for key in ("torch", "transformers", "vllm", "bitsandbytes", "device", "embedded model"):
         assert key in r.stdout
+
+
+def test_generate_debias_sampling_gender_swap(tiny_llama_dir, tmp_path):
+    out = tmp_path / "g.json"
+    r = run_cli("generate", "--model", str(tiny_llama_dir), "--method", "debias_sampling",
+                "--set", "counterfactual_swap=gender", "--set", "alpha=2.0", "--prompt", "The nurse said that she",
+                "--max-new-tokens", "6", "--json", str(out))
+    assert r.returncode == 0, r.stderr
+    res = json.loads(out.read_text())
+    assert res["config"]["counterfactual_swap"] == "gender" and res["config"]["alpha"] == 2.0
+    bad = run_cli("generate", "--model", str(tiny_llama_dir), "--method", "debias_sampling",
+                  "--prompt", "The nurse said that she", "--max-new-tokens", "4")
+    assert bad.returncode == 2 and "counterfactual" in bad.stderr

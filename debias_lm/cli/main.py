@@ -144,6 +144,9 @@ def _parser() -> argparse.ArgumentParser:
             cp.add_argument("--format", default="save_to_disk", choices=["save_to_disk", "parquet", "jsonl"])
             cp.add_argument("--keep-skipped", action="store_true", help="keep rows that could not be scored")
 
+    from ..methods.uddia.cli import add_uddia_parser
+
+    add_uddia_parser(sub, _Parser)
     sub.add_parser("methods", help="list the registered methods")
     sub.add_parser("env", help="versions, device and which extras work")
     sv = sub.add_parser("serve", help="vLLM OpenAI-compatible server with the vllm_debias plugin loaded")
@@ -179,6 +182,7 @@ def cmd_generate(args) -> int:
     config.preflight()
     model, tok = _load(args)
     debiased = wrap(model, tok, config)  # validates method-specific inputs before any generation
+    debiased.impl.check_prompts(list(args.prompt))
     plain = wrap(model, tok, "identity")
     gen_kwargs: dict[str, Any] = {"max_new_tokens": args.max_new_tokens, "do_sample": args.sample}
     if args.sample:
@@ -344,6 +348,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_eval_occupational(args)
         if args.command == "ches":
             return cmd_ches(args)
+        if args.command == "uddia":
+            from ..methods.uddia.cli import cmd_uddia
+
+            return cmd_uddia(args)
         if args.command == "methods":
             return cmd_methods(args)
         if args.command == "env":

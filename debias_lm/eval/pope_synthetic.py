@@ -155,7 +155,7 @@ class _Encoded:
         for j, r in enumerate(rows):
             ids[j, : len(r)] = r
             mask[j, : len(r)] = 1
-            labels[j, len(r) - 2 :] = r[-2:]  # the answer token and <|im_end|>
+            labels[j, len(r) - 2 : len(r)] = r[-2:]  # the answer token and <|im_end|>
         out = {"input_ids": ids, "attention_mask": mask, "labels": labels}
         pix = [self.pixels[i] for i in idx if self.pixels[i] is not None]
         if pix:

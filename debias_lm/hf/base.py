@@ -42,6 +42,9 @@ class HFMethod:
         self.tokenizer = get_tokenizer(tokenizer_or_processor)
         self.config = config
 
+    def check_prompts(self, prompts: list) -> None:
+        """Raise a ``UserInputError`` if the method cannot run on these text prompts (called before any work)."""
+
     # -- text hooks ---------------------------------------------------------------------------------
     def transform_prompt(self, prompt: str) -> str:
         return prompt

@@ -45,11 +45,12 @@ class DebiasedModel:
             isinstance(prompts[0], dict) or (isinstance(prompts[0], list) and prompts[0] and isinstance(prompts[0][0], dict))
         )
         if is_chat:
-            enc = self.impl.encode(messages=prompts)
+            text_kwargs: dict[str, Any] = {"messages": prompts}
         else:
             use_chat = has_chat_template(self.processor) if chat is None else chat
-            enc = self.impl.encode(prompts=[prompts] if isinstance(prompts, str) else prompts, chat=use_chat)
-        out = self.impl._generate(**enc, **gen_kwargs)
+            text_kwargs = {"prompts": [prompts] if isinstance(prompts, str) else prompts, "chat": use_chat}
+        enc = self.impl.encode(**text_kwargs)  # the prompt width, to cut the prompt off the output
+        out = self.impl.generate(**text_kwargs, **gen_kwargs)  # the method's own text path
         seqs = out.sequences if hasattr(out, "sequences") else out
         return new_tokens(seqs, enc["input_ids"].shape[1], self.tokenizer)
 

@@ -149,6 +149,12 @@ class DebiasSamplingHF(HFMethod):
     before generation starts.
     """
 
+    def check_prompts(self, prompts: list) -> None:
+        if _is_vlm(self.model):
+            raise UserInputError("debias sampling on a VLM needs image inputs (use the Python API with the processor)")
+        if all(isinstance(p, str) for p in prompts):
+            counterfactual_texts(self.config, list(prompts))
+
     def generate(self, *args, chat: bool | None = None, counterfactual=None, **kwargs):
         import torch
 

@@ -1,0 +1,55 @@
+"""POPE-format files: ``{"question_id", "image", "text", "label"}`` per line (the official POPE layout), with
+images resolved against an image directory."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..errors import UserInputError
+
+
+def load_pope_jsonl(path: str | Path, image_dir: str | Path | None = None) -> list[dict]:
+    """Rows with ``image`` (a path), ``question`` and ``label`` ("yes"/"no"); a malformed row is an error that
+    names its line (nothing is dropped silently)."""
+    path = Path(path)
+    if not path.exists():
+        raise UserInputError(f"POPE file {path} does not exist")
+    base = Path(image_dir) if image_dir else path.parent
+    rows = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            r = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise UserInputError(f"{path}:{n}: not JSON ({e.msg})") from None
+        missing = [k for k in ("image", "text", "label") if k not in r]
+        if missing:
+            raise UserInputError(f"{path}:{n}: missing field(s) {', '.join(missing)} (POPE rows have image/text/label)")
+        label = str(r["label"]).strip().lower()
+        if label not in ("yes", "no"):
+            raise UserInputError(f"{path}:{n}: label {r['label']!r} is not yes/no")
+        img = base / r["image"]
+        if not img.exists():
+            raise UserInputError(f"{path}:{n}: image {img} not found (pass --image-dir)")
+        rows.append({"question_id": r.get("question_id", n), "image": str(img), "question": r["text"], "label": label})
+    if not rows:
+        raise UserInputError(f"{path} has no rows")
+    return rows
+
+
+def write_synthetic_pope(out_dir: str | Path, n: int = 40, seed: int = 7) -> Path:
+    """Write a balanced POPE-format file of the synthetic task (images as PNG) and return its path."""
+    from .pope_synthetic import make_split
+
+    out = Path(out_dir)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    lines = []
+    for i, ex in enumerate(make_split(n, seed, yes_rate=0.5)):
+        name = f"images/{i:05d}.png"
+        ex.image.save(out / name)
+        lines.append(json.dumps({"question_id": i, "image": name, "text": ex.question, "label": ex.answer}))
+    path = out / "pope.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    return path
