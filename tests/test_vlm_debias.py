@@ -11,9 +11,16 @@ import torch
 import debias_lm as dl
 from debias_lm.hf.debias_sampling import DebiasSamplingLogitsProcessor
 from debias_lm.hf.image_free import image_free_inputs, image_spans
-from debias_lm.testing import build_tiny_idefics3, build_tiny_llava, build_tiny_qwen2_vl, tiny_image
+from debias_lm.testing import (
+    build_tiny_idefics3,
+    build_tiny_llava,
+    build_tiny_qwen2_5_vl,
+    build_tiny_qwen2_vl,
+    tiny_image,
+)
 
-BUILDERS = {"llava": build_tiny_llava, "qwen2_vl": build_tiny_qwen2_vl, "idefics3": build_tiny_idefics3}
+BUILDERS = {"llava": build_tiny_llava, "qwen2_vl": build_tiny_qwen2_vl, "qwen2_5_vl": build_tiny_qwen2_5_vl,
+            "idefics3": build_tiny_idefics3}
 N = 10  # new tokens: Qwen2-VL's step-2 position regression is well inside
 
 
@@ -61,10 +68,10 @@ def reference(model, inputs, branches, alpha, beta, n, eos):
     return new
 
 
-@pytest.mark.parametrize("name", ["llava", "qwen2_vl", "idefics3"])
+@pytest.mark.parametrize("name", ["llava", "qwen2_vl", "qwen2_5_vl", "idefics3"])
 @pytest.mark.parametrize("variant", ["none", "unk", "noise", "none+unk"])
 def test_greedy_matches_cache_free_reference(name, variant):
-    if name == "idefics3" and variant in ("noise", "none+unk"):
+    if name in ("idefics3", "qwen2_5_vl") and variant in ("unk", "none+unk"):
         pytest.skip("covered on llava / qwen2_vl")
     model, proc = built(name)
     inputs = make_inputs(name, ["Is there a cat in the picture?"], [0])
@@ -80,7 +87,7 @@ def test_greedy_matches_cache_free_reference(name, variant):
         assert plain[0, inputs["input_ids"].shape[1]:].tolist() != got
 
 
-@pytest.mark.parametrize("name", ["llava", "qwen2_vl"])
+@pytest.mark.parametrize("name", ["llava", "qwen2_vl", "qwen2_5_vl"])
 def test_batch_of_two_left_padded_equals_rows_alone(name):
     model, proc = built(name)
     texts = ["Is there a cat?", "Is there a small red square in the upper left part of this picture?"]

@@ -55,7 +55,7 @@ def _draw(canvas: np.ndarray, shape: str, colour, cx: int, cy: int, r: int) -> N
     canvas[m] = colour
 
 
-def render(objects: list[tuple[str, str]], rng: np.random.Generator, size: int = 32, noise: float = 20.0):
+def render(objects: list[tuple[str, str]], rng: np.random.Generator, size: int = 32, noise: float = 15.0):
     """Draw ``[(colour, shape), ...]`` at random non-overlapping places; returns a PIL RGB image."""
     from PIL import Image
 
@@ -163,7 +163,7 @@ class _Encoded:
         return out
 
 
-def train_biased_vlm(out_dir: str | Path, *, n_train: int = 6000, steps: int = 1200, batch_size: int = 48,
+def train_biased_vlm(out_dir: str | Path, *, n_train: int = 6000, steps: int = 3000, batch_size: int = 48,
                      lr: float = 2e-3, yes_rate: float = 0.75, image_free_rate: float = 0.2, seed: int = 0,
                      threads: int | None = 1, progress: bool = True) -> Path:
     """Train the biased VLM and save it (``save_pretrained`` of model and processor) with ``train_meta.json``.

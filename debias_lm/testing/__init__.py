@@ -9,6 +9,7 @@ from .text import build_tiny_gpt2, build_tiny_llama, build_tiny_tokenizer, save_
 from .vlm import (
     build_tiny_idefics3,
     build_tiny_llava,
+    build_tiny_qwen2_5_vl,
     build_tiny_qwen2_vl,
     register_qwen2_vl_image_only_processor,
     tiny_image,
@@ -19,6 +20,7 @@ __all__ = [
     "build_tiny_idefics3",
     "build_tiny_llama",
     "build_tiny_llava",
+    "build_tiny_qwen2_5_vl",
     "build_tiny_qwen2_vl",
     "build_tiny_tokenizer",
     "register_qwen2_vl_image_only_processor",

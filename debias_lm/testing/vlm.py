@@ -229,6 +229,31 @@ def build_tiny_qwen2_vl(seed: int = 0):
     return model, processor
 
 
+def build_tiny_qwen2_5_vl(seed: int = 0):
+    """A random ``Qwen2_5_VLForConditionalGeneration`` (windowed vision tower, 2 blocks) with the processor of
+    :func:`build_tiny_qwen2_vl` (Qwen2.5-VL uses the same image tokens, image processor and chat format)."""
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    _, processor = build_tiny_qwen2_vl(seed)
+    tok = processor.tokenizer
+    ids = dict(zip(QWEN2_VL_TOKENS, tok.convert_tokens_to_ids(list(QWEN2_VL_TOKENS))))
+    vision = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=TEXT_HIDDEN,
+                  patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=56,
+                  fullatt_block_indexes=[1])
+    text = dict(**_text_kwargs(tok),
+                rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0, "mrope_section": [4, 6, 6]})
+    config = Qwen2_5_VLConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+    )
+    model = _finish(Qwen2_5_VLForConditionalGeneration, config, tok, seed)
+    return model, processor
+
+
 IDEFICS3_TOKENS = ("<fake_token_around_image>", "<image>", "<end_of_utterance>", "<global-img>")
 
 
