@@ -247,6 +247,28 @@ def _debias_sampling(llm, tok, items, cfg, sps, counterfactual, fallback, lockst
     return results
 
 
+def _generate_together(llm, prompts, params, use_tqdm):
+    """``llm.generate`` with every request queued before the first step.
+
+    With the engine in its own process (vLLM's default), ``LLM.generate`` sends requests one by one and the
+    engine may start a step after the first arrives, so a main row could sample before its aux row exists.
+    vLLM's documented remedy: pause scheduling (``sleep(level=0)``), ``enqueue``, resume
+    (``wake_up(tags=["scheduling"])``), ``wait_for_completion``.
+    """
+    try:
+        llm.sleep(level=0, mode="keep")
+    except Exception as e:  # noqa: BLE001 - engine without pause support: best effort
+        log.warning("vllm_debias: could not pause scheduling (%s); pairs may start apart", e)
+        return llm.generate(prompts, params, use_tqdm=use_tqdm)
+    try:
+        ids = llm.enqueue(prompts, params, use_tqdm=False)
+    finally:
+        llm.wake_up(tags=["scheduling"])
+    outs = {o.request_id: o for o in llm.wait_for_completion(use_tqdm=use_tqdm)}
+    # enqueue returns the engine's ids ("<n>-<suffix>"); outputs may carry the user-facing "<n>"
+    return [outs[i] if i in outs else outs[i.split("-", 1)[0]] for i in ids]
+
+
 def _run_pairs(llm, idx, mains, auxs, sps, cfg, results, use_tqdm) -> list[int]:
     """Submit the pairs ``idx`` (main first, then aux) in one call; fill ``results``; return drifted pairs."""
     prompts, params, tags = [], [], []
@@ -258,7 +280,7 @@ def _run_pairs(llm, idx, mains, auxs, sps, cfg, results, use_tqdm) -> list[int]:
         prompts += [mains[i], auxs[i]]
         params += [main_sp, aux_sp]
         tags.append(i)
-    outs = llm.generate(prompts, params, use_tqdm=use_tqdm)
+    outs = _generate_together(llm, prompts, params, use_tqdm)
     bad = []
     for j, i in enumerate(tags):
         m, a = outs[2 * j], outs[2 * j + 1]

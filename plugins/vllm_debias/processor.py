@@ -282,8 +282,9 @@ class DebiasLogitsProcessor(*_bases()):  # type: ignore[misc]
                     continue  # both (or the only present one) still prefilling: nothing sampled yet
                 for _, req, _ in members:
                     req.broken = True
-                log.warning("vllm_debias: debias_sampling pair %r is out of step (partner missing, chunked "
-                            "prefill or preemption); it is left unmodified from now on", pair_id)
+                log.warning("vllm_debias: debias_sampling pair %r is out of step (rows as (role, step): %s; "
+                            "partner missing, chunked prefill or preemption); it is left unmodified from now on",
+                            pair_id, [(req.spec.role, step) for _, req, step in members])
                 continue
             m_row, m_req, _ = mains[0]
             a_row = auxs[0][0]
