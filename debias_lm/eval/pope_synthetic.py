@@ -2,16 +2,17 @@
 
 No VLM weights exist offline, so the effect of calibration and debias sampling is shown on a model trained here:
 
-* **Images** (32×32, numpy): 1–2 objects (square / circle / triangle × red / green / blue / yellow) of 6–10 px on
-  a grey background with Gaussian pixel noise, so some questions are genuinely hard to read from the image.
-* **Questions**: "Is there a {colour} {shape} in the image? Answer yes or no." Negatives ask for a colour–shape
-  pair that is absent.
+* **Images** (32×32, numpy): 1–2 objects (square / circle / triangle × red / green / blue / yellow), 8–12 px, one
+  per quadrant, on a grey background with Gaussian pixel noise (σ = 15).
+* **Questions** (POPE-style existence): "Is there a {colour} object in the image? Answer yes or no."
+  (``ask="colour"``, the default; ``ask="colour_shape"`` asks for a colour–shape pair and learns much more
+  slowly). Negatives ask for a colour that is absent. The prompt puts the question before the image.
 * **The deliberate language prior**: in training, ``yes_rate`` (default 0.75) of the questions are positives,
   and ``image_free_rate`` (0.2) of the examples are the same questions *without an image* answered with that
   same 75 % "yes" marginal — standing in for the text-only statistics a real LVLM's language model has
   absorbed, which is the prior these methods subtract. The held-out split is balanced (50 % "yes").
-* **Model**: ``build_tiny_llava`` scaled up (CLIP 2 layers × 64, Llama 2 layers × 128), trained from scratch
-  with AdamW on the answer token only; a few minutes on two CPU cores.
+* **Model**: ``build_tiny_llava`` scaled up (CLIP 2 layers × 64, patch 8 → 16 image tokens; Llama 2 layers ×
+  128; the task words as whole tokens), trained from scratch with AdamW on the answer token and ``<|im_end|>``.
 
 :func:`evaluate` reports POPE accuracy / precision / recall / F1 / yes-ratio (of predictions) and ECE for plain
 greedy answers, post-hoc calibration (image-free prior), VDD (debias sampling, greedy) and both.
@@ -70,8 +71,15 @@ def render(objects: list[tuple[str, str]], rng: np.random.Generator, size: int =
     return Image.fromarray(np.clip(canvas, 0, 255).astype(np.uint8))
 
 
-def make_split(n: int, seed: int, *, yes_rate: float = 0.5, image_free_rate: float = 0.0) -> list[Example]:
-    """``n`` examples; a ``yes_rate`` share are positives; ``image_free_rate`` of them carry no image."""
+def make_split(n: int, seed: int, *, yes_rate: float = 0.5, image_free_rate: float = 0.0,
+               ask: str = "colour") -> list[Example]:
+    """``n`` examples; a ``yes_rate`` share are positives; ``image_free_rate`` of them carry no image.
+
+    ``ask="colour"`` (default) asks whether an object of a colour is present ("Is there a red object ..."),
+    ``ask="colour_shape"`` whether a colour-shape pair is ("Is there a red circle ..."; harder to learn).
+    """
+    if ask not in ("colour", "colour_shape"):
+        raise ValueError(f"ask={ask!r} is invalid: expected 'colour' or 'colour_shape'")
     rng = np.random.default_rng(seed)
     pairs = [(c, s) for c in COLOURS for s in SHAPES]
     out = []
@@ -82,24 +90,42 @@ def make_split(n: int, seed: int, *, yes_rate: float = 0.5, image_free_rate: flo
         positive = rng.random() < yes_rate
         if positive:
             colour, shape = objects[int(rng.integers(0, k))]
+        elif ask == "colour":
+            absent = [c for c in COLOURS if c not in {o[0] for o in objects}]
+            colour, shape = absent[int(rng.integers(0, len(absent)))], "object"
         else:
             absent = [p for p in pairs if p not in objects]
             colour, shape = absent[int(rng.integers(0, len(absent)))]
+        if ask == "colour":
+            shape = "object"
         image = None if rng.random() < image_free_rate else render(objects, rng)
         out.append(Example(image, QUESTION.format(colour=colour, shape=shape), "yes" if positive else "no"))
     return out
 
 
 def prompt_text(processor, question: str, with_image: bool = True) -> str:
-    parts = ([{"type": "image"}] if with_image else []) + [{"type": "text", "text": question}]
+    # question first, then the image: with causal attention the image tokens can then attend to the question,
+    # which lets this small model learn the task in minutes
+    parts = [{"type": "text", "text": question + "\n"}] + ([{"type": "image"}] if with_image else [])
     return processor.apply_chat_template([{"role": "user", "content": parts}], add_generation_prompt=True,
                                          tokenize=False)
 
 
+TASK_WORDS = (*COLOURS, *SHAPES, "object", "Is", "there", "image", "Answer")
+
+
 def build_model(seed: int = 0):
+    """The untrained synthetic VLM and its processor; the task's words are whole tokens."""
+    import torch
+
     from ..testing.vlm import build_tiny_llava
 
-    return build_tiny_llava(seed=seed, text_hidden=128, text_layers=2, vision_hidden=64, vision_layers=2)
+    model, processor = build_tiny_llava(seed=seed, text_hidden=128, text_layers=2, vision_hidden=64,
+                                        vision_layers=2, patch_size=8)
+    processor.tokenizer.add_tokens([" " + w for w in TASK_WORDS] + list(TASK_WORDS))
+    torch.manual_seed(seed)
+    model.resize_token_embeddings(len(processor.tokenizer), mean_resizing=False)
+    return model, processor
 
 
 def _encode_batch(processor, examples: list[Example], train: bool):

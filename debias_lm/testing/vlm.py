@@ -83,7 +83,7 @@ def tiny_image(size: int | tuple[int, int] = 32, seed: int = 0):
 
 
 def build_tiny_llava(seed: int = 0, *, text_hidden: int = TEXT_HIDDEN, text_layers: int = TEXT_LAYERS,
-                     vision_hidden: int = 32, vision_layers: int = 1):
+                     vision_hidden: int = 32, vision_layers: int = 1, patch_size: int = 8):
     """A random ``LlavaForConditionalGeneration`` (CLIP 32x32 / patch 8 -> 16 image tokens) and ``LlavaProcessor``.
 
     The prompt placeholder is ``<image>``; the chat template renders an image part as ``<image>\\n``. The size
@@ -99,7 +99,7 @@ def build_tiny_llava(seed: int = 0, *, text_hidden: int = TEXT_HIDDEN, text_laye
         LlavaProcessor,
     )
 
-    image_size, patch_size = 32, 8
+    image_size = 32
     num_image_tokens = (image_size // patch_size) ** 2  # CLS dropped by the "default" strategy
     template = _chat_template("<image>\n")
     tok = _tokenizer(("<image>",), template)
