@@ -200,7 +200,8 @@ def test_lockstep_client_matches_hf(server, tiny_llama):
     cfg = dl.DebiasSamplingConfig(alpha=3.0, beta=0.8, counterfactual_swap="gender")
     prompts = ["The nurse said that she", "He and his friend went to the"]
     client = LockstepClient(server["url"], server["model"], k=128)
-    res = client.generate(prompts, cfg, max_tokens=N, min_tokens=N, stop_token_ids=[tok.eos_token_id])
+    assert client._eos_ids() == [tok.eos_token_id]  # found through /tokenizer_info (enabled by debias-lm serve)
+    res = client.generate(prompts, cfg, max_tokens=N, min_tokens=N)
     proc = DebiasSamplingLogitsProcessor.from_texts(model, tok, counterfactual_texts(cfg, prompts), alpha=cfg.alpha,
                                                     beta=cfg.beta)
     enc = tok(prompts, return_tensors="pt", padding=True)

