@@ -3,16 +3,17 @@
 No VLM weights exist offline, so the effect of calibration and debias sampling is shown on a model trained here:
 
 * **Images** (32×32, numpy): 1–2 objects (square / circle / triangle × red / green / blue / yellow), 8–12 px, one
-  per quadrant, on a grey background with Gaussian pixel noise (σ = 15).
-* **Questions** (POPE-style existence): "Is there a {colour} object in the image? Answer yes or no."
-  (``ask="colour"``, the default; ``ask="colour_shape"`` asks for a colour–shape pair and learns much more
-  slowly). Negatives ask for a colour that is absent. The prompt puts the question before the image.
+  per quadrant, on a grey background with Gaussian pixel noise (σ = 20).
+* **Questions** (POPE-style existence): "Is there a {colour} {shape} in the image? Answer yes or no."
+  Negatives ask for a colour–shape pair that is absent (``ask="colour"`` asks for a colour only).
 * **The deliberate language prior**: in training, ``yes_rate`` (default 0.75) of the questions are positives,
   and ``image_free_rate`` (0.2) of the examples are the same questions *without an image* answered with that
   same 75 % "yes" marginal — standing in for the text-only statistics a real LVLM's language model has
   absorbed, which is the prior these methods subtract. The held-out split is balanced (50 % "yes").
 * **Model**: ``build_tiny_llava`` scaled up (CLIP 2 layers × 64, patch 8 → 16 image tokens; Llama 2 layers ×
-  128; the task words as whole tokens), trained from scratch with AdamW on the answer token and ``<|im_end|>``.
+  128), trained from scratch with AdamW (1500 steps of 48) on the answer token and ``<|im_end|>``. This
+  small model learns to read the image only partly in that budget — it stays uncertain on many images, which
+  is the regime where the learned "yes" prior shows.
 
 :func:`evaluate` reports POPE accuracy / precision / recall / F1 / yes-ratio (of predictions) and ECE for plain
 greedy answers, post-hoc calibration (image-free prior), VDD (debias sampling, greedy) and both.
@@ -56,7 +57,7 @@ def _draw(canvas: np.ndarray, shape: str, colour, cx: int, cy: int, r: int) -> N
     canvas[m] = colour
 
 
-def render(objects: list[tuple[str, str]], rng: np.random.Generator, size: int = 32, noise: float = 15.0):
+def render(objects: list[tuple[str, str]], rng: np.random.Generator, size: int = 32, noise: float = 20.0):
     """Draw ``[(colour, shape), ...]`` at random non-overlapping places; returns a PIL RGB image."""
     from PIL import Image
 
@@ -72,11 +73,11 @@ def render(objects: list[tuple[str, str]], rng: np.random.Generator, size: int =
 
 
 def make_split(n: int, seed: int, *, yes_rate: float = 0.5, image_free_rate: float = 0.0,
-               ask: str = "colour") -> list[Example]:
+               ask: str = "colour_shape") -> list[Example]:
     """``n`` examples; a ``yes_rate`` share are positives; ``image_free_rate`` of them carry no image.
 
-    ``ask="colour"`` (default) asks whether an object of a colour is present ("Is there a red object ..."),
-    ``ask="colour_shape"`` whether a colour-shape pair is ("Is there a red circle ..."; harder to learn).
+    ``ask="colour_shape"`` (default) asks whether a colour-shape pair is present ("Is there a red circle ..."),
+    ``ask="colour"`` whether an object of a colour is ("Is there a red object ...").
     """
     if ask not in ("colour", "colour_shape"):
         raise ValueError(f"ask={ask!r} is invalid: expected 'colour' or 'colour_shape'")
@@ -104,28 +105,16 @@ def make_split(n: int, seed: int, *, yes_rate: float = 0.5, image_free_rate: flo
 
 
 def prompt_text(processor, question: str, with_image: bool = True) -> str:
-    # question first, then the image: with causal attention the image tokens can then attend to the question,
-    # which lets this small model learn the task in minutes
-    parts = [{"type": "text", "text": question + "\n"}] + ([{"type": "image"}] if with_image else [])
+    parts = ([{"type": "image"}] if with_image else []) + [{"type": "text", "text": question}]
     return processor.apply_chat_template([{"role": "user", "content": parts}], add_generation_prompt=True,
                                          tokenize=False)
 
 
-TASK_WORDS = (*COLOURS, *SHAPES, "object", "Is", "there", "image", "Answer")
-
-
 def build_model(seed: int = 0):
-    """The untrained synthetic VLM and its processor; the task's words are whole tokens."""
-    import torch
-
+    """The untrained synthetic VLM and its processor."""
     from ..testing.vlm import build_tiny_llava
 
-    model, processor = build_tiny_llava(seed=seed, text_hidden=128, text_layers=2, vision_hidden=64,
-                                        vision_layers=2, patch_size=8)
-    processor.tokenizer.add_tokens([" " + w for w in TASK_WORDS] + list(TASK_WORDS))
-    torch.manual_seed(seed)
-    model.resize_token_embeddings(len(processor.tokenizer), mean_resizing=False)
-    return model, processor
+    return build_tiny_llava(seed=seed, text_hidden=128, text_layers=2, vision_hidden=64, vision_layers=2)
 
 
 def _encode_batch(processor, examples: list[Example], train: bool):
@@ -189,7 +178,7 @@ class _Encoded:
         return out
 
 
-def train_biased_vlm(out_dir: str | Path, *, n_train: int = 6000, steps: int = 3000, batch_size: int = 48,
+def train_biased_vlm(out_dir: str | Path, *, n_train: int = 6000, steps: int = 1500, batch_size: int = 48,
                      lr: float = 2e-3, yes_rate: float = 0.75, image_free_rate: float = 0.2, seed: int = 0,
                      threads: int | None = 1, progress: bool = True) -> Path:
     """Train the biased VLM and save it (``save_pretrained`` of model and processor) with ``train_meta.json``.
@@ -217,7 +206,7 @@ def train_biased_vlm(out_dir: str | Path, *, n_train: int = 6000, steps: int = 3
     losses = []
     bar = tqdm(range(steps), desc="training biased VLM", disable=not progress)
     for step in bar:
-        enc = encoded.batch(rng.choice(len(data), size=batch_size, replace=False))
+        enc = encoded.batch(rng.choice(n_train, size=batch_size, replace=False))
         loss = model(**enc).loss
         opt.zero_grad()
         loss.backward()

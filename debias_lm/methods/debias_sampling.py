@@ -231,6 +231,8 @@ class DebiasSamplingHF(HFMethod):
             slice_output,
         )
 
+        if kwargs.get("streamer") is not None or kwargs.get("output_scores") or kwargs.get("output_logits"):
+            return None  # streamers take one row; returned scores must be the contrasted ones: use the processor
         mode = sampling_warpers(self.model, kwargs)
         if mode is None:
             return None

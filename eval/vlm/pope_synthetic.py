@@ -22,7 +22,7 @@ ORDER = ("plain", "calibration", "vdd", "vdd+calibration")
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="results/pope_synthetic")
-    ap.add_argument("--steps", type=int, default=3000)
+    ap.add_argument("--steps", type=int, default=1500)
     ap.add_argument("--n-train", type=int, default=6000)
     ap.add_argument("--n-test", type=int, default=600)
     ap.add_argument("--yes-rate", type=float, default=0.75, help="share of 'yes' answers in training")
