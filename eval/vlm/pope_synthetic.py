@@ -31,6 +31,7 @@ def main(argv=None) -> int:
     ap.add_argument("--variant", default="none")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--retrain", action="store_true")
+    ap.add_argument("--tag", default="", help="suffix of the results files (results{tag}.json / .md)")
     args = ap.parse_args(argv)
     out = Path(args.out)
     model_dir = out / "model"
@@ -44,7 +45,7 @@ def main(argv=None) -> int:
     payload = {"train": meta, "test": {"n": args.n_test, "yes_rate": 0.5, "seed": 10_000 + args.seed},
                "vdd": {"alpha": args.alpha, "beta": args.beta, "variant": args.variant},
                "eval_seconds": round(time.perf_counter() - t0, 1), "results": res}
-    (out / "results.json").write_text(json.dumps(payload, indent=2))
+    (out / f"results{args.tag}.json").write_text(json.dumps(payload, indent=2))
     lines = ["| method | accuracy | precision | recall | F1 | yes-ratio (pred.) | ECE | unparsed |",
              "|---|---|---|---|---|---|---|---|"]
     for name in ORDER:
@@ -52,7 +53,7 @@ def main(argv=None) -> int:
         lines.append(f"| {name} | {m['accuracy']:.1f} | {m['precision']:.1f} | {m['recall']:.1f} | {m['f1']:.1f} | "
                      f"{m['yes_ratio']:.1f} | {m['ece']:.3f} | {int(m['unparsed'])} |")
     table = "\n".join(lines)
-    (out / "results.md").write_text(table + "\n")
+    (out / f"results{args.tag}.md").write_text(table + "\n")
     print(table)
     return 0
 
