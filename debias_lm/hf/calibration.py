@@ -113,7 +113,9 @@ class AnswerCalibrator:
         text_only = [br for br in branches if set(br) == {"input_ids", "attention_mask"}]
         b = inputs["input_ids"].shape[0]
         if text_only and len(text_only) == len(branches) and _joint_family(self.model):
-            joint = _join_rows(self.model, inputs, text_only, self.tokenizer.pad_token_id or 0)
+            from .twin_rows import join_rows
+
+            joint = join_rows(inputs, text_only, self.tokenizer.pad_token_id or 0)
             logits = self._last_logits(joint)
             return logits[:b], logits[b:].view(len(branches), b, -1)
         real = self._last_logits(inputs)
@@ -177,23 +179,6 @@ class AnswerCalibrator:
                 for k in ("precision", "recall", "f1", "yes_ratio"):
                     out[f"{k}_{tag}"] = m[k]
         return out
-
-
-def _join_rows(model, inputs: Mapping[str, Any], branches: list[dict], pad_id: int) -> dict[str, Any]:
-    """The real rows plus image-free rows as one left-padded batch (image inputs belong to the real rows)."""
-    parts = [(inputs["input_ids"], inputs.get("attention_mask", torch.ones_like(inputs["input_ids"])))]
-    parts += [(br["input_ids"], br["attention_mask"]) for br in branches]
-    width = max(ids.shape[1] for ids, _ in parts)
-    pad = torch.nn.functional.pad
-    ids = torch.cat([pad(i, (width - i.shape[1], 0), value=pad_id) for i, _ in parts])
-    mask = torch.cat([pad(m, (width - m.shape[1], 0), value=0) for _, m in parts])
-    joint = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask")}
-    joint.update(input_ids=ids, attention_mask=mask)
-    if "mm_token_type_ids" in inputs:
-        real = inputs["mm_token_type_ids"]
-        extra = torch.zeros((ids.shape[0] - real.shape[0], width), dtype=real.dtype, device=real.device)
-        joint["mm_token_type_ids"] = torch.cat([pad(real, (width - real.shape[1], 0), value=0), extra])
-    return joint
 
 
 try:
