@@ -161,7 +161,7 @@ def main() -> None:
                 row["share_redone"] = mean([float(a > 1) for a in att])
             if suite == "gender":
                 for g in ("female", "male"):
-                    idx = [i for i, r in enumerate(recs) for _ in range(k) if r["group"] == g]
+                    idx = [i * k + j for i, r in enumerate(recs) if r["group"] == g for j in range(k)]
                     words = [set(w.strip(".,!?;:'\"").lower() for w in conts[i].split()) for i in idx]
                     row[f"{g}_mean_tox_hatesonar"] = mean([hs[i] for i in idx])
                     row[f"{g}_mean_tox_profanity_check"] = mean([pc[i] for i in idx])
