@@ -174,6 +174,23 @@ def register_qwen2_vl_image_only_processor():
     return Qwen2VLImageOnlyProcessor
 
 
+def _qwen_text_and_ids(tok) -> dict:
+    """Text config (M-RoPE) and special-token ids shared by the tiny Qwen2-VL and Qwen2.5-VL builders."""
+    ids = dict(zip(QWEN2_VL_TOKENS, tok.convert_tokens_to_ids(list(QWEN2_VL_TOKENS))))
+    # mrope_section splits the rotary half-dim (head_dim / 2 = 16) into temporal/height/width parts.
+    text = dict(
+        **_text_kwargs(tok),
+        rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0, "mrope_section": [4, 6, 6]},
+    )
+    return dict(
+        text_config=text,
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+    )
+
+
 def build_tiny_qwen2_vl(seed: int = 0):
     """A random ``Qwen2VLForConditionalGeneration`` and a ``Qwen2VLProcessor`` subclass without videos (see
     :func:`register_qwen2_vl_image_only_processor`).
@@ -192,7 +209,6 @@ def build_tiny_qwen2_vl(seed: int = 0):
     pixels = (patch_size * merge_size * 2) ** 2  # 56*56
     template = _chat_template("<|vision_start|><|image_pad|><|vision_end|>")
     tok = _tokenizer(QWEN2_VL_TOKENS, template)
-    ids = dict(zip(QWEN2_VL_TOKENS, tok.convert_tokens_to_ids(list(QWEN2_VL_TOKENS))))
     vision = dict(
         depth=1,
         embed_dim=32,
@@ -203,19 +219,7 @@ def build_tiny_qwen2_vl(seed: int = 0):
         spatial_merge_size=merge_size,
         temporal_patch_size=temporal_patch_size,
     )
-    # mrope_section splits the rotary half-dim (head_dim / 2 = 16) into temporal/height/width parts.
-    text = dict(
-        **_text_kwargs(tok),
-        rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0, "mrope_section": [4, 6, 6]},
-    )
-    config = Qwen2VLConfig(
-        vision_config=vision,
-        text_config=text,
-        image_token_id=ids["<|image_pad|>"],
-        video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"],
-        vision_end_token_id=ids["<|vision_end|>"],
-    )
+    config = Qwen2VLConfig(vision_config=vision, **_qwen_text_and_ids(tok))
     model = _finish(Qwen2VLForConditionalGeneration, config, tok, seed)
     image_processor = Qwen2VLImageProcessorPil(
         min_pixels=pixels,
@@ -236,20 +240,10 @@ def build_tiny_qwen2_5_vl(seed: int = 0):
 
     _, processor = build_tiny_qwen2_vl(seed)
     tok = processor.tokenizer
-    ids = dict(zip(QWEN2_VL_TOKENS, tok.convert_tokens_to_ids(list(QWEN2_VL_TOKENS))))
     vision = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=TEXT_HIDDEN,
                   patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=56,
                   fullatt_block_indexes=[1])
-    text = dict(**_text_kwargs(tok),
-                rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0, "mrope_section": [4, 6, 6]})
-    config = Qwen2_5_VLConfig(
-        vision_config=vision,
-        text_config=text,
-        image_token_id=ids["<|image_pad|>"],
-        video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"],
-        vision_end_token_id=ids["<|vision_end|>"],
-    )
+    config = Qwen2_5_VLConfig(vision_config=vision, **_qwen_text_and_ids(tok))
     model = _finish(Qwen2_5_VLForConditionalGeneration, config, tok, seed)
     return model, processor
 
