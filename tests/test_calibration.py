@@ -89,8 +89,16 @@ def test_batch_and_given_priors_and_metrics():
     assert set(res_b.metrics) >= {"ece_before", "ece_after", "accuracy_before", "f1_after", "yes_ratio_after"}
     res_g = dl.AnswerCalibrator(model, proc, prior="given", prior_probs=(0.9, 0.1)).score(inputs)
     assert torch.allclose(res_g.calibrated, calibrate(res_g.probs, torch.tensor([0.9, 0.1])))
-    with pytest.raises(ValueError, match="gold label 'maybe'"):
-        dl.AnswerCalibrator(model, proc, prior="batch", mode="batch").score(inputs, gold=["yes", "maybe", "no"])
+    calls = []
+    handle = model.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        with pytest.raises(ValueError, match="gold label 'maybe'"):
+            dl.AnswerCalibrator(model, proc, prior="batch", mode="batch").score(inputs, gold=["yes", "maybe", "no"])
+        with pytest.raises(ValueError, match="2 gold labels for 3 rows"):
+            dl.AnswerCalibrator(model, proc, prior="batch", mode="batch").score(inputs, gold=["yes", "no"])
+    finally:
+        handle.remove()
+    assert calls == []  # refused before any forward pass
 
 
 @pytest.mark.parametrize("name", ["llava", "qwen2_vl"])

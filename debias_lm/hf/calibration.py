@@ -122,17 +122,22 @@ class AnswerCalibrator:
         return real, torch.stack([self._last_logits(br) for br in branches])
 
     def score(self, inputs: Mapping[str, Any] | Iterable[Mapping[str, Any]],
-              gold: Sequence[str] | None = None) -> CalibrationResult:
+              gold: Sequence[str] | None = None, *, progress: bool = True) -> CalibrationResult:
         """Score one processor batch, or an iterable of batches (the ``dataset`` prior spans all of them).
 
-        ``gold``: the correct label of each row (optional); adds accuracy, ECE and (yes/no labels) POPE metrics
-        before and after calibration to ``result.metrics``.
+        ``gold``: the correct label of each row (optional; checked before any forward pass); adds accuracy, ECE
+        and (yes/no labels) POPE metrics before and after calibration to ``result.metrics``.
         """
+        from tqdm.auto import tqdm
+
         batches = [inputs] if isinstance(inputs, Mapping) else list(inputs)
         if not batches:
             raise UserInputError("AnswerCalibrator.score got no inputs")
+        if gold is not None:
+            n_rows = sum(int(b["input_ids"].shape[0]) for b in batches)
+            self._gold_indices(gold, n_rows)
         probs, priors = [], []
-        for batch in batches:
+        for batch in tqdm(batches, desc="calibration", disable=not progress or len(batches) < 2):
             logits, uncond = self._logits_with_priors(batch)
             probs.append(self.label_probs_from_logits(logits))
             if uncond is not None:
@@ -156,19 +161,24 @@ class AnswerCalibrator:
             result.metrics = self.evaluate(result, gold)
         return result
 
+    def _gold_indices(self, gold: Sequence[str], n_rows: int) -> list[int]:
+        names = [x.strip().lower() for x in self.config.labels]
+        if len(gold) != n_rows:
+            raise UserInputError(f"{len(gold)} gold labels for {n_rows} rows to score")
+        idx = []
+        for g in gold:
+            g2 = str(g).strip().lower()
+            if g2 not in names:
+                raise UserInputError(f"gold label {g!r} is not one of the labels {list(self.config.labels)}")
+            idx.append(names.index(g2))
+        return idx
+
     def evaluate(self, result: CalibrationResult, gold: Sequence[str]) -> dict[str, float]:
         """Accuracy and ECE (and POPE metrics for yes/no labels) before / after calibration."""
         from ..metrics.pope import expected_calibration_error, pope_metrics
 
         names = [x.strip().lower() for x in result.labels]
-        if len(gold) != result.probs.shape[0]:
-            raise UserInputError(f"{len(gold)} gold labels for {result.probs.shape[0]} scored rows")
-        idx = []
-        for g in gold:
-            g2 = str(g).strip().lower()
-            if g2 not in names:
-                raise UserInputError(f"gold label {g!r} is not one of the labels {list(result.labels)}")
-            idx.append(names.index(g2))
+        idx = self._gold_indices(gold, result.probs.shape[0])
         out: dict[str, float] = {}
         for tag, probs in (("before", result.probs), ("after", result.calibrated)):
             pred = probs.argmax(-1).tolist()
