@@ -293,10 +293,7 @@ def test_bitsandbytes_model(tiny_llama_dir, tmp_path, bits):
 
     q = (BitsAndBytesConfig(load_in_8bit=True) if bits == 8 else
          BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32))
-    try:
-        model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, quantization_config=q, device_map="cpu").eval()
-    except Exception as e:  # pragma: no cover - bnb backend unavailable
-        pytest.skip(f"bitsandbytes {bits}-bit cannot load here: {e}")
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, quantization_config=q, device_map="cpu").eval()
     tok = AutoTokenizer.from_pretrained(tiny_llama_dir)
     probe = train_probe(model, tok, TEXTS, LABELS, epochs=10).save(tmp_path / "q.safetensors")
     w = dl.wrap(model, tok, {"method": "uddia", "variant": "u", "lr": 0.5, "layer_step": 0, "probe": str(probe)})
