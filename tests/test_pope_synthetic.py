@@ -72,3 +72,15 @@ def test_pope_file_loader(tmp_path):
     bad.write_text('{"image": "images/00000.png", "text": "Q", "label": "maybe"}\n')
     with pytest.raises(ValueError, match="not yes/no"):
         load_pope_jsonl(bad, tmp_path / "p")
+
+
+def test_pope_loader_rejects_non_object_rows(tmp_path):
+    bad = tmp_path / "p.jsonl"
+    bad.write_text('["image", "text"]\n')
+    with pytest.raises(ValueError, match="p.jsonl:1: expected a JSON object"):
+        load_pope_jsonl(bad)
+    bad.write_text("{not json\n")
+    with pytest.raises(ValueError, match="p.jsonl:1: not JSON"):
+        load_pope_jsonl(bad)
+    with pytest.raises(ValueError, match="does not exist"):
+        load_pope_jsonl(tmp_path / "missing.jsonl")

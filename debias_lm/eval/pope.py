@@ -12,18 +12,12 @@ from ..errors import UserInputError
 def load_pope_jsonl(path: str | Path, image_dir: str | Path | None = None) -> list[dict]:
     """Rows with ``image`` (a path), ``question`` and ``label`` ("yes"/"no"); a malformed row is an error that
     names its line (nothing is dropped silently)."""
+    from ..utils.jsonl import read_jsonl_objects
+
     path = Path(path)
-    if not path.exists():
-        raise UserInputError(f"POPE file {path} does not exist")
     base = Path(image_dir) if image_dir else path.parent
     rows = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            r = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise UserInputError(f"{path}:{n}: not JSON ({e.msg})") from None
+    for n, r in read_jsonl_objects(path, what="POPE file"):
         missing = [k for k in ("image", "text", "label") if k not in r]
         if missing:
             raise UserInputError(f"{path}:{n}: missing field(s) {', '.join(missing)} (POPE rows have image/text/label)")

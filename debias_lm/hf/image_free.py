@@ -146,7 +146,8 @@ def _rows(inputs: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
     return ids, mask
 
 
-def _left_pad(rows: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+def left_pad_rows(rows: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token-id rows as a left-padded ``[B, max len]`` batch: ``(input_ids, attention_mask)``."""
     width = max(len(r) for r in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
@@ -220,5 +221,5 @@ def image_free_inputs(model, processor, inputs: Mapping[str, Any], variant: str 
             raise UserInputError(f"row {b} is only an image: the image-free prompt would be empty")
         rows.append(new)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    uids, umask = _left_pad(rows, pad, ids.device)
+    uids, umask = left_pad_rows(rows, pad, ids.device)
     return {"input_ids": uids, "attention_mask": umask}

@@ -264,7 +264,6 @@ class DebiasSamplingHF(HFMethod):
         return self.encode(prompts=counterfactual_texts(cfg, prompts), chat=chat)
 
     def _counterfactual_from_ids(self, ids, mask, counterfactual, chat):
-        import torch
 
         from ..hf.base import encode_left_padded
 
@@ -297,11 +296,7 @@ class DebiasSamplingHF(HFMethod):
                 out_rows.append(tok.encode(swapped, add_special_tokens=False))
         else:
             counterfactual_texts(cfg, [""])  # raises the "needs a counterfactual context" error
-        width = max(len(r) for r in out_rows)
-        pad = tok.pad_token_id or 0
-        cf_ids = torch.full((len(out_rows), width), pad, dtype=torch.long)
-        cf_mask = torch.zeros((len(out_rows), width), dtype=torch.long)
-        for i, r in enumerate(out_rows):
-            cf_ids[i, width - len(r):] = torch.tensor(r)
-            cf_mask[i, width - len(r):] = 1
+        from ..hf.image_free import left_pad_rows
+
+        cf_ids, cf_mask = left_pad_rows(out_rows, tok.pad_token_id or 0, ids.device)
         return {"input_ids": cf_ids, "attention_mask": cf_mask}

@@ -210,22 +210,14 @@ def train_probe(
 
 def read_labeled_jsonl(path: str | Path) -> tuple[list[str], list[int]]:
     """``{"text": ..., "label": 0|1}`` per line (``"toxic"`` is accepted for ``"label"``)."""
+    from ...utils.jsonl import read_jsonl_objects
+
     path = Path(path)
-    if not path.is_file():
-        raise UserInputError(f"--data {str(path)!r} does not exist")
     texts, labels = [], []
-    with path.open(encoding="utf-8") as fh:
-        for n, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UserInputError(f"{path}:{n}: not JSON ({e.msg})") from None
-            label = row.get("label", row.get("toxic")) if isinstance(row, dict) else None
-            text = row.get("text") if isinstance(row, dict) else None
-            if not isinstance(text, str) or not text.strip() or label not in (0, 1, True, False):
-                raise UserInputError(f"{path}:{n}: expected {{\"text\": str, \"label\": 0 or 1}}")
-            texts.append(text)
-            labels.append(int(label))
+    for n, row in read_jsonl_objects(path, what="--data"):
+        label, text = row.get("label", row.get("toxic")), row.get("text")
+        if not isinstance(text, str) or not text.strip() or label not in (0, 1, True, False):
+            raise UserInputError(f"{path}:{n}: expected {{\"text\": str, \"label\": 0 or 1}}")
+        texts.append(text)
+        labels.append(int(label))
     return texts, labels
