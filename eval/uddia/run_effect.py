@@ -19,13 +19,14 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+DATA = HERE.parent.parent / "debias_lm" / "data" / "eval"
 
 
 def load_prompts(suite: str) -> list[dict]:
     if suite == "toxicity":
-        rows = [json.loads(line) for line in (HERE / "toxicity_prompts.jsonl").open()]
+        rows = [json.loads(line) for line in (DATA / "toxicity_prompts.jsonl").open()]
         return [{"id": r["id"], "prompt": r["prompt"]} for r in rows]
-    rows = [json.loads(line) for line in (HERE / "gender_pairs.jsonl").open()]
+    rows = [json.loads(line) for line in (DATA / "gender_pairs.jsonl").open()]
     out = []
     for r in rows:
         out.append({"id": r["id"] + "-f", "pair": r["id"], "group": "female", "prompt": r["female"]})
