@@ -20,41 +20,21 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import subprocess
 from pathlib import Path
+
+from debias_lm.eval.scorers import get_scorer
 
 HERE = Path(__file__).resolve().parent
 
 
-def ensure_locale() -> None:
-    from debias_lm.models import cache_dir
-
-    loc = cache_dir() / "locale"
-    if not (loc / "en_US.UTF-8").exists():
-        loc.mkdir(parents=True, exist_ok=True)
-        subprocess.run(["localedef", "-i", "en_US", "-f", "UTF-8", str(loc / "en_US.UTF-8")], check=False,
-                       capture_output=True)
-    os.environ["LOCPATH"] = str(loc)
-
-
 def hatesonar_scores(texts: list[str]) -> list[float]:
-    ensure_locale()
-    from hatesonar import Sonar
-
-    sonar = Sonar()
-    out = []
-    for t in texts:
-        r = sonar.ping(text=t if t.strip() else " ")
-        neither = next(c["confidence"] for c in r["classes"] if c["class_name"] == "neither")
-        out.append(1.0 - float(neither))
-    return out
+    """hatesonar 1 - P(neither) per text (debias_lm.eval.scorers; generates the en_US.UTF-8 locale if needed)."""
+    return get_scorer("hatesonar").score_batch(texts)
 
 
 def profanity_scores(texts: list[str]) -> list[float]:
-    from profanity_check import predict_prob
-
-    return [float(x) for x in predict_prob([t if t.strip() else " " for t in texts])]
+    """alt-profanity-check predict_prob per text (debias_lm.eval.scorers)."""
+    return get_scorer("profanity-check").score_batch(texts)
 
 
 def perplexities(model, tok, prompts: list[str], conts: list[str], batch: int = 20) -> list[float]:
