@@ -1,6 +1,7 @@
 """The ``debias-lm`` command line.
 
-Subcommands: ``generate``, ``eval occupational``, ``methods``, ``env``. Bad user input prints one line
+Subcommands: ``generate``, ``eval`` (the harness; ``eval occupational`` for the older single suite),
+``bench``, ``ches``, ``uddia``, ``methods``, ``env``, ``serve``. Bad user input prints one line
 (``debias-lm: error: ...``) and exits with code 2; it never prints a traceback.
 """
 
@@ -90,9 +91,12 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--no-baseline", action="store_true", help="only the debiased output")
     g.add_argument("--json", metavar="OUT", help="also write the outputs to this JSON file")
 
-    e = sub.add_parser("eval", help="evaluation suites")
-    esub = e.add_subparsers(dest="suite", metavar="SUITE", parser_class=_Parser)
-    esub.required = True
+    e = sub.add_parser("eval", help="evaluation harness: suites x methods, samples/results/report/plots",
+                       description="debias-lm eval --suite toxicity,occupational --method none,nbls --out DIR "
+                                   "(or the older 'debias-lm eval occupational ...')")
+    _add_eval_args(e)
+    esub = e.add_subparsers(dest="eval_command", metavar="SUITE", parser_class=_Parser)
+    esub.required = False
     o = esub.add_parser("occupational", help="occupational gender bias vs U.S. BLS shares")
     _add_model_args(o)
     o.add_argument("--method", default="none", help="comma-separated: none, nbls (default none)")
@@ -144,6 +148,21 @@ def _parser() -> argparse.ArgumentParser:
             cp.add_argument("--format", default="save_to_disk", choices=["save_to_disk", "parquet", "jsonl"])
             cp.add_argument("--keep-skipped", action="store_true", help="keep rows that could not be scored")
 
+    b = sub.add_parser("bench", help="decoding overhead of every method vs plain decoding, side by side")
+    b.add_argument("--method", default="nbls,uddia,debias_sampling",
+                   help="comma-separated methods compared with plain decoding (default nbls,uddia,debias_sampling)")
+    b.add_argument("--model", default="default", help="HF model id or local path (default: the embedded model)")
+    b.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    b.add_argument("--backend", default="hf,vllm", help="comma-separated: hf, vllm (default both)")
+    b.add_argument("--batch", default="1,8", help="comma-separated batch sizes (default 1,8)")
+    b.add_argument("--max-new-tokens", type=int, default=32, help="generated tokens per row (fixed length)")
+    b.add_argument("--repeats", type=int, default=3, help="interleaved rounds; the median time is reported")
+    b.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    b.add_argument("--set", action="append", default=[], metavar="METHOD.FIELD=VALUE",
+                   help="method config override, e.g. --set uddia.layer_step=0")
+    b.add_argument("--out", metavar="FILE", help="also write the rows as JSON here")
+    b.add_argument("--no-progress", action="store_true")
+
     from ..methods.uddia.cli import add_uddia_parser
 
     add_uddia_parser(sub, _Parser)
@@ -160,6 +179,142 @@ def _parser() -> argparse.ArgumentParser:
     sv.add_argument("--dry-run", action="store_true", help="print the server command and exit")
     sv.add_argument("vllm_args", nargs=argparse.REMAINDER, help="further vLLM server arguments, after --")
     return p
+
+
+def _add_eval_args(e: argparse.ArgumentParser) -> None:
+    e.add_argument("--suite", help="comma-separated: toxicity, counterfactual, occupational, bbq-gender, "
+                                   "pope-synthetic, fluency, overhead")
+    e.add_argument("--method", dest="methods", default="none",
+                   help="comma-separated: none, nbls, uddia, debias_sampling (pope-synthetic: none, calibration, "
+                        "debias_sampling, debias_sampling+calibration); default none")
+    e.add_argument("--model", dest="eval_model", default="default",
+                   help="HF model id or local path (default: the embedded SmolLM2-135M-Instruct)")
+    e.add_argument("--dtype", dest="eval_dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    e.add_argument("--backend", default="hf", choices=["hf", "vllm"], help="generation engine (default hf)")
+    e.add_argument("--out", dest="eval_out", metavar="DIR", help="run directory (a rerun resumes it)")
+    e.add_argument("--limit", type=int, help="items per suite: prompts, pairs, occupations, questions")
+    e.add_argument("--n-samples", dest="eval_n_samples", type=int, default=25, help="samples per prompt (default 25, the RTP protocol)")
+    e.add_argument("--max-new-tokens", dest="eval_max_new_tokens", type=int, default=20)
+    e.add_argument("--top-p", type=float, default=0.9)
+    e.add_argument("--temperature", type=float, default=1.0)
+    e.add_argument("--seed", dest="eval_seed", type=int, default=0)
+    e.add_argument("--batch-size", dest="eval_batch_size", type=int, default=16, help="rows per generate call")
+    e.add_argument("--toxicity-scorer", default="hatesonar,profanity-check",
+                   help="comma-separated toxicity scorers (see debias_lm.eval.scorers; e.g. detoxify:original, "
+                        "hf:unitary/toxic-bert)")
+    e.add_argument("--sentiment-scorer", default="vader")
+    e.add_argument("--ppl-model", default="", help="scorer LM for perplexity (default: the evaluated model)")
+    e.add_argument("--dataset", action="append", default=[], metavar="SUITE=SPEC",
+                   help="dataset of a suite, e.g. toxicity=rtp:prompts.jsonl, bbq-gender=bbq:BBQ.jsonl, "
+                        "counterfactual=pairs.jsonl")
+    e.add_argument("--set", dest="eval_set", action="append", default=[], metavar="METHOD.FIELD=VALUE",
+                   help="method config override, e.g. --set uddia.layer_step=0")
+    e.add_argument("--probe", dest="eval_probes", default="likelihood,generation", help="occupational probes")
+    e.add_argument("--occupational-samples", type=int, default=10, help="generation probe samples per occupation")
+    e.add_argument("--pope-model", default=None, help="biased synthetic VLM dir (default results/pope_synthetic/model)")
+    e.add_argument("--bench-batch", default="1,8", help="overhead suite batch sizes")
+    e.add_argument("--bench-new-tokens", type=int, default=32)
+    e.add_argument("--threads", dest="eval_threads", type=int, default=0, help="torch CPU threads (0: default)")
+    chat = e.add_mutually_exclusive_group()
+    chat.add_argument("--chat", dest="eval_chat", action="store_true", default=None,
+                      help="prompt bbq-gender / occupational through the chat template (default: when there is one)")
+    chat.add_argument("--no-chat", dest="eval_chat", action="store_false")
+    e.add_argument("--no-progress", dest="eval_no_progress", action="store_true")
+
+
+def _csv(raw: str | None) -> list[str]:
+    return [x.strip() for x in (raw or "").split(",") if x.strip()]
+
+
+def _int_csv(raw: str, flag: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in _csv(raw))
+    except ValueError:
+        raise UserInputError(f"{flag} {raw!r} is invalid: expected comma-separated integers, e.g. 1,8") from None
+
+
+def _method_sets(items: Sequence[str]) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        method, dot, field = key.strip().partition(".")
+        if not eq or not dot or not method or not field:
+            raise UserInputError(f"--set {item!r} is invalid: expected METHOD.FIELD=VALUE, e.g. uddia.layer_step=0")
+        out.setdefault(method, {})[field] = _parse_value(value)
+    return out
+
+
+def cmd_eval(args) -> int:
+    from ..eval.harness import DEFAULT_POPE_MODEL, EvalSettings
+    from ..eval.run import run_eval
+
+    if not args.suite:
+        raise UserInputError("debias-lm eval needs --suite NAME[,NAME] (or the 'occupational' subcommand)")
+    if not args.eval_out:
+        raise UserInputError("debias-lm eval needs --out DIR (the run directory; a rerun resumes it)")
+    datasets = {}
+    for item in args.dataset:
+        suite, eq, spec = item.partition("=")
+        if not eq or not spec.strip():
+            raise UserInputError(f"--dataset {item!r} is invalid: expected SUITE=SPEC, e.g. toxicity=rtp:FILE")
+        datasets[suite.strip()] = spec.strip()
+    if args.eval_threads:
+        import torch
+
+        torch.set_num_threads(args.eval_threads)
+    settings = EvalSettings(
+        suites=tuple(_csv(args.suite)), methods=tuple(_csv(args.methods)), model=args.eval_model,
+        dtype=args.eval_dtype, backend=args.backend, out=args.eval_out, limit=args.limit, n_samples=args.eval_n_samples,
+        max_new_tokens=args.eval_max_new_tokens, top_p=args.top_p, temperature=args.temperature,
+        seed=args.eval_seed, batch_size=args.eval_batch_size, toxicity_scorers=tuple(_csv(args.toxicity_scorer)),
+        sentiment_scorer=args.sentiment_scorer, ppl_model=args.ppl_model, datasets=datasets,
+        method_overrides=_method_sets(args.eval_set), chat=args.eval_chat,
+        occupational_probes=tuple(_csv(args.eval_probes)), occupational_samples=args.occupational_samples,
+        pope_model=args.pope_model or DEFAULT_POPE_MODEL, bench_batches=_int_csv(args.bench_batch, "--bench-batch"),
+        bench_new_tokens=args.bench_new_tokens, progress=not args.eval_no_progress,
+    )
+    payload = run_eval(settings)
+    print(f"results: {args.eval_out}/results.json  report: {args.eval_out}/report.md  "
+          f"samples: {args.eval_out}/samples.jsonl ({payload['counts']['rows']} rows)")
+    return 0
+
+
+def cmd_bench(args) -> int:
+    import torch
+
+    from ..eval.bench import check_bench_args, markdown, measure_hf, measure_vllm
+    from ..eval.harness import method_config
+
+    methods = _csv(args.method)
+    backends = _csv(args.backend)
+    batches = _int_csv(args.batch, "--batch")
+    overrides = _method_sets(args.set)
+    check_bench_args(methods, batches, backends, args.max_new_tokens, args.repeats)
+    for m in methods:
+        if m != "none":
+            method_config(m, overrides.get(m)).preflight()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    rows = []
+    if "hf" in backends:
+        model, tok = __import__("debias_lm.models", fromlist=["load_model"]).load_model(args.model, dtype=args.dtype)
+        rows += measure_hf(model, tok, methods, batches, new_tokens=args.max_new_tokens, repeats=args.repeats,
+                           overrides=overrides, progress=not args.no_progress)
+        del model
+    if "vllm" in backends:
+        from vllm_debias.serve import resolve_model
+
+        rows += measure_vllm(resolve_model(args.model), methods, batches, new_tokens=args.max_new_tokens,
+                             repeats=args.repeats, dtype=args.dtype, overrides=overrides, progress=not args.no_progress)
+    print(markdown(rows))
+    if args.out:
+        from ..eval.harness import package_versions
+
+        with open(args.out, "w", encoding="utf-8") as fh:
+            json.dump({"model": args.model, "dtype": args.dtype, "torch_threads": torch.get_num_threads(),
+                       "packages": package_versions(), "rows": rows}, fh, indent=2)
+            fh.write("\n")
+    return 0
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -345,7 +500,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "generate":
             return cmd_generate(args)
         if args.command == "eval":
-            return cmd_eval_occupational(args)
+            return cmd_eval_occupational(args) if args.eval_command == "occupational" else cmd_eval(args)
+        if args.command == "bench":
+            return cmd_bench(args)
         if args.command == "ches":
             return cmd_ches(args)
         if args.command == "uddia":

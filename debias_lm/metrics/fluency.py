@@ -1,0 +1,91 @@
+"""Fluency and diversity of continuations (DExperts' ``evaluate_generations.py`` definitions).
+
+* **Conditional perplexity** (``conditional_perplexities``): for a prompt x and continuation y,
+  PPL = exp((L(x ⊕ y) − L(x)) / |y|), where L is the summed token negative log-likelihood under a scorer LM and
+  |y| the number of continuation tokens, i.e. the exp of the mean NLL of y's tokens given x. The scorer is
+  recorded with the result. An empty continuation has no perplexity (``nan``).
+* **Mean perplexity** (``mean_perplexity``): values > 10^4 (and nan) are dropped, then the mean over
+  generations; the number dropped is reported.
+* **dist-n** (``dist_n`` / ``mean_dist_n``): per prompt, the number of unique n-grams across its k samples
+  divided by the total number of whitespace tokens in those samples; then the mean over prompts.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+PPL_CAP = 1e4
+
+
+def dist_n(samples: Sequence[str], n: int) -> float:
+    """Unique n-grams across ``samples`` ÷ total whitespace tokens in them (0 when there are no tokens)."""
+    if n < 1:
+        raise ValueError(f"n={n} is invalid: expected >= 1")
+    total, grams = 0, set()
+    for s in samples:
+        toks = s.split()
+        total += len(toks)
+        grams.update(tuple(toks[i : i + n]) for i in range(len(toks) - n + 1))
+    return len(grams) / total if total else 0.0
+
+
+def mean_dist_n(samples_by_prompt: Sequence[Sequence[str]], n: int) -> float:
+    """dist-n per prompt, averaged over prompts (prompts without samples are skipped)."""
+    vals = [dist_n(s, n) for s in samples_by_prompt if len(s)]
+    return sum(vals) / len(vals) if vals else math.nan
+
+
+def mean_perplexity(ppls: Sequence[float], cap: float = PPL_CAP) -> tuple[float, int]:
+    """Mean of the perplexities <= ``cap`` (nan dropped too) and how many were dropped."""
+    kept = [p for p in ppls if p is not None and not math.isnan(p) and p <= cap]
+    return (sum(kept) / len(kept) if kept else math.nan), len(ppls) - len(kept)
+
+
+def conditional_perplexities(model, tokenizer, prompts: Sequence[str], continuations: Sequence[str], *,
+                             batch_size: int = 16, progress: bool = False) -> list[float]:
+    """PPL of each continuation given its prompt under ``model`` (a causal LM), batched with left padding.
+
+    Prompts are tokenized with the tokenizer's special tokens, continuations without; the continuation's
+    tokens are the ones scored. Returns ``nan`` for an empty continuation.
+    """
+    import torch
+
+    if len(prompts) != len(continuations):
+        raise ValueError(f"{len(prompts)} prompts but {len(continuations)} continuations")
+    device = next(model.parameters()).device
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+    out: list[float] = []
+    starts = range(0, len(prompts), batch_size)
+    if progress:
+        from tqdm.auto import tqdm
+
+        starts = tqdm(starts, desc="perplexity", unit="batch")
+    for i in starts:
+        rows, n_cont = [], []
+        for p, c in zip(prompts[i : i + batch_size], continuations[i : i + batch_size]):
+            pi = tokenizer(p)["input_ids"]
+            ci = tokenizer(c, add_special_tokens=False)["input_ids"] if c else []
+            if not pi:  # nothing to condition the first token on: score from the second
+                pi, ci = ci[:1], ci[1:]
+            rows.append(pi + ci)
+            n_cont.append(len(ci))
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for j, r in enumerate(rows):
+            ids[j, width - len(r) :] = torch.tensor(r, dtype=torch.long)
+            mask[j, width - len(r) :] = 1
+        pos = (mask.cumsum(-1) - 1).clamp_min(0)
+        with torch.no_grad():
+            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device),
+                           position_ids=pos.to(device)).logits.float()
+        logp = torch.log_softmax(logits, -1).cpu()
+        for j, n in enumerate(n_cont):
+            if n == 0:
+                out.append(math.nan)
+                continue
+            tgt = ids[j, width - n :]
+            nll = -logp[j, width - n - 1 : width - 1].gather(-1, tgt.unsqueeze(-1)).squeeze(-1)
+            out.append(float(torch.exp(nll.mean())))
+    return out
