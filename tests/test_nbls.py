@@ -219,3 +219,27 @@ def test_grounding_bad_k_and_exclude():
 def test_nbls_config_builds_the_same_grounding():
     cfg = dl.NBLSConfig(k=5, seed=2, exclude=("Cooks",))
     assert cfg.grounding().text == NBLSGrounding(k=5, seed=2, exclude=["Cooks"]).text
+
+
+def test_hf_generate_with_shared_prefix_cache_equals_plain_generate(tiny_llama):
+    """NBLS prefills the grounding once; outputs equal plain HF generate on the grounded, left-padded rows."""
+    import torch
+
+    import debias_lm as dl
+
+    model, tok = tiny_llama
+    w = dl.wrap(model, tok, dl.NBLSConfig(k=4))
+    prompts = ["The nurse said", "A pilot walked into the room and", "x"]
+    kw = dict(max_new_tokens=6, min_new_tokens=6, do_sample=False, pad_token_id=tok.pad_token_id)
+    enc = w.impl.encode(prompts=prompts)
+    with torch.no_grad():
+        reference = model.generate(**enc, **kw)  # no cache reuse: every row prefills the grounding itself
+    got = w.generate(prompts=prompts, **kw)
+    assert torch.equal(got, reference)
+    key, cache = w.impl._cached_prefix
+    assert len(key) >= 32 and cache is not None  # the shared-prefix path ran
+    again = w.generate(prompts=prompts[:2], return_dict_in_generate=True, **kw)
+    with torch.no_grad():
+        reference2 = model.generate(**w.impl.encode(prompts=prompts[:2]), **kw)
+    assert torch.equal(again.sequences, reference2)
+    assert w.impl._cached_prefix[0] == key  # reused, not recomputed

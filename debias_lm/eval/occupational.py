@@ -17,7 +17,6 @@ reused, which makes the 32-line grounding cheap.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import logging
@@ -206,34 +205,9 @@ class PromptBuilder:
 # ----------------------------------------------------------------------------------------------------
 # Shared-prefix forward passes
 # ----------------------------------------------------------------------------------------------------
-def common_prefix_length(seqs: Sequence[Sequence[int]]) -> int:
-    if not seqs:
-        return 0
-    n = min(len(s) for s in seqs)
-    first = seqs[0]
-    for i in range(n):
-        t = first[i]
-        if any(s[i] != t for s in seqs):
-            return i
-    return n
-
-
-def _prefix_cache(model, prefix: list[int]):
-    import torch
-
-    if not prefix:
-        return None
-    ids = torch.tensor([prefix], device=model.device)
-    return model(input_ids=ids, use_cache=True).past_key_values
-
-
-def _expand(cache, n: int):
-    if cache is None:
-        return None
-    c = copy.deepcopy(cache)
-    if n > 1:
-        c.batch_repeat_interleave(n)
-    return c
+from ..hf.prefix_cache import common_prefix_length  # noqa: E402
+from ..hf.prefix_cache import expand_cache as _expand  # noqa: E402
+from ..hf.prefix_cache import prefix_cache as _prefix_cache  # noqa: E402
 
 
 def next_token_logprobs(model, tokenizer, encoded: Sequence[Sequence[int]], *, batch_size: int = 8, progress: bool = True,

@@ -105,3 +105,50 @@ class NBLSHF(HFMethod):
             new_ids[i, width - len(r) :] = torch.tensor(r, dtype=input_ids.dtype)
             new_mask[i, width - len(r) :] = 1
         return new_ids, new_mask
+
+    # -- generation with the grounding prefilled once -------------------------------------------------
+    prefix_cache = True  # set False to prefill the grounding for every row (the plain HF path)
+
+    def _generate(self, *args, **kwargs):
+        """HF ``generate`` with the prefix shared by every row (the grounding) encoded once per wrapper.
+
+        Rows are run as ``prefix | padding | suffix`` on a copy of the cached prefix and returned in the
+        caller's left-padded layout, so the output equals plain ``generate`` on the same input. Falls back
+        to plain ``generate`` for beams, a caller-provided cache, ``use_cache=False`` or a short shared prefix.
+        """
+        import torch
+
+        from ..hf.prefix_cache import MIN_SHARED_PREFIX, common_prefix_length, expand_cache, split_layout
+
+        input_ids = args[0] if args else kwargs.get("input_ids")
+        if (not self.prefix_cache or input_ids is None or kwargs.get("past_key_values") is not None
+                or kwargs.get("use_cache") is False or (kwargs.get("num_beams") or 1) > 1
+                or kwargs.get("inputs_embeds") is not None):
+            return self.model.generate(*args, **kwargs)
+        kwargs = dict(kwargs)
+        kwargs.pop("input_ids", None)
+        mask = kwargs.pop("attention_mask", None)
+        if mask is None:
+            mask = torch.ones_like(input_ids)
+        if bool((mask[:, -1] == 0).any()):  # right padding: leave it to HF (which warns)
+            return self.model.generate(input_ids=input_ids, attention_mask=mask, **kwargs)
+        rows = [[t for t, m in zip(ids, ms) if m] for ids, ms in zip(input_ids.tolist(), mask.tolist())]
+        shared = min(common_prefix_length(rows), min(len(r) for r in rows) - 1)
+        if shared < MIN_SHARED_PREFIX:
+            return self.model.generate(input_ids=input_ids, attention_mask=mask, **kwargs)
+        key = tuple(rows[0][:shared])
+        if getattr(self, "_cached_prefix", (None, None))[0] != key:
+            from ..hf.prefix_cache import prefix_cache
+
+            self._cached_prefix = (key, prefix_cache(self.model, list(key)))
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+        x, m = split_layout(rows, shared, pad)
+        out = self.model.generate(input_ids=x.to(input_ids.device), attention_mask=m.to(input_ids.device),
+                                  past_key_values=expand_cache(self._cached_prefix[1], len(rows)), **kwargs)
+        seqs = out.sequences if hasattr(out, "sequences") else out
+        width = input_ids.shape[1]  # == x.shape[1]: the same rows, only laid out differently
+        restored = torch.cat([input_ids, seqs[:, width:]], dim=1)
+        if hasattr(out, "sequences"):
+            out.sequences = restored
+            return out
+        return restored

@@ -1,0 +1,149 @@
+"""Harness metrics (toxicity, fluency, counterfactual gaps, overhead) against hand-computed values and
+independent computations."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+import torch
+
+from debias_lm.errors import UserInputError
+from debias_lm.metrics.counterfactual import counterfactual_gap, gendered_word_rate, group_gap, wasserstein_1
+from debias_lm.metrics.fluency import conditional_perplexities, dist_n, mean_dist_n, mean_perplexity
+from debias_lm.metrics.overhead import LayerCounter, throughput_ratio
+from debias_lm.metrics.pope import pope_metrics
+from debias_lm.metrics.toxicity import expected_max_toxicity, toxic_rate, toxicity_metrics, toxicity_probability
+
+# 3 prompts, k = 3; one failed score (None). Maxima 0.6, 0.4, 0.9.
+SCORES = [[0.1, 0.6, 0.2], [0.3, 0.4, None], [0.9, 0.8, 0.7]]
+
+
+def test_emt_and_its_std_by_hand():
+    emt, std = expected_max_toxicity(SCORES)
+    assert emt == pytest.approx((0.6 + 0.4 + 0.9) / 3)
+    # deviations -1/30, -7/30, 8/30 -> population variance (1 + 49 + 64) / 900 / 3
+    assert std == pytest.approx(math.sqrt((1 + 49 + 64) / 900 / 3))
+
+
+def test_the_two_toxicity_probability_definitions_differ():
+    # per prompt: prompts 1 and 3 have a sample >= 0.5 -> 2/3
+    assert toxicity_probability(SCORES) == pytest.approx(2 / 3)
+    # per generation: 4 of the 8 scored samples (0.6, 0.9, 0.8, 0.7) -> 1/2
+    assert toxic_rate(SCORES) == pytest.approx(0.5)
+    # the threshold is inclusive (tox >= tau)
+    assert toxicity_probability([[0.5]]) == 1.0 and toxic_rate([[0.49, 0.5]]) == 0.5
+    m = toxicity_metrics(SCORES)
+    assert (m["n_prompts"], m["n_scored"]) == (3, 8)
+
+
+def test_toxicity_edge_cases():
+    assert math.isnan(toxicity_probability([[None], []]))
+    assert math.isnan(expected_max_toxicity([])[0])
+    assert toxicity_metrics([[None, None], [0.2]])["n_prompts"] == 1  # a prompt with no score is left out
+    with pytest.raises(UserInputError, match="outside"):
+        toxic_rate([[0.2, -0.7]])  # a sentiment score passed as toxicity
+
+
+def test_pope_yes_ratio_is_of_predictions_not_labels():
+    preds = ["yes", "yes", "yes", "no"]
+    gold = ["yes", "no", "no", "no"]  # 25 % of the labels are "yes"
+    m = pope_metrics(preds, gold)
+    assert m["yes_ratio"] == pytest.approx(75.0)
+    assert m["accuracy"] == pytest.approx(50.0)
+    assert m["precision"] == pytest.approx(100 / 3) and m["recall"] == pytest.approx(100.0)
+
+
+def test_dist_n_by_hand():
+    samples = ["a b a b", "a c"]  # 6 tokens; unigrams {a, b, c}; bigrams {ab, ba, ac}; trigrams {aba, bab}
+    assert dist_n(samples, 1) == pytest.approx(3 / 6)
+    assert dist_n(samples, 2) == pytest.approx(3 / 6)
+    assert dist_n(samples, 3) == pytest.approx(2 / 6)
+    assert dist_n(["", "  "], 1) == 0.0
+    assert mean_dist_n([samples, ["x y"]], 1) == pytest.approx((0.5 + 1.0) / 2)
+    with pytest.raises(ValueError):
+        dist_n(samples, 0)
+
+
+def test_mean_perplexity_drops_values_above_1e4_and_nan():
+    mean, dropped = mean_perplexity([10.0, 2e4, math.nan, 20.0])
+    assert mean == pytest.approx(15.0) and dropped == 2
+
+
+def _reference_ppl(model, tok, prompt: str, cont: str) -> float:
+    """exp((L(x+y) - L(x)) / |y|), one cache-free forward per continuation token."""
+    p = tok(prompt)["input_ids"]
+    c = tok(cont, add_special_tokens=False)["input_ids"]
+    nll = 0.0
+    for t in range(len(c)):
+        ids = torch.tensor([p + c[:t]])
+        with torch.no_grad():
+            logp = torch.log_softmax(model(input_ids=ids).logits[0, -1].float(), -1)
+        nll -= float(logp[c[t]])
+    return math.exp(nll / len(c))
+
+
+def test_conditional_perplexity_matches_a_token_by_token_reference(tiny_llama):
+    model, tok = tiny_llama
+    prompts = ["the cat sat", "a b", "hello there my friend"]
+    conts = [" on the mat today", " c", ""]
+    got = conditional_perplexities(model, tok, prompts, conts, batch_size=3)
+    for g, p, c in zip(got[:2], prompts, conts):
+        assert g == pytest.approx(_reference_ppl(model, tok, p, c), rel=1e-4)
+    assert math.isnan(got[2])  # an empty continuation has no perplexity
+    with pytest.raises(ValueError):
+        conditional_perplexities(model, tok, prompts, conts[:2])
+
+
+def test_wasserstein_matches_scipy_and_hand_values():
+    stats = pytest.importorskip("scipy.stats")
+    assert wasserstein_1([0.0, 1.0], [0.5]) == pytest.approx(0.5)
+    assert wasserstein_1([0.0], [3.0]) == pytest.approx(3.0)
+    rng = random.Random(0)
+    for _ in range(5):
+        a = [rng.uniform(-1, 1) for _ in range(rng.randint(1, 9))]
+        b = [rng.uniform(-1, 1) for _ in range(rng.randint(1, 9))]
+        assert wasserstein_1(a, b) == pytest.approx(stats.wasserstein_distance(a, b))
+    assert counterfactual_gap([([0.0, 1.0], [0.5]), ([0.2], [0.2]), ([None], [0.1])]) == pytest.approx(0.25)
+
+
+def test_group_gap_and_gendered_word_rate_by_hand():
+    assert group_gap([0.2, 0.4, None], [0.9]) == pytest.approx(0.6)
+    texts = ["She said so.", "he left", "nothing here", "HER book", "the shepherd"]  # "shepherd" is not "she"
+    assert gendered_word_rate(texts, {"she", "her"}) == pytest.approx(2 / 5)
+    assert math.isnan(gendered_word_rate([], {"she"}))
+
+
+def test_throughput_ratio():
+    assert throughput_ratio(30.0, 60.0) == 0.5
+    with pytest.raises(ValueError):
+        throughput_ratio(1.0, 0.0)
+
+
+def test_layer_counter_plain_is_one_and_twin_rows_two(tiny_llama):
+    import debias_lm as dl
+
+    model, tok = tiny_llama
+    pad = tok.pad_token_id
+    kw = dict(max_new_tokens=5, min_new_tokens=5, do_sample=False, pad_token_id=pad)
+    prompts = ["the woman said that", "his brother is a"]
+    with LayerCounter(model) as c:
+        dl.wrap(model, tok, "identity").generate_text(prompts, chat=False, **kw)
+    assert c.forward_equiv(2, 5) == pytest.approx(1.0)
+    assert c.backward_rows == 0
+    cfg = dl.DebiasSamplingConfig(counterfactual_prefix="Be rude:\n")
+    with LayerCounter(model) as c2:
+        dl.wrap(model, tok, cfg).generate_text(prompts, chat=False, **kw)
+    assert c2.forward_equiv(2, 5) == pytest.approx(2.0)  # the fused path stacks a counterfactual row per row
+
+
+def test_layer_counter_counts_backward_passes(tiny_llama):
+    model, tok = tiny_llama
+    ids = torch.tensor([[5, 6, 7], [8, 9, 10], [11, 12, 13]])
+    emb = model.get_input_embeddings()(ids).detach().requires_grad_(True)
+    with LayerCounter(model) as c:
+        model(inputs_embeds=emb).logits.sum().backward()
+    assert c.forward_equiv(3, 1) == pytest.approx(1.0)
+    assert c.backward_equiv(3, 1) == pytest.approx(1.0)
+    model.zero_grad(set_to_none=True)
