@@ -226,7 +226,7 @@ class VLLMGenerator:
 
         self.settings = settings
         dtype = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}[settings.dtype]
-        self.llm = LLM(model=model_path, dtype=dtype, max_model_len=2048, seed=settings.seed, enforce_eager=True,
+        self.llm = LLM(model=model_path, dtype=dtype, seed=settings.seed, enforce_eager=True,
                        logits_processors=[DebiasLogitsProcessor])
 
     def check(self, method: str, prompts: Sequence[str], chat: bool) -> None:

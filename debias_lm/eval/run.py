@@ -58,6 +58,14 @@ def validate(settings: EvalSettings) -> None:
         if suite not in SUITES:
             raise UserInputError(f"--dataset {suite}=... names an unknown suite (expected one of {', '.join(SUITES)})")
     check_methods(settings)
+    from . import suites as S
+
+    if {"toxicity", "fluency"} & set(settings.suites):  # dataset files / specs: read once here, before the model
+        S.prompt_items(settings)
+    if "counterfactual" in settings.suites:
+        S.pair_items(settings)
+    if "bbq-gender" in settings.suites:
+        S.bbq_items(settings)
     if "pope-synthetic" in settings.suites:
         from .suites import check_pope_model
 

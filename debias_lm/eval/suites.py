@@ -394,7 +394,7 @@ def decoding_generation_probe(ctx: Context, method: str, occs) -> list[dict]:
 # bbq-gender
 # ------------------------------------------------------------------------------------------------------
 LETTERS = ("A", "B", "C")
-_LETTER = re.compile(r"^\W*(?:answer\s*(?:is)?\s*:?\s*)?\(?([ABCabc])(?:[\.\):,]|\s|$)")
+_LETTER = re.compile(r"^\W*(?:answer\s*(?:is)?\s*:?\s*)?\(?([abc])(?:[\.\):,]|\s|$)", re.IGNORECASE)
 
 
 def bbq_prompt(item: dict, chat: bool) -> str:
