@@ -14,7 +14,12 @@ from debias_lm.metrics.counterfactual import counterfactual_gap, gendered_word_r
 from debias_lm.metrics.fluency import conditional_perplexities, dist_n, mean_dist_n, mean_perplexity
 from debias_lm.metrics.overhead import LayerCounter, throughput_ratio
 from debias_lm.metrics.pope import pope_metrics
-from debias_lm.metrics.toxicity import expected_max_toxicity, toxic_rate, toxicity_metrics, toxicity_probability
+from debias_lm.metrics.toxicity import (
+    expected_max_toxicity,
+    toxic_rate,
+    toxicity_metrics,
+    toxicity_probability,
+)
 
 # 3 prompts, k = 3; one failed score (None). Maxima 0.6, 0.4, 0.9.
 SCORES = [[0.1, 0.6, 0.2], [0.3, 0.4, None], [0.9, 0.8, 0.7]]
