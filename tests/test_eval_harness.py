@@ -3,6 +3,7 @@ scorer failures, bad input before any work; the smoke version of the acceptance 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -190,6 +191,25 @@ def test_bench_forward_equivalents_and_ratio(tiny_llama_dir, tmp_path):
         if row["method"] == "none":
             assert row["ratio_vs_plain"] == 1.0
     assert "| hf | 2 | debias_sampling |" in r.stdout
+
+
+def test_overhead_suite_resumes_a_complete_measurement(tiny_llama_dir, tmp_path, monkeypatch):
+    from debias_lm.eval import bench
+    from debias_lm.eval.run import run_eval
+
+    settings = _settings(tmp_path / "run", tiny_llama_dir, suites=("overhead",), methods=("none", "debias_sampling"),
+                         bench_batches=(1, 2), bench_new_tokens=2, bench_repeats=1)
+    first = run_eval(settings)["results"]["overhead"]
+    assert [(r["batch"], r["method"]) for r in first] == [(1, "none"), (1, "debias_sampling"), (2, "none"),
+                                                          (2, "debias_sampling")]
+
+    def boom(*a, **k):
+        raise AssertionError("measured again")
+
+    monkeypatch.setattr(bench, "measure_hf", boom)
+    assert run_eval(settings)["results"]["overhead"] == first
+    with pytest.raises(AssertionError, match="measured again"):  # other settings: a new measurement
+        run_eval(dataclasses.replace(settings, bench_new_tokens=3))
 
 
 def test_vllm_backend_toxicity(tiny_llama_dir, tmp_path):

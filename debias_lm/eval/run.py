@@ -12,6 +12,7 @@ from typing import Any
 
 from ..errors import UserInputError
 from .harness import (
+    HF_ONLY,
     SUITES,
     EvalSettings,
     HFGenerator,
@@ -151,16 +152,28 @@ def run_eval(settings: EvalSettings) -> dict:
 
 
 def _overhead(ctx, model_path) -> list[dict]:
+    """The overhead measurement; a resumed run reuses a complete earlier measurement with the same settings
+    (all methods are measured side by side in one go, so a partial one is measured again)."""
     from .bench import measure_hf, measure_vllm
 
     s = ctx.settings
     methods = [m for m in s.methods if m != "none"]
+    want = {(s.backend, b, m) for b in s.bench_batches for m in ["none", *methods]
+            if not (s.backend == "vllm" and m in HF_ONLY)}
+    old = {(r["backend"], r["batch"], r["method"]): r for r in ctx.store.select("overhead")
+           if r.get("new_tokens") == s.bench_new_tokens and r.get("repeats") == s.bench_repeats}
+    if want <= set(old):
+        keep = [old[k] for k in sorted(want, key=lambda k: (k[1], ["none", *methods].index(k[2])))]
+        return [{k: v for k, v in r.items() if k not in ("suite", "id", "sample")} for r in keep]
     if s.backend == "vllm":
-        del ctx.generator  # one engine at a time
-        return measure_vllm(model_path, methods, s.bench_batches, new_tokens=s.bench_new_tokens,
+        ctx.generator = None  # one engine at a time
+        rows = measure_vllm(model_path, methods, s.bench_batches, new_tokens=s.bench_new_tokens,
                             repeats=s.bench_repeats, dtype=s.dtype, overrides=s.method_overrides, progress=s.progress)
-    return measure_hf(ctx.model, ctx.tokenizer, methods, s.bench_batches, new_tokens=s.bench_new_tokens,
-                      repeats=s.bench_repeats, overrides=s.method_overrides, progress=s.progress)
+    else:
+        rows = measure_hf(ctx.model, ctx.tokenizer, methods, s.bench_batches, new_tokens=s.bench_new_tokens,
+                          repeats=s.bench_repeats, overrides=s.method_overrides, progress=s.progress)
+    ctx.store.add([{"suite": "overhead", "id": f"{r['backend']}:{r['batch']}", "sample": 0, **r} for r in rows])
+    return rows
 
 
 def _write_results(ctx, results: dict, timing: dict) -> dict:

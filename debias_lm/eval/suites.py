@@ -454,6 +454,13 @@ def run_bbq(ctx: Context) -> dict:
                             "category": r.data.get("category")} for r, t in zip(batch, texts)])
         by_id = {r["id"]: r for r in ctx.store.select("bbq-gender", method)}
         chosen = [r for r in items if r.id in by_id]
+        changed = False
+        for r in chosen:  # the answer is re-parsed from the stored text: metrics follow the current parse rule
+            pred = parse_choice(by_id[r.id]["text"], r.data["answers"])
+            if by_id[r.id]["prediction"] != pred:
+                by_id[r.id]["prediction"], changed = pred, True
+        if changed:
+            ctx.store.flush()
         m = bbq_metrics([r.data for r in chosen], [by_id[r.id]["prediction"] for r in chosen])
         m["n_items"] = len(chosen)
         m["prompting"] = "chat template" if chat else "raw text"
