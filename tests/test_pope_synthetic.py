@@ -84,3 +84,26 @@ def test_pope_loader_rejects_non_object_rows(tmp_path):
         load_pope_jsonl(bad)
     with pytest.raises(ValueError, match="does not exist"):
         load_pope_jsonl(tmp_path / "missing.jsonl")
+
+
+def test_harness_pope_synthetic_suite_yes_ratio_from_sample_rows(tmp_path):
+    """debias-lm eval --suite pope-synthetic: per-question rows; yes-ratio recomputed from the predictions."""
+    from debias_lm.eval.harness import EvalSettings
+    from debias_lm.eval.run import run_eval
+
+    path = train_biased_vlm(tmp_path / "m", n_train=64, steps=3, batch_size=8, progress=False)
+    methods = ("none", "calibration", "debias_sampling", "debias_sampling+calibration")
+    payload = run_eval(EvalSettings(suites=("pope-synthetic",), methods=methods, out=str(tmp_path / "run"),
+                                    limit=8, pope_model=str(path), progress=False))
+    rows = [json.loads(x) for x in (tmp_path / "run" / "samples.jsonl").read_text().splitlines()]
+    for m in methods:
+        mine = [r for r in rows if r["method"] == m]
+        assert len(mine) == 8
+        parsed = [r for r in mine if r["answer"] in ("yes", "no")]  # None = unparsed, left out (documented)
+        res = payload["results"]["pope-synthetic"][m]
+        assert res["unparsed"] == 8 - len(parsed)
+        if parsed:
+            yes = sum(1 for r in parsed if r["answer"] == "yes") / len(parsed)
+            assert res["yes_ratio"] == pytest.approx(100 * yes)
+            correct = sum(1 for r in parsed if r["answer"] == r["label"]) / len(parsed)
+            assert res["accuracy"] == pytest.approx(100 * correct)

@@ -240,12 +240,14 @@ def load_biased_vlm(path: str | Path):
 
 
 def evaluate(model, processor, examples: list[Example], *, alpha: float = 1.0, beta: float = 0.1,
-             variant: str = "none", batch_size: int = 32, max_new_tokens: int = 3, progress: bool = True) -> dict:
+             variant: str = "none", batch_size: int = 32, max_new_tokens: int = 3, progress: bool = True,
+             predictions: dict | None = None) -> dict:
     """POPE metrics + ECE of plain / calibration / VDD / VDD + calibration on ``examples`` (all with images).
 
     plain and VDD answers are parsed from greedy generations (first yes/no word); calibration re-ranks the
     yes/no label distribution of the raw first-step logits with the per-question image-free prior; "both"
-    applies that calibration to the label distribution of the VDD-contrasted first-step scores.
+    applies that calibration to the label distribution of the VDD-contrasted first-step scores. Pass a dict
+    as ``predictions`` to receive the per-question answers and label probabilities of every variant.
     """
     import torch
     from tqdm.auto import tqdm
@@ -286,6 +288,8 @@ def evaluate(model, processor, examples: list[Example], *, alpha: float = 1.0, b
         preds["calibration"] += ["yes" if r[0] >= r[1] else "no" for r in q.tolist()]
         preds["vdd+calibration"] += ["yes" if r[0] >= r[1] else "no" for r in q_dd.tolist()]
     gold_idx = [0 if g == "yes" else 1 for g in gold]
+    if predictions is not None:  # per question: the parsed answer and the [p(yes), p(no)] of every variant
+        predictions.update({name: {"answers": preds[name], "probs": probs[name]} for name in preds})
     results = {}
     for name in preds:
         m = pope_metrics(preds[name], gold)

@@ -491,9 +491,15 @@ def run_pope_synthetic(ctx: Context) -> dict:
     n = s.limit or 600
     examples = make_split(n, 10_000 + s.seed, yes_rate=0.5)
     cfg = method_config("debias_sampling", s.method_overrides.get("debias_sampling"))
+    per_question: dict = {}
     res = evaluate(model, processor, examples, alpha=cfg.alpha, beta=cfg.beta,
                    variant=cfg.variant if cfg.variant in ("none", "unk", "noise") else "none",
-                   progress=s.progress)
+                   progress=s.progress, predictions=per_question)
+    ctx.store.add([{"suite": "pope-synthetic", "method": m, "id": f"q{i}", "sample": 0, "question": e.question,
+                    "label": e.answer, "answer": per_question[POPE_NAMES[m]]["answers"][i],
+                    "p_yes": per_question[POPE_NAMES[m]]["probs"][i][0]}
+                   for m in s.methods for i, e in enumerate(examples)
+                   if not ctx.store.has("pope-synthetic", m, f"q{i}")])
     out = {}
     for m in s.methods:
         out[m] = {**res[POPE_NAMES[m]], "n_questions": n, "test_seed": 10_000 + s.seed}
