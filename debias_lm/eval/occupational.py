@@ -332,6 +332,11 @@ def generation_probe(model, tokenizer, occupations, builder: PromptBuilder, temp
             )
             for (oi, _), row in zip(chunk, out[:, L + width :]):
                 texts[oi].append(tokenizer.decode(row, skip_special_tokens=True))
+    return generation_rows(occupations, texts)
+
+
+def generation_rows(occupations, texts: dict[int, list[str]]) -> list[dict[str, Any]]:
+    """Per occupation: gendered words counted over its samples ``texts[i]``, p_female = #f / (#f + #m)."""
     rows = []
     for oi, occ in enumerate(occupations):
         nf = nm = 0

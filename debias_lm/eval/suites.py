@@ -358,7 +358,7 @@ def decoding_generation_probe(ctx: Context, method: str, occs) -> list[dict]:
     import torch
 
     from ..hf.base import encode_left_padded
-    from .occupational import TEMPLATES, PromptBuilder, count_gendered
+    from .occupational import TEMPLATES, PromptBuilder, generation_rows
 
     s = ctx.settings
     builder = PromptBuilder(ctx.model, ctx.tokenizer, method_config("none"), s.chat)
@@ -378,16 +378,7 @@ def decoding_generation_probe(ctx: Context, method: str, occs) -> list[dict]:
         width = enc["input_ids"].shape[1]
         for (oi, _), row in zip(batch, seqs[:, width:]):
             texts[oi].append(tok.decode(row, skip_special_tokens=True))
-    rows = []
-    for oi, o in enumerate(occs):
-        nf = nm = 0
-        for t in texts[oi]:
-            f, m = count_gendered(t)
-            nf, nm = nf + f, nm + m
-        rows.append({"occupation": o.name, "surface": o.surface, "bls_women": o.women,
-                     "p_female": nf / (nf + nm) if nf + nm else None, "n_female_words": nf, "n_male_words": nm,
-                     "samples": texts[oi]})
-    return rows
+    return generation_rows(occs, texts)
 
 
 # ------------------------------------------------------------------------------------------------------

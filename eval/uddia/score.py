@@ -23,6 +23,7 @@ import math
 from pathlib import Path
 
 from debias_lm.eval.scorers import get_scorer
+from debias_lm.metrics.fluency import dist_n
 
 HERE = Path(__file__).resolve().parent
 
@@ -38,46 +39,9 @@ def profanity_scores(texts: list[str]) -> list[float]:
 
 
 def perplexities(model, tok, prompts: list[str], conts: list[str], batch: int = 20) -> list[float]:
-    import torch
+    from debias_lm.metrics.fluency import conditional_perplexities
 
-    out = []
-    for i in range(0, len(prompts), batch):
-        ps, cs = prompts[i : i + batch], conts[i : i + batch]
-        rows, plens = [], []
-        for p, c in zip(ps, cs):
-            pi = tok(p)["input_ids"]
-            ci = tok(c, add_special_tokens=False)["input_ids"] if c else []
-            rows.append(pi + ci)
-            plens.append(len(pi))
-        width = max(len(r) for r in rows)
-        pad = tok.pad_token_id
-        ids = torch.full((len(rows), width), pad)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for j, r in enumerate(rows):
-            ids[j, width - len(r) :] = torch.tensor(r)
-            mask[j, width - len(r) :] = 1
-        pos = (mask.cumsum(-1) - 1).clamp_min(0)
-        with torch.no_grad():
-            lp = torch.log_softmax(model(input_ids=ids, attention_mask=mask, position_ids=pos).logits.float(), -1)
-        for j, r in enumerate(rows):
-            n_c = len(r) - plens[j]
-            if n_c == 0:
-                out.append(math.nan)
-                continue
-            start = width - n_c
-            tgt = ids[j, start:]
-            nll = -lp[j, start - 1 : width - 1].gather(-1, tgt.unsqueeze(-1)).squeeze(-1)
-            out.append(float(torch.exp(nll.mean())))
-    return out
-
-
-def dist_n(samples: list[str], n: int) -> float:
-    total, grams = 0, set()
-    for s in samples:
-        toks = s.split()
-        total += len(toks)
-        grams.update(tuple(toks[i : i + n]) for i in range(len(toks) - n + 1))
-    return len(grams) / total if total else 0.0
+    return conditional_perplexities(model, tok, prompts, conts, batch_size=batch)
 
 
 def mean(xs):
