@@ -2,6 +2,7 @@
 #   make install  -> .venv with the CPU stack (idempotent; re-runs only when inputs change)
 #   make run      -> the main job: occupational bias, plain vs NBLS-grounded, on the embedded model
 #   make test     -> the whole test suite
+#   make results  -> docs/results.md: every method vs plain decoding on the embedded model (~1.5 h, resumable)
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -15,7 +16,7 @@ export TRANSFORMERS_NO_ADVISORY_WARNINGS := 1
 export TOKENIZERS_PARALLELISM := false
 export VLLM_CPU_KVCACHE_SPACE ?= 1
 
-.PHONY: install run test lint clean-venv
+.PHONY: install run test lint results clean-venv
 
 install: $(STAMP)
 
@@ -44,6 +45,9 @@ run: install
 
 test: install
 	$(PY) -m pytest -q tests
+
+results: install
+	bash eval/results.sh
 
 lint: install
 	$(VENV)/bin/ruff check debias_lm plugins tests eval examples

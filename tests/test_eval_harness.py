@@ -87,6 +87,26 @@ def test_eval_files_metrics_recomputed_from_samples(tiny_llama_dir, tmp_path):
         res["results"]["toxicity"]["none"]["profanity-check"]["toxicity_probability"])
 
 
+def test_counterfactual_regard_gap_from_a_local_regard_classifier(tiny_llama_dir, tmp_path):
+    from debias_lm.eval.run import run_eval
+    from tests.test_scorers import _save_classifier
+
+    regard = _save_classifier(tmp_path / "regard", {0: "Negative", 1: "Neutral", 2: "Positive", 3: "Other"}, seed=3)
+    out = tmp_path / "run"
+    payload = run_eval(_settings(out, tiny_llama_dir, suites=("counterfactual",), regard_scorer=f"regard:{regard}",
+                                 limit=2))
+    name = f"regard:{regard}"
+    rows = [r for r in _rows(out) if r["suite"] == "counterfactual"]
+    labels = {g: [max(r["scores"][name], key=r["scores"][name].get) for r in rows if r["group"] == g]
+              for g in ("female", "male")}
+    neg = abs(labels["female"].count("negative") / len(labels["female"])
+              - labels["male"].count("negative") / len(labels["male"]))
+    res = payload["results"]["counterfactual"]["none"]
+    assert res[f"regard_gap_negative[{name}]"] == pytest.approx(neg)
+    assert payload["scorers"]["regard"]["name"] == name
+    assert f"regard gap mean [{name}]" in (out / "report.md").read_text()
+
+
 def test_interrupted_run_resumes_without_redoing_rows(tiny_llama_dir, tmp_path):
     from debias_lm.eval.run import run_eval
 
@@ -155,6 +175,7 @@ def test_malformed_rows_and_scorer_failures_are_recorded(tiny_llama_dir, tmp_pat
     (["--suite", "toxicity", "--method", "uddia", "--set", "uddia.lr=-1"], "lr"),
     (["--suite", "toxicity", "--toxicity-scorer", "vader"], "not a toxicity scorer"),
     (["--suite", "toxicity", "--toxicity-scorer", "nosuch"], "nosuch"),
+    (["--suite", "counterfactual", "--regard-scorer", "vader"], "not a regard scorer"),
     (["--suite", "toxicity", "--limit", "0"], "--limit=0"),
     (["--suite", "toxicity", "--dataset", "toxicity=rtp:no/such.jsonl"], "such"),
     (["--suite", "overhead", "--bench-batch", "1,x"], "comma-separated integers"),

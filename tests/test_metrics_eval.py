@@ -152,3 +152,20 @@ def test_layer_counter_counts_backward_passes(tiny_llama):
     assert c.forward_equiv(3, 1) == pytest.approx(1.0)
     assert c.backward_equiv(3, 1) == pytest.approx(1.0)
     model.zero_grad(set_to_none=True)
+
+
+def test_regard_gap_by_hand():
+    from debias_lm.metrics.counterfactual import regard_gap
+
+    def r(label):
+        d = {"negative": 0.1, "neutral": 0.1, "positive": 0.1, "other": 0.1}
+        d[label] = 0.7
+        return d
+
+    a = [r("negative"), r("negative"), r("positive"), None]  # None: scorer failed, left out
+    b = [r("neutral"), r("positive"), r("positive"), r("positive")]
+    g = regard_gap(a, b)
+    assert g["negative"] == pytest.approx(2 / 3)
+    assert g["neutral"] == pytest.approx(1 / 4)
+    assert g["positive"] == pytest.approx(abs(1 / 3 - 3 / 4))
+    assert g["mean"] == pytest.approx((2 / 3 + 1 / 4 + 5 / 12) / 3)

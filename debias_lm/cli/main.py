@@ -203,6 +203,8 @@ def _add_eval_args(e: argparse.ArgumentParser) -> None:
                    help="comma-separated toxicity scorers (see debias_lm.eval.scorers; e.g. detoxify:original, "
                         "hf:unitary/toxic-bert)")
     e.add_argument("--sentiment-scorer", default="vader")
+    e.add_argument("--regard-scorer", default="", help="counterfactual suite: also the regard gap, e.g. regard "
+                                                      "(sasha/regardv3) or regard:LOCAL_DIR")
     e.add_argument("--ppl-model", default="", help="scorer LM for perplexity (default: the evaluated model)")
     e.add_argument("--dataset", action="append", default=[], metavar="SUITE=SPEC",
                    help="dataset of a suite, e.g. toxicity=rtp:prompts.jsonl, bbq-gender=bbq:BBQ.jsonl, "
@@ -267,7 +269,7 @@ def cmd_eval(args) -> int:
         dtype=args.eval_dtype, backend=args.backend, out=args.eval_out, limit=args.limit, n_samples=args.eval_n_samples,
         max_new_tokens=args.eval_max_new_tokens, top_p=args.top_p, temperature=args.temperature,
         seed=args.eval_seed, batch_size=args.eval_batch_size, toxicity_scorers=tuple(_csv(args.toxicity_scorer)),
-        sentiment_scorer=args.sentiment_scorer, ppl_model=args.ppl_model, datasets=datasets,
+        sentiment_scorer=args.sentiment_scorer, regard_scorer=args.regard_scorer, ppl_model=args.ppl_model, datasets=datasets,
         method_overrides=_method_sets(args.eval_set), chat=args.eval_chat,
         occupational_probes=tuple(_csv(args.eval_probes)), occupational_samples=args.occupational_samples,
         pope_model=args.pope_model or DEFAULT_POPE_MODEL, bench_batches=_int_csv(args.bench_batch, "--bench-batch"),

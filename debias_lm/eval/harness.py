@@ -65,6 +65,7 @@ class EvalSettings:
     batch_size: int = 16                       # rows per generate call
     toxicity_scorers: tuple[str, ...] = ("hatesonar", "profanity-check")
     sentiment_scorer: str = "vader"
+    regard_scorer: str = ""                    # counterfactual regard gap, e.g. "regard" (sasha/regardv3)
     ppl_model: str = ""                        # scorer LM for perplexity ("" = the evaluated model, unwrapped)
     datasets: dict[str, str] = dataclasses.field(default_factory=dict)  # suite -> dataset spec
     method_overrides: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)

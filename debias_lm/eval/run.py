@@ -97,6 +97,17 @@ def build_scorers(settings: EvalSettings) -> tuple[dict, Any]:
     return tox, sent
 
 
+def build_regard_scorer(settings: EvalSettings):
+    if not settings.regard_scorer or "counterfactual" not in settings.suites:
+        return None
+    from .scorers import get_scorer
+
+    sc = get_scorer(settings.regard_scorer)
+    if sc.kind != "regard":
+        raise UserInputError(f"--regard-scorer {settings.regard_scorer!r} is a {sc.kind} scorer, not a regard scorer")
+    return sc
+
+
 def run_eval(settings: EvalSettings) -> dict:
     """Run every suite of ``settings`` and write samples.jsonl, results.json, report.md and plots."""
     from . import suites as S
@@ -107,7 +118,7 @@ def run_eval(settings: EvalSettings) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     store = SampleStore(out)
     ctx = S.Context(settings=settings, store=store, out=out, toxicity_scorers=tox_scorers,
-                    sentiment_scorer=sent_scorer)
+                    sentiment_scorer=sent_scorer, regard_scorer=build_regard_scorer(settings))
     text_suites = [s for s in settings.suites if s != "pope-synthetic"]
     model_path = None
     if text_suites:
@@ -191,6 +202,7 @@ def _write_results(ctx, results: dict, timing: dict) -> dict:
         "scorers": {
             "toxicity": [sc.describe() for sc in ctx.toxicity_scorers.values()],
             "sentiment": ctx.sentiment_scorer.describe() if ctx.sentiment_scorer else None,
+            "regard": ctx.regard_scorer.describe() if ctx.regard_scorer else None,
             "perplexity": ctx.ppl_name or None,
         },
         "seeds": {"sampling_base": s.seed, "subset": s.seed,

@@ -61,6 +61,7 @@ class Context:
     tokenizer: Any = None
     toxicity_scorers: dict = field(default_factory=dict)
     sentiment_scorer: Any = None
+    regard_scorer: Any = None
     ppl_model: Any = None
     ppl_tokenizer: Any = None
     ppl_name: str = ""
@@ -231,7 +232,7 @@ def _record_errors(ctx: Context, errors: list[dict]) -> None:
 # counterfactual
 # ------------------------------------------------------------------------------------------------------
 def run_counterfactual(ctx: Context) -> dict:
-    from ..metrics.counterfactual import counterfactual_gap, group_gap, uses_words
+    from ..metrics.counterfactual import counterfactual_gap, group_gap, regard_gap, uses_words
     from .occupational import FEMALE_WORDS, MALE_WORDS
 
     pairs, errors = pair_items(ctx.settings)
@@ -239,6 +240,8 @@ def run_counterfactual(ctx: Context) -> dict:
     prompts = [{"id": f"{p['id']}:{g}", "prompt": p[g], "pair": p["id"], "group": g}
                for p in pairs for g in ("female", "male")]
     scorers = {**ctx.toxicity_scorers, ctx.sentiment_scorer.name: ctx.sentiment_scorer}
+    if ctx.regard_scorer is not None:
+        scorers[ctx.regard_scorer.name] = ctx.regard_scorer
     sent = ctx.sentiment_scorer.name
     results = {}
     for method in ctx.settings.methods:
@@ -260,6 +263,10 @@ def run_counterfactual(ctx: Context) -> dict:
             by_pair[r["pair"]].setdefault(r["group"], []).append(r.get("scores", {}).get(sent))
         res[f"counterfactual_sentiment_w1[{sent}]"] = counterfactual_gap(
             (d.get("female", []), d.get("male", [])) for d in by_pair.values())
+        if ctx.regard_scorer is not None:
+            rn = ctx.regard_scorer.name
+            gaps = regard_gap(_score_list(side["female"], rn), _score_list(side["male"], rn))
+            res.update({f"regard_gap_{k}[{rn}]": v for k, v in gaps.items()})
         for words, label in ((FEMALE_WORDS, "female_word_rate"), (MALE_WORDS, "male_word_rate")):
             rates = {g: _mean([float(uses_words(r["text"], words)) for r in side[g]]) for g in side}
             res[f"{label}_female_prompts"], res[f"{label}_male_prompts"] = rates["female"], rates["male"]

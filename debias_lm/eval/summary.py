@@ -15,6 +15,7 @@ COLUMNS: dict[str, list[tuple[str, str, bool | None]]] = {
     "counterfactual": [("tox. gap [{scorer}]", "toxicity_gap[{scorer}]", True),
                        ("sentiment gap [{sent}]", "sentiment_gap[{sent}]", True),
                        ("sentiment W1 [{sent}]", "counterfactual_sentiment_w1[{sent}]", True),
+                       ("regard gap mean [{regard}]", "regard_gap_mean[{regard}]", True),
                        ("female-word-rate gap", "female_word_rate_gap", True),
                        ("male-word-rate gap", "male_word_rate_gap", True)],
     "fluency": [("perplexity", "perplexity", True), ("dist-1", "dist_1", False), ("dist-2", "dist_2", False),
@@ -50,12 +51,16 @@ def _expand(suite: str, payload: dict) -> list[tuple[str, str, bool | None]]:
     scorers = [s["name"] for s in payload["scorers"]["toxicity"]] or [""]
     sent = (payload["scorers"].get("sentiment") or {}).get("name", "vader")
     probes = payload["settings"].get("occupational_probes", [])
+    regard = (payload["scorers"].get("regard") or {}).get("name")
     cols = []
     for label, key, lower in COLUMNS.get(suite, []):
         if "{scorer}" in key:
             cols += [(label.format(scorer=s), key.format(scorer=s), lower) for s in scorers]
         elif "{probe}" in key:
             cols += [(label.format(probe=p), key.format(probe=p), lower) for p in probes]
+        elif "{regard}" in key:
+            if regard:
+                cols.append((label.format(regard=regard), key.format(regard=regard), lower))
         else:
             cols.append((label.format(sent=sent), key.format(sent=sent), lower))
     return cols
