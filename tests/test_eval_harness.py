@@ -214,6 +214,19 @@ def test_bench_forward_equivalents_and_ratio(tiny_llama_dir, tmp_path):
     assert "| hf | 2 | debias_sampling |" in r.stdout
 
 
+def test_bench_on_vllm_skips_hf_only_methods(tiny_llama_dir, tmp_path):
+    pytest.importorskip("vllm")
+    out = tmp_path / "bench.json"
+    r = run_cli("bench", "--model", str(tiny_llama_dir), "--backend", "vllm", "--batch", "2",
+                "--method", "nbls,debias_sampling,uddia", "--set", "nbls.k=2", "--max-new-tokens", "3",
+                "--repeats", "1", "--out", str(out), "--no-progress")
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(out.read_text())["rows"]
+    assert [(row["backend"], row["method"]) for row in rows] == [("vllm", "none"), ("vllm", "nbls"),
+                                                                  ("vllm", "debias_sampling")]
+    assert all(row["tokens_per_s"] > 0 and row["forward_equiv_per_token"] is None for row in rows)
+
+
 def test_overhead_suite_resumes_a_complete_measurement(tiny_llama_dir, tmp_path, monkeypatch):
     from debias_lm.eval import bench
     from debias_lm.eval.run import run_eval
