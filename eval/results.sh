@@ -18,7 +18,7 @@ if [ ! -f results/pope_synthetic/model/config.json ]; then
 fi
 $BIN/debias-lm eval --suite pope-synthetic --method none,calibration,debias_sampling,debias_sampling+calibration \
   --threads 2 --out "$OUT/results-pope"
-$BIN/debias-lm bench --backend vllm --method nbls,debias_sampling --batch 1,8 --max-new-tokens 32 --repeats 3 \
+$BIN/debias-lm bench --backend vllm --method nbls,debias_sampling --batch 1,8 --max-new-tokens 32 --repeats 3 --dtype float32 \
   --out "$OUT/results-vllm-bench.json"
 $BIN/python eval/results_md.py --embedded "$OUT/results-embedded" --pope "$OUT/results-pope" \
   --vllm-bench "$OUT/results-vllm-bench.json" --out docs/results.md
