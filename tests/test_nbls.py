@@ -221,13 +221,14 @@ def test_nbls_config_builds_the_same_grounding():
     assert cfg.grounding().text == NBLSGrounding(k=5, seed=2, exclude=["Cooks"]).text
 
 
-def test_hf_generate_with_shared_prefix_cache_equals_plain_generate(tiny_llama):
+@pytest.mark.parametrize("family", ["tiny_llama", "tiny_gpt2"])
+def test_hf_generate_with_shared_prefix_cache_equals_plain_generate(family, request):
     """NBLS prefills the grounding once; outputs equal plain HF generate on the grounded, left-padded rows."""
     import torch
 
     import debias_lm as dl
 
-    model, tok = tiny_llama
+    model, tok = request.getfixturevalue(family)
     w = dl.wrap(model, tok, dl.NBLSConfig(k=4))
     prompts = ["The nurse said", "A pilot walked into the room and", "x"]
     kw = dict(max_new_tokens=6, min_new_tokens=6, do_sample=False, pad_token_id=tok.pad_token_id)

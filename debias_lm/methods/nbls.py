@@ -141,6 +141,8 @@ class NBLSHF(HFMethod):
             from ..hf.prefix_cache import prefix_cache
 
             self._cached_prefix = (key, prefix_cache(self.model, list(key)))
+        if not hasattr(self._cached_prefix[1], "batch_repeat_interleave"):  # a cache type that cannot be copied per row
+            return self.model.generate(input_ids=input_ids, attention_mask=mask, **kwargs)
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
         x, m = split_layout(rows, shared, pad)
         out = self.model.generate(input_ids=x.to(input_ids.device), attention_mask=m.to(input_ids.device),
