@@ -82,7 +82,7 @@ def suite_table(suite: str, by_method: dict, payload: dict) -> str:
             if method != "none" and isinstance(v, (int, float)) and isinstance(b, (int, float)) and v is not None:
                 d = v - b
                 rel = f", {100 * d / abs(b):+.0f}%" if b not in (0, None) and not math.isnan(b) and not math.isnan(d) else ""
-                cell += f" ({d:+.3f}{rel})"
+                cell += f" ({d:+d}{rel})" if isinstance(d, int) else f" ({d:+.3f}{rel})"
             cells.append(cell)
         na = [p for p in payload["settings"].get("occupational_probes", [])
               if suite == "occupational" and isinstance(res.get(p), dict) and "not_applicable" in res[p]]
