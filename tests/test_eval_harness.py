@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from debias_lm.errors import UserInputError
 from debias_lm.eval.harness import EvalSettings
 from debias_lm.eval.suites import parse_choice
 from tests.test_cli import run_cli
@@ -126,6 +127,9 @@ def test_interrupted_run_resumes_without_redoing_rows(tiny_llama_dir, tmp_path):
         if (r["id"], r["sample"]) in kept:
             assert r["text"] == kept[(r["id"], r["sample"])]  # not regenerated
         assert "profanity-check" in r["scores"]
+    # the same directory with other generation settings is refused before any work
+    with pytest.raises(UserInputError, match="max_new_tokens: 4 -> 9"):
+        run_eval(dataclasses.replace(settings, max_new_tokens=9))
 
 
 def test_malformed_rows_and_scorer_failures_are_recorded(tiny_llama_dir, tmp_path, monkeypatch):

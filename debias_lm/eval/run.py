@@ -108,6 +108,29 @@ def build_regard_scorer(settings: EvalSettings):
     return sc
 
 
+# settings that change what a stored row means: a resumed run must use the same ones
+RESUME_KEYS = ("model", "dtype", "backend", "max_new_tokens", "top_p", "temperature", "seed", "batch_size",
+               "method_overrides", "datasets", "chat", "occupational_samples", "bbq_max_new_tokens", "pope_model")
+
+
+def _generation_settings(settings: EvalSettings) -> dict:
+    d = settings.to_dict()
+    return json.loads(json.dumps({k: d[k] for k in RESUME_KEYS}))
+
+
+def check_resume(settings: EvalSettings, out: Path) -> None:
+    """A run directory is resumed only with the settings its rows were made with (before any work)."""
+    path = out / "run_settings.json"
+    if not path.exists():
+        return
+    old = json.loads(path.read_text(encoding="utf-8"))
+    new = _generation_settings(settings)
+    diff = [f"{k}: {old.get(k)!r} -> {new[k]!r}" for k in RESUME_KEYS if k in old and old[k] != new[k]]
+    if diff:
+        raise UserInputError(f"{out} holds a run made with other settings ({'; '.join(diff)}); resume it with the "
+                             "same settings or pass a new --out")
+
+
 def run_eval(settings: EvalSettings) -> dict:
     """Run every suite of ``settings`` and write samples.jsonl, results.json, report.md and plots."""
     from . import suites as S
@@ -115,7 +138,9 @@ def run_eval(settings: EvalSettings) -> dict:
     validate(settings)
     tox_scorers, sent_scorer = build_scorers(settings)  # missing scorer packages fail here, before the model
     out = Path(settings.out)
+    check_resume(settings, out)
     out.mkdir(parents=True, exist_ok=True)
+    (out / "run_settings.json").write_text(json.dumps(_generation_settings(settings), indent=2) + "\n")
     store = SampleStore(out)
     ctx = S.Context(settings=settings, store=store, out=out, toxicity_scorers=tox_scorers,
                     sentiment_scorer=sent_scorer, regard_scorer=build_regard_scorer(settings))
