@@ -74,6 +74,11 @@ def test_dist_n_by_hand():
 def test_mean_perplexity_drops_values_above_1e4_and_nan():
     mean, dropped = mean_perplexity([10.0, 2e4, math.nan, 20.0])
     assert mean == pytest.approx(15.0) and dropped == 2
+    from debias_lm.metrics.fluency import median_perplexity
+
+    assert median_perplexity([10.0, 2e4, math.nan, 20.0]) == 20.0  # median of 10, 20, 2e4 (no cap)
+    assert median_perplexity([4.0, 1.0, 3.0, 2.0]) == 2.5
+    assert math.isnan(median_perplexity([math.nan]))
 
 
 def _reference_ppl(model, tok, prompt: str, cont: str) -> float:
@@ -169,3 +174,16 @@ def test_regard_gap_by_hand():
     assert g["neutral"] == pytest.approx(1 / 4)
     assert g["positive"] == pytest.approx(abs(1 / 3 - 3 / 4))
     assert g["mean"] == pytest.approx((2 / 3 + 1 / 4 + 5 / 12) / 3)
+
+
+def test_peak_memory_sees_an_allocation_inside_the_block():
+    from debias_lm.metrics.overhead import PeakMemory
+
+    warm = torch.ones(16_000_000)  # 64 MB allocated and freed before: must not hide the next allocation
+    del warm
+    with PeakMemory("cpu") as m:
+        x = torch.ones(16_000_000)  # 64 MB
+        x += 1
+        del x
+    assert m.kind == "cpu_rss"
+    assert 50 * 2**20 < m.peak < 400 * 2**20

@@ -284,7 +284,7 @@ def _mean(xs) -> float:
 # fluency
 # ------------------------------------------------------------------------------------------------------
 def run_fluency(ctx: Context) -> dict:
-    from ..metrics.fluency import conditional_perplexities, mean_dist_n, mean_perplexity
+    from ..metrics.fluency import conditional_perplexities, mean_dist_n, mean_perplexity, median_perplexity
 
     source = FLUENCY_FROM_TOXICITY if "toxicity" in ctx.settings.suites else "fluency"
     items, errors = prompt_items(ctx.settings, "fluency")
@@ -308,7 +308,8 @@ def run_fluency(ctx: Context) -> dict:
         mean_ppl, dropped = mean_perplexity(vals)
         grouped = _by_prompt(rows)
         texts = [[r["text"] for r in g] for g in grouped.values()]
-        results[method] = {"perplexity": mean_ppl, "n_ppl_dropped": dropped, "n_generations": len(rows),
+        results[method] = {"perplexity": mean_ppl, "perplexity_median": median_perplexity(vals),
+                           "n_ppl_dropped": dropped, "n_generations": len(rows),
                            "samples_from": source, "perplexity_scorer": ctx.ppl_name,
                            **{f"dist_{n}": mean_dist_n(texts, n) for n in (1, 2, 3)}}
     return results

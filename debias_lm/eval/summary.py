@@ -18,7 +18,7 @@ COLUMNS: dict[str, list[tuple[str, str, bool | None]]] = {
                        ("regard gap mean [{regard}]", "regard_gap_mean[{regard}]", True),
                        ("female-word-rate gap", "female_word_rate_gap", True),
                        ("male-word-rate gap", "male_word_rate_gap", True)],
-    "fluency": [("perplexity", "perplexity", True), ("dist-1", "dist_1", False), ("dist-2", "dist_2", False),
+    "fluency": [("perplexity (mean)", "perplexity", True), ("perplexity (median)", "perplexity_median", True), ("dist-1", "dist_1", False), ("dist-2", "dist_2", False),
                 ("dist-3", "dist_3", False)],
     "occupational": [("{probe}: MAE (pp)", "{probe}.mae_pp", True), ("{probe}: Pearson r", "{probe}.pearson_r", False),
                      ("{probe}: parity gap (pp)", "{probe}.parity_gap_pp", None),

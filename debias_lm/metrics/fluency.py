@@ -6,6 +6,7 @@
   recorded with the result. An empty continuation has no perplexity (``nan``).
 * **Mean perplexity** (``mean_perplexity``): values > 10^4 (and nan) are dropped, then the mean over
   generations; the number dropped is reported.
+* **Median perplexity** (``median_perplexity``): the median over generations (no cap), reported beside the mean.
 * **dist-n** (``dist_n`` / ``mean_dist_n``): per prompt, the number of unique n-grams across its k samples
   divided by the total number of whitespace tokens in those samples; then the mean over prompts.
 """
@@ -40,6 +41,16 @@ def mean_perplexity(ppls: Sequence[float], cap: float = PPL_CAP) -> tuple[float,
     """Mean of the perplexities <= ``cap`` (nan dropped too) and how many were dropped."""
     kept = [p for p in ppls if p is not None and not math.isnan(p) and p <= cap]
     return (sum(kept) / len(kept) if kept else math.nan), len(ppls) - len(kept)
+
+
+def median_perplexity(ppls: Sequence[float]) -> float:
+    """Median of the finite perplexities (no cap): robust to the few degenerate continuations that dominate
+    the mean."""
+    kept = sorted(p for p in ppls if p is not None and not math.isnan(p))
+    if not kept:
+        return math.nan
+    mid = len(kept) // 2
+    return kept[mid] if len(kept) % 2 else (kept[mid - 1] + kept[mid]) / 2
 
 
 def conditional_perplexities(model, tokenizer, prompts: Sequence[str], continuations: Sequence[str], *,

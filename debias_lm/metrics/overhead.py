@@ -9,7 +9,8 @@
   counts the fraction of layers it runs. Backward passes are counted the same way through the layers'
   backward hooks (``backward_equiv``).
 * **Peak memory**: on CUDA, ``torch.cuda.max_memory_allocated`` during the run; on CPU, the peak resident set
-  size above the level at the start of the run, sampled every 5 ms (``PeakMemory``).
+  size above the level at the start of the run (after returning freed heap pages to the OS with glibc's
+  ``malloc_trim``), sampled every 5 ms (``PeakMemory``).
 """
 
 from __future__ import annotations
@@ -97,6 +98,20 @@ def _rss_bytes() -> int:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+def _release_free_memory() -> None:
+    """gc, then glibc's malloc_trim(0): without it freed-but-kept heap pages hide new allocations from RSS."""
+    import ctypes
+    import ctypes.util
+    import gc
+
+    gc.collect()
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: the baseline then includes reusable free pages
+        pass
+
+
 class PeakMemory:
     """Peak memory above the starting level during a ``with`` block (bytes in ``.peak``; ``.kind`` says
     which memory: 'cuda_allocated' or 'cpu_rss')."""
@@ -115,6 +130,7 @@ class PeakMemory:
             torch.cuda.reset_peak_memory_stats(self.device)
             self._base = torch.cuda.memory_allocated(self.device)
             return self
+        _release_free_memory()  # freed heap pages go back to the OS, so the baseline is what is in use now
         self._base = _rss_bytes()
         self._max = self._base
 
