@@ -65,9 +65,6 @@ def main() -> None:
                       bench_markdown(by_method)]
         else:
             lines.append(suite_table(suite, by_method, emb))
-        secs = emb["seconds"].get(suite)
-        if secs is not None:
-            lines += ["", f"_suite time {secs / 60:.1f} min_"]
         lines.append("")
     if args.vllm_bench and args.vllm_bench.exists():
         vb = json.loads(args.vllm_bench.read_text(encoding="utf-8"))

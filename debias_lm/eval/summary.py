@@ -115,7 +115,7 @@ def write_report(out: Path, payload: dict, store) -> Path:
             lines.append(suite_table(suite, by_method, payload))
         secs = payload["seconds"].get(suite)
         if secs is not None:
-            lines += ["", f"_{secs:.0f} s_"]
+            lines += ["", f"_{secs:.0f} s in this invocation_"]
         lines.append("")
     plots = make_plots(out, payload, store)
     if plots:
