@@ -35,7 +35,7 @@ def main() -> None:
 
     emb = _load(args.embedded)
     s = emb["settings"]
-    img_dir = args.out.parent / "results"
+    img_dir = args.out.parent / "results-plots"
     img_dir.mkdir(parents=True, exist_ok=True)
     pk = emb["packages"]
     lines = [
@@ -83,7 +83,7 @@ def main() -> None:
         shutil.copy(png, img_dir / png.name)
     pngs = sorted(p.name for p in img_dir.glob("*.png"))
     if pngs:
-        lines += ["## Plots", ""] + [f"![{n[:-4]}](results/{n})" for n in pngs] + [""]
+        lines += ["## Plots", ""] + [f"![{n[:-4]}](results-plots/{n})" for n in pngs] + [""]
     if args.notes.exists():
         lines += [args.notes.read_text(encoding="utf-8").strip(), ""]
     args.out.write_text("\n".join(lines), encoding="utf-8")
