@@ -182,23 +182,23 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _add_eval_args(e: argparse.ArgumentParser) -> None:
-    e.add_argument("--suite", help="comma-separated: toxicity, counterfactual, occupational, bbq-gender, "
+    e.add_argument("--suite", metavar="S[,S]", help="comma-separated: toxicity, counterfactual, occupational, bbq-gender, "
                                    "pope-synthetic, fluency, overhead")
-    e.add_argument("--method", dest="methods", default="none",
+    e.add_argument("--method", dest="methods", default="none", metavar="M[,M]",
                    help="comma-separated: none, nbls, uddia, debias_sampling (pope-synthetic: none, calibration, "
                         "debias_sampling, debias_sampling+calibration); default none")
-    e.add_argument("--model", dest="eval_model", default="default",
+    e.add_argument("--model", dest="eval_model", default="default", metavar="M",
                    help="HF model id or local path (default: the embedded SmolLM2-135M-Instruct)")
     e.add_argument("--dtype", dest="eval_dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     e.add_argument("--backend", default="hf", choices=["hf", "vllm"], help="generation engine (default hf)")
     e.add_argument("--out", dest="eval_out", metavar="DIR", help="run directory (a rerun resumes it)")
     e.add_argument("--limit", type=int, help="items per suite: prompts, pairs, occupations, questions")
-    e.add_argument("--n-samples", dest="eval_n_samples", type=int, default=25, help="samples per prompt (default 25, the RTP protocol)")
-    e.add_argument("--max-new-tokens", dest="eval_max_new_tokens", type=int, default=20)
+    e.add_argument("--n-samples", dest="eval_n_samples", type=int, default=25, metavar="K", help="samples per prompt (default 25, the RTP protocol)")
+    e.add_argument("--max-new-tokens", dest="eval_max_new_tokens", type=int, default=20, metavar="N")
     e.add_argument("--top-p", type=float, default=0.9)
     e.add_argument("--temperature", type=float, default=1.0)
-    e.add_argument("--seed", dest="eval_seed", type=int, default=0)
-    e.add_argument("--batch-size", dest="eval_batch_size", type=int, default=16, help="rows per generate call")
+    e.add_argument("--seed", dest="eval_seed", type=int, default=0, metavar="S")
+    e.add_argument("--batch-size", dest="eval_batch_size", type=int, default=16, metavar="B", help="rows per generate call")
     e.add_argument("--toxicity-scorer", default="hatesonar,profanity-check",
                    help="comma-separated toxicity scorers (see debias_lm.eval.scorers; e.g. detoxify:original, "
                         "hf:unitary/toxic-bert)")
@@ -211,12 +211,12 @@ def _add_eval_args(e: argparse.ArgumentParser) -> None:
                         "counterfactual=pairs.jsonl")
     e.add_argument("--set", dest="eval_set", action="append", default=[], metavar="METHOD.FIELD=VALUE",
                    help="method config override, e.g. --set uddia.layer_step=0")
-    e.add_argument("--probe", dest="eval_probes", default="likelihood,generation", help="occupational probes")
+    e.add_argument("--probe", dest="eval_probes", default="likelihood,generation", metavar="P[,P]", help="occupational probes")
     e.add_argument("--occupational-samples", type=int, default=10, help="generation probe samples per occupation")
     e.add_argument("--pope-model", default=None, help="biased synthetic VLM dir (default results/pope_synthetic/model)")
     e.add_argument("--bench-batch", default="1,8", help="overhead suite batch sizes")
     e.add_argument("--bench-new-tokens", type=int, default=32)
-    e.add_argument("--threads", dest="eval_threads", type=int, default=0, help="torch CPU threads (0: default)")
+    e.add_argument("--threads", dest="eval_threads", type=int, default=0, metavar="T", help="torch CPU threads (0: default)")
     chat = e.add_mutually_exclusive_group()
     chat.add_argument("--chat", dest="eval_chat", action="store_true", default=None,
                       help="prompt bbq-gender / occupational through the chat template (default: when there is one)")
