@@ -67,6 +67,12 @@ def validate(settings: EvalSettings) -> None:
         S.pair_items(settings)
     if "bbq-gender" in settings.suites:
         S.bbq_items(settings)
+    if "occupational" in settings.suites:
+        from .occupational import PROBES
+
+        bad = [p for p in settings.occupational_probes if p not in PROBES]
+        if bad or not settings.occupational_probes:
+            raise UserInputError(f"--probe {','.join(bad) or '(none)'} is invalid: expected {', '.join(PROBES)}")
     if "pope-synthetic" in settings.suites:
         from .suites import check_pope_model
 
