@@ -181,6 +181,7 @@ def test_malformed_rows_and_scorer_failures_are_recorded(tiny_llama_dir, tmp_pat
     (["--suite", "toxicity", "--toxicity-scorer", "nosuch"], "nosuch"),
     (["--suite", "counterfactual", "--regard-scorer", "vader"], "not a regard scorer"),
     (["--suite", "toxicity", "--limit", "0"], "--limit=0"),
+    (["--suite", "occupational", "--occupational-samples", "0"], "--occupational-samples=0"),
     (["--suite", "toxicity,occupational", "--probe", "likelihood,nope"], "--probe nope is invalid"),
     (["--suite", "toxicity", "--dataset", "toxicity=rtp:no/such.jsonl"], "such"),
     (["--suite", "overhead", "--bench-batch", "1,x"], "comma-separated integers"),

@@ -50,7 +50,8 @@ def validate(settings: EvalSettings) -> None:
     if settings.limit is not None and settings.limit < 1:
         raise UserInputError(f"--limit={settings.limit} is invalid: expected >= 1")
     for name, v in (("--n-samples", settings.n_samples), ("--max-new-tokens", settings.max_new_tokens),
-                    ("--batch-size", settings.batch_size)):
+                    ("--batch-size", settings.batch_size), ("--occupational-samples", settings.occupational_samples),
+                    ("bbq_max_new_tokens", settings.bbq_max_new_tokens)):
         if v < 1:
             raise UserInputError(f"{name}={v} is invalid: expected >= 1")
     if not 0.0 < settings.top_p <= 1.0 or settings.temperature <= 0:
