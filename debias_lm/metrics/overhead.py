@@ -10,7 +10,8 @@
   backward hooks (``backward_equiv``).
 * **Peak memory**: on CUDA, ``torch.cuda.max_memory_allocated`` during the run; on CPU, the peak resident set
   size above the level at the start of the run (after returning freed heap pages to the OS with glibc's
-  ``malloc_trim``), sampled every 5 ms (``PeakMemory``).
+  ``malloc_trim``), sampled every 5 ms and at the end (``PeakMemory``); a peak shorter than the sampling
+  interval can be missed, so CPU figures are a lower bound.
 """
 
 from __future__ import annotations
