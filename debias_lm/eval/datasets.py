@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserInputError
+from ..utils.jsonl import iter_jsonl
 
 
 @dataclass
@@ -124,24 +125,10 @@ def _hub_rows(hub_id: str, what: str, *, name: str | None = None, split: str | N
 
 
 def _read_jsonl_tolerant(path: Path) -> Iterator[tuple[int, int, Any, str | None]]:
-    """``(row index, line number, object, error)`` for every non-blank line.
-
-    Unlike :func:`debias_lm.utils.jsonl.read_jsonl_objects` (which raises on the first bad line), a line that is
-    not a JSON object is reported as that row's error, so the loaders can return it as a malformed record.
-    """
-    with path.open(encoding="utf-8") as fh:
-        i = 0
-        for n, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                yield i, n, None, f"line {n}: not JSON ({e.msg})"
-            else:
-                err = None if isinstance(obj, dict) else f"line {n}: expected a JSON object, got {type(obj).__name__}"
-                yield i, n, obj if err is None else None, err
-            i += 1
+    """``(row index, line number, object, error)`` for every non-blank line: a line that is not a JSON object
+    becomes that row's error (a malformed record), not an exception."""
+    for i, (n, obj, err) in enumerate(iter_jsonl(path)):
+        yield i, n, obj, (f"line {n}: {err}" if err else None)
 
 
 def _load_json_file(path: Path, what: str) -> Any:
