@@ -17,11 +17,6 @@ import json
 import math
 import os
 import re
-import signal
-import socket
-import subprocess
-import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -517,6 +512,8 @@ API_CASES = [
     API("wrap-eos-out-of-range", lambda c: dl.wrap(*_eos_out_of_range(c)), "generation_config.eos_token_id id 100000"),
     API("wrap-prompt-not-utf8", lambda c: dl.wrap(*_tiny(c)).generate_text("caf\udce9", max_new_tokens=1),
         "prompt 0 is not valid UTF-8 text (byte 0xe9"),
+    API("wrap-messages-not-utf8", lambda c: dl.wrap(*_tiny(c)).generate(
+        messages=[{"role": "user", "content": "caf\udce9"}], max_new_tokens=1), "messages[0] content is not valid UTF-8"),
     API("wrap-prompt-over-context", lambda c: dl.wrap(*_short_ctx_model(c)).generate_text(
         "word " * 60, chat=False, max_new_tokens=1), "more than the model's context length 40"),
     API("wrap-new-tokens-over-context", lambda c: dl.wrap(*_short_ctx_model(c)).check_length(
@@ -739,12 +736,6 @@ HTTP_CASES = [
 ]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _post(url: str, body: dict, timeout: float = 120.0) -> tuple[int, str]:
     req = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
     try:
@@ -757,53 +748,23 @@ def _post(url: str, body: dict, timeout: float = 120.0) -> tuple[int, str]:
 @pytest.fixture(scope="module")
 def server(tiny_llama_dir, tmp_path_factory):
     pytest.importorskip("vllm")
-    port = _free_port()
-    log_path = tmp_path_factory.mktemp("server") / "server.log"
-    cmd = [sys.executable, "-c", "import sys; from debias_lm.cli.main import main; sys.exit(main())",
-           "serve", "--model", str(tiny_llama_dir), "--port", str(port), "--dtype", "float32",
-           "--max-model-len", "1024", "--", "--enforce-eager", "--seed", "0"]
-    env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE="1", HF_HUB_OFFLINE="1")
-    env.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 300
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"server exited ({proc.returncode}):\n{log_path.read_text()[-4000:]}")
-            try:
-                with urllib.request.urlopen(url + "/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.time() > deadline:
-                pytest.fail(f"server did not come up in 300 s:\n{log_path.read_text()[-4000:]}")
-            time.sleep(0.5)
-        with urllib.request.urlopen(url + "/v1/models", timeout=10) as r:
-            model = json.loads(r.read())["data"][0]["id"]
-        yield {"url": url, "model": model, "proc": proc}
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+    from debias_lm.testing.server import serve_local
+
+    log = tmp_path_factory.mktemp("server") / "server.log"
+    with serve_local(tiny_llama_dir, log, args=["--dtype", "float32", "--max-model-len", "1024"]) as srv:
+        yield srv
 
 
 @pytest.mark.vllm
 @pytest.mark.server
 @pytest.mark.parametrize("case", HTTP_CASES, ids=lambda c: c.id)
 def test_http_bad_request_gets_its_status_and_the_server_keeps_serving(case: HTTP, server):
-    code, text = _post(server["url"] + case.endpoint, {"model": server["model"], **case.body})
+    code, text = _post(server.url + case.endpoint, {"model": server.model, **case.body})
     assert code == case.status, (case.id, code, text[:500])
     assert case.needle in text, (case.id, text[:500])
-    code, text = _post(server["url"] + "/v1/completions",
-                       {"model": server["model"], "prompt": "Hello", "max_tokens": 2, "temperature": 0.0})
-    assert code == 200 and server["proc"].poll() is None, text[:500]
+    code, text = _post(server.url + "/v1/completions",
+                       {"model": server.model, "prompt": "Hello", "max_tokens": 2, "temperature": 0.0})
+    assert code == 200 and server.alive(), text[:500]
 
 
 # ------------------------------------------------------------------------------------------------- properties

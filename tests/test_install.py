@@ -100,3 +100,16 @@ def test_wheel_installed_in_a_fresh_venv_runs_env_and_methods(wheel, tmp_path):
     out = _run([str(exe), "methods"], cwd=run, env=env).stdout
     for name in ("identity", "nbls", "calibration", "debias_sampling", "uddia"):
         assert name in out
+
+
+def test_readme_install_section_does_not_send_newcomers_to_an_unpublished_package():
+    """Until debias-lm is on PyPI, "Install elsewhere" must install from the repository (``.`` or a built wheel):
+    ``pip install debias-lm`` fails for a newcomer. (When it is published, this test changes with the README.)"""
+    import re
+
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    section = text[text.index("## Install elsewhere"):]
+    section = section[: section.index("\n## ", 3)]
+    commands = "\n".join(re.findall(r"```(?:bash)?\n(.*?)```", section, flags=re.S))  # what a reader copies
+    assert not re.search(r"pip install\s+[\"']?debias-lm", commands), commands
+    assert re.search(r"pip install \.", commands) and "pip wheel" in commands

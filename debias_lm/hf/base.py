@@ -131,6 +131,11 @@ class HFMethod:
                 raise UserInputError("messages= is empty; pass a list of {'role', 'content'} dicts")
             if not has_chat_template(self.processor):
                 raise UserInputError("messages= needs a tokenizer with a chat template; pass prompt= instead")
+            for i, chat in enumerate(chats):
+                for m in chat if isinstance(chat, list) else []:
+                    content = m.get("content") if isinstance(m, dict) else None
+                    if isinstance(content, str):
+                        check_utf8_text(content, f"messages[{i}] content")
             texts = [
                 tok.apply_chat_template(self.transform_messages(c), add_generation_prompt=True, tokenize=False)
                 for c in chats
