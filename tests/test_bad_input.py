@@ -117,17 +117,6 @@ def _arg(token: str, paths: dict[str, Path]) -> str:
                   token)
 
 
-@pytest.fixture
-def no_model(monkeypatch):
-    """Any model load fails the test: bad input must be caught before the model is loaded."""
-    import debias_lm.models
-
-    def refuse(*a, **k):
-        raise ModelLoaded("a model was loaded for bad input")
-
-    monkeypatch.setattr(debias_lm.models, "load_model", refuse)
-
-
 def run_main(argv: list[str], capsys) -> tuple[int, str]:
     capsys.readouterr()
     rc = main(argv)
@@ -395,13 +384,15 @@ def test_cli_table_is_large_and_unique():
     assert len(CLI_CASES) >= 150
 
 
-def test_unwritable_output_found_without_root(tmp_path, capsys):
-    """The same check, through a location no user can create files in: a path under a file of /proc (Linux)."""
-    target = Path("/proc/self/status/out.json")
+def test_unwritable_output_found_also_as_root(capsys):
+    """A folder nobody can create files in, root included: /proc/self (Linux). The check creates a temporary file
+    to find out, so it also catches read-only file systems, which permission bits do not show."""
     if not Path("/proc/self/status").is_file():
         pytest.skip("needs Linux /proc")
-    rc, err = run_main(["generate", "--method", "identity", "--prompt", "x", "--json", str(target)], capsys)
-    assert rc == 2 and "is a file, not a folder" in err
+    rc, err = run_main(["generate", "--method", "identity", "--prompt", "x", "--json", "/proc/self/out.json"], capsys)
+    assert rc == 2 and "the folder '/proc/self' is not writable" in err, err
+    rc, err = run_main(["ches", "score", "--dataset", "x.jsonl", "--out", "/proc/self/run"], capsys)
+    assert rc == 2 and "is not writable" in err, err
 
 
 # ------------------------------------------------------------------------------------------------- output paths
