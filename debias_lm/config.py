@@ -11,6 +11,7 @@ Every method's config is a frozen dataclass deriving from :class:`MethodConfig`:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import typing
 from collections.abc import Iterable, Mapping
@@ -30,7 +31,28 @@ class MethodConfig:
     method: ClassVar[str] = ""
 
     def __post_init__(self) -> None:
+        self._check_types()
         self.validate()
+
+    def _check_types(self) -> None:
+        """Text fields must be strings and tuple fields tuples of their element type (numbers and flags are
+        checked with their ranges in :meth:`validate`)."""
+        name = type(self).__name__
+        for field, hint in _field_hints(type(self)).items():
+            value = getattr(self, field)
+            if hint is str and not isinstance(value, str):
+                raise _fail(name, field, value, "a string")
+            if typing.get_origin(hint) is tuple:
+                elem = typing.get_args(hint)[0] if typing.get_args(hint) else object
+                if elem is float:
+                    ok = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in value) \
+                        if isinstance(value, tuple) else False
+                    kind = "a list of numbers"
+                else:
+                    ok = isinstance(value, tuple) and all(isinstance(x, elem) for x in value)
+                    kind = f"a list of {getattr(elem, '__name__', elem)}s".replace("strs", "strings")
+                if not ok:
+                    raise _fail(name, field, value, kind)
 
     # -- validation helpers -------------------------------------------------------------------------
     def validate(self) -> None:
@@ -84,12 +106,14 @@ class MethodConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> MethodConfig:
         """Inverse of :meth:`to_dict`. Unknown keys are an error (they are usually typos)."""
+        if not isinstance(data, Mapping):
+            raise UserInputError(f"{cls.__name__}.from_dict needs a dict of fields, got {type(data).__name__}")
         data = dict(data)
         method = data.pop("method", cls.method)
         if method != cls.method:
             raise UserInputError(f"{cls.__name__}.from_dict got method={method!r}; expected {cls.method!r}")
         names = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - set(names))
+        unknown = sorted(map(str, set(data) - set(names)))
         if unknown:
             raise UserInputError(
                 f"{cls.__name__}: unknown field(s) {', '.join(unknown)}; allowed fields: {', '.join(sorted(names))}"
@@ -106,6 +130,12 @@ class MethodConfig:
     def replace(self, **changes: Any) -> MethodConfig:
         """A copy with some fields changed (validated again)."""
         return dataclasses.replace(self, **changes)
+
+
+@functools.cache
+def _field_hints(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints.get(f.name) for f in dataclasses.fields(cls)}
 
 
 @dataclasses.dataclass(frozen=True)

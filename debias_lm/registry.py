@@ -81,9 +81,13 @@ def list_methods() -> list[MethodSpec]:
 
 def config_from_dict(data: Mapping[str, Any]) -> MethodConfig:
     """Build any registered config from its flat dict (``{"method": name, ...}``)."""
+    if not isinstance(data, Mapping):
+        raise UserInputError(f"a config must be a dict like {{'method': 'nbls', 'k': 32}}, got {type(data).__name__}")
     if "method" not in data:
         raise UserInputError("config dict has no 'method' key; expected e.g. {'method': 'nbls', 'k': 32}")
-    return get_method(str(data["method"])).config_cls.from_dict(data)
+    if not isinstance(data["method"], str):
+        raise UserInputError(f"config 'method' must be a method name (a string), got {data['method']!r}")
+    return get_method(data["method"]).config_cls.from_dict(data)
 
 
 def default_config(name: str) -> MethodConfig:

@@ -30,7 +30,10 @@ SKIP_REASONS = (
     "prefix_mismatch",
     "too_long",
     "tokenizer_error",
+    "invalid_utf8",
 )
+UNDECODABLE = "__debias_lm_undecodable__"  # key of a placeholder row whose text was not valid UTF-8
+UNKEEPABLE = ("invalid_utf8",)  # skip reasons whose rows cannot be written back as text (never kept)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,6 +121,8 @@ def tokenize_pair(tokenizer, row: Mapping[str, Any], columns: Columns, *, max_le
     ``on_prefix_mismatch``: ``"trl"`` scores from the divergence point (what TRL trains on) and notes it;
     ``"skip"`` skips the row with ``skip_reason="prefix_mismatch"``.
     """
+    if UNDECODABLE in row:
+        return _skip("invalid_utf8", str(row[UNDECODABLE])[:200])
     values = {}
     for key in ("prompt", "chosen", "rejected"):
         col = getattr(columns, key)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserInputError
-from .formats import detect_columns
+from .formats import UNDECODABLE, detect_columns
 from .scoring import SCORE_FIELDS, score_rows
 
 PAPER = "Razin et al. 2025, Unintentional Unalignment (arXiv 2410.08847)"
@@ -59,13 +59,30 @@ def dist_info() -> tuple[int, int]:
 
 
 def _chunks(dataset, shard_size: int) -> Iterator[tuple[int, list[dict[str, Any]]]]:
-    """(start index, rows) per shard, for a ``datasets.Dataset`` (sliced), an IterableDataset or a list."""
+    """(start index, rows) per shard, for a ``datasets.Dataset`` (sliced), an IterableDataset or a list.
+
+    A row whose text is not valid UTF-8 (Arrow keeps such bytes from a JSON file) becomes ``{UNDECODABLE:
+    reason}``, which :func:`~debias_lm.ches.formats.tokenize_pair` records as ``skip_reason="invalid_utf8"``,
+    instead of stopping the whole run at that row.
+    """
     if hasattr(dataset, "__len__") and hasattr(dataset, "column_names") and not _is_iterable_dataset(dataset):
         n = len(dataset)
         for start in range(0, n, shard_size):
-            batch = dataset[start : min(start + shard_size, n)]
+            end = min(start + shard_size, n)
+            try:
+                batch = dataset[start:end]
+            except UnicodeDecodeError:
+                yield start, _arrow_rows(dataset.with_format("arrow")[start:end], start)
+                continue
             keys = list(batch)
             yield start, [dict(zip(keys, vals)) for vals in zip(*(batch[k] for k in keys))]
+        return
+    if _is_iterable_dataset(dataset):
+        start = 0
+        for table in dataset.with_format("arrow").iter(batch_size=shard_size):
+            rows = _arrow_rows(table, start)
+            yield start, rows
+            start += len(rows)
         return
     buf: list[dict[str, Any]] = []
     start = 0
@@ -77,6 +94,36 @@ def _chunks(dataset, shard_size: int) -> Iterator[tuple[int, list[dict[str, Any]
             buf = []
     if buf:
         yield start, buf
+
+
+def iter_rows(dataset) -> Iterator[tuple[int, dict[str, Any]]]:
+    """``(index, row)`` for every row of a dataset, undecodable rows as ``{UNDECODABLE: reason}`` (see _chunks)."""
+    for start, rows in _chunks(dataset, 512):
+        for i, row in enumerate(rows):
+            yield start + i, row
+
+
+def _arrow_rows(table, start: int) -> list[dict[str, Any]]:
+    """Python rows of an Arrow table; a row that cannot be decoded is replaced by its reason (one row per row)."""
+    try:
+        return table.to_pylist()
+    except UnicodeDecodeError:
+        pass
+    rows = []
+    for i in range(table.num_rows):
+        one = table.slice(i, 1)
+        try:
+            rows.append(one.to_pylist()[0])
+        except UnicodeDecodeError:
+            bad = []
+            for name in one.column_names:
+                try:
+                    one.column(name).to_pylist()
+                except UnicodeDecodeError as e:
+                    bad.append(f"{name!r} (byte 0x{e.object[e.start]:02x} at {e.start})")
+            rows.append({UNDECODABLE: f"row {start + i}: column {', '.join(bad)} is not valid UTF-8; "
+                                      "fix the file's encoding (e.g. iconv -f latin1 -t utf-8)"})
+    return rows
 
 
 def _is_iterable_dataset(ds) -> bool:
@@ -92,7 +139,12 @@ def column_names(dataset) -> list[str]:
     names = getattr(dataset, "column_names", None)
     if names:
         return list(names)
-    first = next(iter(dataset), None)  # streaming datasets without declared features
+    if _is_iterable_dataset(dataset):  # streaming without declared features: the first table's schema
+        first = next(iter(dataset.with_format("arrow").iter(batch_size=1)), None)
+        if first is None or first.num_rows == 0:
+            raise UserInputError("the dataset is empty")
+        return list(first.column_names)
+    first = next(iter(dataset), None)
     if first is None:
         raise UserInputError("the dataset is empty")
     return list(first)
@@ -121,7 +173,8 @@ def score_dataset(
     """Score every row of ``dataset``; one result dict per row, in order (``orig_index`` = row position).
 
     ``dataset``: a ``datasets.Dataset``, a streaming ``IterableDataset`` (rows are read shard by shard, never all
-    at once) or a list of dicts. With ``out_dir`` each shard of ``shard_size`` rows is saved under
+    at once) or a list of dicts. ``max_length`` may not exceed the model's context length; ``None`` truncates at
+    that context length (when the model's config states one). With ``out_dir`` each shard of ``shard_size`` rows is saved under
     ``out_dir/shards/`` as soon as it is done; rerunning the same call skips finished shards, so an interrupted
     run resumes and ends with identical scores. Under ``accelerate launch`` (RANK / WORLD_SIZE set) process r
     scores the shards i with i % world == r, then every process waits for all shards and returns the merged
@@ -135,6 +188,13 @@ def score_dataset(
         raise UserInputError(f"shard_size={shard_size} is invalid: expected >= 1")
     if max_length is not None and max_length < 2:
         raise UserInputError(f"max_length={max_length} is invalid: expected >= 2 or None")
+    from ..hf.base import check_tokenizer_matches, context_length
+
+    check_tokenizer_matches(model, tokenizer)
+    ctx = context_length(model)
+    if max_length is not None and ctx is not None and max_length > ctx:
+        raise UserInputError(f"max_length={max_length} (--max-length) is more than the model's context length {ctx}: "
+                             f"pass {ctx} or less")
     rank, world = dist_info()
     if world > 1 and out_dir is None:
         raise UserInputError("a data-parallel run needs an output folder (--out) to share its shards")
@@ -175,7 +235,8 @@ def score_dataset(
                 bar.update(len(chunk))
             else:
                 rows = score_rows(model, tokenizer, chunk, columns, start_index=start, batch_size=batch_size,
-                                  max_length=max_length, on_prefix_mismatch=on_prefix_mismatch,
+                                  max_length=max_length if max_length is not None else ctx,
+                                  on_prefix_mismatch=on_prefix_mismatch,
                                   edit_distance=edit_distance, progress=bar)
                 if path is not None:
                     _write_rows_parquet(rows, path)

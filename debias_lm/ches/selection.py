@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..errors import UserInputError
+from .formats import UNKEEPABLE
 
 SCORES = ("ln_ches", "ches", "neg_norm_edit_distance", "last_hidden_inner", "reward_margin")
 
@@ -26,8 +27,9 @@ class Selection:
         return len(self.keep)
 
     def counts(self) -> dict[str, int]:
+        """Row counts: ``scored + skipped == total`` and ``kept + dropped == total`` (kept skipped rows included)."""
         return {"total": self.n_total, "scored": self.n_scored, "skipped": self.n_skipped, "kept": self.n_kept,
-                "dropped": self.n_scored - self.n_kept + (0 if self.rule.get("keep_skipped") else self.n_skipped)}
+                "dropped": self.n_total - self.n_kept}
 
 
 def select(
@@ -43,7 +45,8 @@ def select(
 
     Exactly one rule: ``keep_fraction`` F keeps ceil(F·N) of the N scored pairs; ``drop_top_fraction`` F drops
     the ceil(F·N) highest; ``threshold`` T keeps pairs with score <= T. Skipped rows (no score) are dropped
-    unless ``keep_skipped``; they stay listed in the scores with their reason either way.
+    unless ``keep_skipped``; they stay listed in the scores with their reason either way. Rows skipped as
+    ``invalid_utf8`` are never kept: their text cannot be written back.
     """
     rules = [r for r in (keep_fraction, drop_top_fraction, threshold) if r is not None]
     if len(rules) != 1:
@@ -51,11 +54,15 @@ def select(
     if score not in SCORES:
         raise UserInputError(f"score={score!r} is invalid: expected one of {', '.join(SCORES)}")
     for name, v in (("keep_fraction", keep_fraction), ("drop_top_fraction", drop_top_fraction)):
-        if v is not None and not 0.0 <= v <= 1.0:
-            raise UserInputError(f"{name}={v} is invalid: expected a fraction in [0, 1]")
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0):
+            raise UserInputError(f"{name}={v!r} is invalid: expected a fraction in [0, 1]")
+    if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))
+                                  or math.isnan(threshold)):
+        raise UserInputError(f"threshold={threshold!r} is invalid: expected a number")
     scored = [(float(r[score]), int(r["orig_index"])) for r in scores
               if r["status"] == "ok" and r[score] is not None and not math.isnan(float(r[score]))]
     skipped = [int(r["orig_index"]) for r in scores if r["status"] != "ok"]
+    keepable = [int(r["orig_index"]) for r in scores if r["status"] != "ok" and r.get("skip_reason") not in UNKEEPABLE]
     unscored_ok = [int(r["orig_index"]) for r in scores if r["status"] == "ok"
                    and (r[score] is None or math.isnan(float(r[score])))]
     scored.sort()
@@ -69,7 +76,7 @@ def select(
     else:
         kept = [s for s in scored if s[0] <= threshold]
         cut = float(threshold)
-    keep = sorted([i for _, i in kept] + (skipped + unscored_ok if keep_skipped else []))
+    keep = sorted([i for _, i in kept] + (keepable + unscored_ok if keep_skipped else []))
     rule = {"score": score, "keep_fraction": keep_fraction, "drop_top_fraction": drop_top_fraction,
             "threshold": threshold, "keep_skipped": keep_skipped}
     return Selection(keep=keep, cut_value=cut, rule=rule, n_total=len(scores), n_scored=n,

@@ -16,6 +16,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..errors import DebiasLMError, UserInputError
+from ..utils.files import check_output_path, check_utf8_text, prepare_parent, read_text
+from .types import FINITE, FRACTION, NON_NEGATIVE_INT, PORT, POSITIVE_INT, SEED, TEMPERATURE, TOP_P, number
 
 EXIT_USAGE = 2
 
@@ -40,8 +42,7 @@ def build_config(method: str, sets: Sequence[str] = (), config_json: str | None 
     data: dict[str, Any] = {}
     if config_json:
         if os.path.isfile(config_json):
-            with open(config_json, encoding="utf-8") as fh:
-                config_json = fh.read()
+            config_json = read_text(config_json, what="--config file")
         try:
             loaded = json.loads(config_json)
         except json.JSONDecodeError as e:
@@ -81,11 +82,13 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--method", required=True, help="registered method name (see 'debias-lm methods')")
     _add_model_args(g)
     g.add_argument("--prompt", action="append", required=True, help="prompt text (repeat for a batch)")
-    g.add_argument("--max-new-tokens", type=int, default=64)
+    g.add_argument("--max-new-tokens", type=POSITIVE_INT, default=64)
     g.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
-    g.add_argument("--temperature", type=float, default=1.0)
-    g.add_argument("--top-p", type=float, default=1.0)
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--temperature", type=TEMPERATURE, default=1.0, help="sampling temperature (> 0)")
+    g.add_argument("--top-p", type=TOP_P, default=1.0, help="nucleus sampling mass in (0, 1]")
+    g.add_argument("--top-k", type=NON_NEGATIVE_INT, default=None,
+                   help="sample from the K most likely tokens (0: no top-k; default: the model's generation config)")
+    g.add_argument("--seed", type=SEED, default=0)
     g.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override a config field")
     g.add_argument("--config", help="method config as a JSON object or a JSON file")
     g.add_argument("--no-baseline", action="store_true", help="only the debiased output")
@@ -103,12 +106,12 @@ def _parser() -> argparse.ArgumentParser:
     o.add_argument("--probe", default="likelihood", help="comma-separated: likelihood, generation")
     o.add_argument("--occupations", metavar="FILE", help="one BLS occupation name per line")
     o.add_argument("--occupation", action="append", default=[], metavar="NAME", help="an occupation (repeatable)")
-    o.add_argument("--k", type=int, default=32, help="NBLS grounding instances (default 32)")
-    o.add_argument("--grounding-seed", type=int, default=0, help="NBLS instance-selection seed")
-    o.add_argument("--n-samples", type=int, default=10, help="generation probe: samples per occupation")
-    o.add_argument("--max-new-tokens", type=int, default=20, help="generation probe: tokens per sample")
-    o.add_argument("--seed", type=int, default=0, help="generation probe sampling seed")
-    o.add_argument("--batch-size", type=int, default=8)
+    o.add_argument("--k", type=POSITIVE_INT, default=32, help="NBLS grounding instances (default 32)")
+    o.add_argument("--grounding-seed", type=SEED, default=0, help="NBLS instance-selection seed")
+    o.add_argument("--n-samples", type=POSITIVE_INT, default=10, help="generation probe: samples per occupation")
+    o.add_argument("--max-new-tokens", type=POSITIVE_INT, default=20, help="generation probe: tokens per sample")
+    o.add_argument("--seed", type=SEED, default=0, help="generation probe sampling seed")
+    o.add_argument("--batch-size", type=POSITIVE_INT, default=8)
     o.add_argument("--json", metavar="OUT", help="write the result JSON (one method and one probe)")
     o.add_argument("--out", metavar="DIR", help="write every result, report.md and a scatter plot here")
     o.add_argument("--no-progress", action="store_true")
@@ -129,10 +132,11 @@ def _parser() -> argparse.ArgumentParser:
         cp.add_argument("--prompt-col")
         cp.add_argument("--chosen-col")
         cp.add_argument("--rejected-col")
-        cp.add_argument("--batch-size", type=int, default=8, help="pairs per forward pass")
-        cp.add_argument("--max-length", type=int, default=1024, help="TRL's max_length (keep_start truncation)")
+        cp.add_argument("--batch-size", type=POSITIVE_INT, default=8, help="pairs per forward pass")
+        cp.add_argument("--max-length", type=number(int, lo=2), default=None,
+                        help="TRL's max_length, keep_start truncation (default 1024, or the model's context length if smaller)")
         cp.add_argument("--on-prefix-mismatch", default="trl", choices=["trl", "skip"])
-        cp.add_argument("--shard-size", type=int, default=512, help="rows per resumable shard")
+        cp.add_argument("--shard-size", type=POSITIVE_INT, default=512, help="rows per resumable shard")
         cp.add_argument("--streaming", action="store_true", help="read the dataset row by row (larger than memory)")
         cp.add_argument("--edit-distance", action="store_true",
                         help="also compute the normalised token edit-distance baseline (slow for long responses)")
@@ -140,9 +144,9 @@ def _parser() -> argparse.ArgumentParser:
         cp.add_argument("--no-progress", action="store_true")
         if name == "filter":
             rule = cp.add_mutually_exclusive_group(required=True)
-            rule.add_argument("--keep-fraction", type=float, help="keep this fraction with the lowest score (paper: 0.05)")
-            rule.add_argument("--drop-top-fraction", type=float, help="drop this fraction with the highest score")
-            rule.add_argument("--threshold", type=float, help="keep pairs with score <= this value")
+            rule.add_argument("--keep-fraction", type=FRACTION, help="keep this fraction with the lowest score (paper: 0.05)")
+            rule.add_argument("--drop-top-fraction", type=FRACTION, help="drop this fraction with the highest score")
+            rule.add_argument("--threshold", type=FINITE, help="keep pairs with score <= this value")
             cp.add_argument("--score", default="ln_ches", help="ln_ches (default), ches, neg_norm_edit_distance, "
                                                               "last_hidden_inner, reward_margin")
             cp.add_argument("--format", default="save_to_disk", choices=["save_to_disk", "parquet", "jsonl"])
@@ -155,9 +159,9 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     b.add_argument("--backend", default="hf,vllm", help="comma-separated: hf, vllm (default both)")
     b.add_argument("--batch", default="1,8", help="comma-separated batch sizes (default 1,8)")
-    b.add_argument("--max-new-tokens", type=int, default=32, help="generated tokens per row (fixed length)")
-    b.add_argument("--repeats", type=int, default=3, help="interleaved rounds; the median time is reported")
-    b.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    b.add_argument("--max-new-tokens", type=POSITIVE_INT, default=32, help="generated tokens per row (fixed length)")
+    b.add_argument("--repeats", type=POSITIVE_INT, default=3, help="interleaved rounds; the median time is reported")
+    b.add_argument("--threads", type=NON_NEGATIVE_INT, default=0, help="torch CPU threads (0: torch's default)")
     b.add_argument("--set", action="append", default=[], metavar="METHOD.FIELD=VALUE",
                    help="method config override, e.g. --set uddia.layer_step=0")
     b.add_argument("--out", metavar="FILE", help="also write the rows as JSON here")
@@ -171,11 +175,11 @@ def _parser() -> argparse.ArgumentParser:
     sv = sub.add_parser("serve", help="vLLM OpenAI-compatible server with the vllm_debias plugin loaded")
     sv.add_argument("--model", default="default", help="model path or id (default: the embedded SmolLM2-135M)")
     sv.add_argument("--host", default="127.0.0.1")
-    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--port", type=PORT, default=8000)
     sv.add_argument("--dtype", default=None, help="vLLM --dtype (default: vLLM's choice)")
-    sv.add_argument("--max-model-len", type=int, default=None)
+    sv.add_argument("--max-model-len", type=POSITIVE_INT, default=None)
     sv.add_argument("--nbls", action="store_true", help="ground every chat request (NBLS chat template)")
-    sv.add_argument("--nbls-k", type=int, default=32, help="occupations in the NBLS grounding (default 32)")
+    sv.add_argument("--nbls-k", type=POSITIVE_INT, default=32, help="occupations in the NBLS grounding (default 32)")
     sv.add_argument("--dry-run", action="store_true", help="print the server command and exit")
     sv.add_argument("vllm_args", nargs=argparse.REMAINDER, help="further vLLM server arguments, after --")
     return p
@@ -192,13 +196,13 @@ def _add_eval_args(e: argparse.ArgumentParser) -> None:
     e.add_argument("--dtype", dest="eval_dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     e.add_argument("--backend", default="hf", choices=["hf", "vllm"], help="generation engine (default hf)")
     e.add_argument("--out", dest="eval_out", metavar="DIR", help="run directory (a rerun resumes it)")
-    e.add_argument("--limit", type=int, help="items per suite: prompts, pairs, occupations, questions")
-    e.add_argument("--n-samples", dest="eval_n_samples", type=int, default=25, metavar="K", help="samples per prompt (default 25, the RTP protocol)")
-    e.add_argument("--max-new-tokens", dest="eval_max_new_tokens", type=int, default=20, metavar="N")
-    e.add_argument("--top-p", type=float, default=0.9)
-    e.add_argument("--temperature", type=float, default=1.0)
-    e.add_argument("--seed", dest="eval_seed", type=int, default=0, metavar="S")
-    e.add_argument("--batch-size", dest="eval_batch_size", type=int, default=16, metavar="B", help="rows per generate call")
+    e.add_argument("--limit", type=POSITIVE_INT, help="items per suite: prompts, pairs, occupations, questions")
+    e.add_argument("--n-samples", dest="eval_n_samples", type=POSITIVE_INT, default=25, metavar="K", help="samples per prompt (default 25, the RTP protocol)")
+    e.add_argument("--max-new-tokens", dest="eval_max_new_tokens", type=POSITIVE_INT, default=20, metavar="N")
+    e.add_argument("--top-p", type=TOP_P, default=0.9)
+    e.add_argument("--temperature", type=TEMPERATURE, default=1.0)
+    e.add_argument("--seed", dest="eval_seed", type=SEED, default=0, metavar="S")
+    e.add_argument("--batch-size", dest="eval_batch_size", type=POSITIVE_INT, default=16, metavar="B", help="rows per generate call")
     e.add_argument("--toxicity-scorer", default="hatesonar,profanity-check",
                    help="comma-separated toxicity scorers (see debias_lm.eval.scorers; e.g. detoxify:original, "
                         "hf:unitary/toxic-bert)")
@@ -212,11 +216,11 @@ def _add_eval_args(e: argparse.ArgumentParser) -> None:
     e.add_argument("--set", dest="eval_set", action="append", default=[], metavar="METHOD.FIELD=VALUE",
                    help="method config override, e.g. --set uddia.layer_step=0")
     e.add_argument("--probe", dest="eval_probes", default="likelihood,generation", metavar="P[,P]", help="occupational probes")
-    e.add_argument("--occupational-samples", type=int, default=10, help="generation probe samples per occupation")
+    e.add_argument("--occupational-samples", type=POSITIVE_INT, default=10, help="generation probe samples per occupation")
     e.add_argument("--pope-model", default=None, help="biased synthetic VLM dir (default results/pope_synthetic/model)")
     e.add_argument("--bench-batch", default="1,8", help="overhead suite batch sizes")
-    e.add_argument("--bench-new-tokens", type=int, default=32)
-    e.add_argument("--threads", dest="eval_threads", type=int, default=0, metavar="T", help="torch CPU threads (0: default)")
+    e.add_argument("--bench-new-tokens", type=POSITIVE_INT, default=32)
+    e.add_argument("--threads", dest="eval_threads", type=NON_NEGATIVE_INT, default=0, metavar="T", help="torch CPU threads (0: default)")
     chat = e.add_mutually_exclusive_group()
     chat.add_argument("--chat", dest="eval_chat", action="store_true", default=None,
                       help="prompt bbq-gender / occupational through the chat template (default: when there is one)")
@@ -254,6 +258,7 @@ def cmd_eval(args) -> int:
         raise UserInputError("debias-lm eval needs --suite NAME[,NAME] (or the 'occupational' subcommand)")
     if not args.eval_out:
         raise UserInputError("debias-lm eval needs --out DIR (the run directory; a rerun resumes it)")
+    check_output_path(args.eval_out, kind="dir", flag="--out")
     datasets = {}
     for item in args.dataset:
         suite, eq, spec = item.partition("=")
@@ -292,6 +297,7 @@ def cmd_bench(args) -> int:
     batches = _int_csv(args.batch, "--batch")
     overrides = _method_sets(args.set)
     check_bench_args(methods, batches, backends, args.max_new_tokens, args.repeats)
+    check_output_path(args.out, kind="file", flag="--out")
     for m in methods:
         if m != "none":
             method_config(m, overrides.get(m)).preflight()
@@ -312,7 +318,7 @@ def cmd_bench(args) -> int:
     if args.out:
         from ..eval.harness import package_versions
 
-        with open(args.out, "w", encoding="utf-8") as fh:
+        with open(prepare_parent(args.out), "w", encoding="utf-8") as fh:
             json.dump({"model": args.model, "dtype": args.dtype, "torch_threads": torch.get_num_threads(),
                        "packages": package_versions(), "rows": rows}, fh, indent=2)
             fh.write("\n")
@@ -333,17 +339,24 @@ def cmd_generate(args) -> int:
 
     if any(not p.strip() for p in args.prompt):
         raise UserInputError("--prompt is empty; pass the text to continue")
-    if args.max_new_tokens < 1:
-        raise UserInputError(f"--max-new-tokens={args.max_new_tokens} is invalid: expected >= 1")
+    for i, p in enumerate(args.prompt):
+        check_utf8_text(p, f"--prompt {i + 1}" if len(args.prompt) > 1 else "--prompt")
+    gen_kwargs: dict[str, Any] = {"max_new_tokens": args.max_new_tokens, "do_sample": args.sample}
+    if args.sample:
+        gen_kwargs.update(temperature=args.temperature, top_p=args.top_p)
+        if args.top_k is not None:
+            gen_kwargs["top_k"] = args.top_k
+    elif args.top_k is not None or args.temperature != 1.0 or args.top_p != 1.0:
+        raise UserInputError("--temperature, --top-p and --top-k apply to sampling: add --sample")
     config = build_config(args.method, args.set, args.config)
     config.preflight()
+    check_output_path(args.json, kind="file", flag="--json")
     model, tok = _load(args)
     debiased = wrap(model, tok, config)  # validates method-specific inputs before any generation
     debiased.impl.check_prompts(list(args.prompt))
     plain = wrap(model, tok, "identity")
-    gen_kwargs: dict[str, Any] = {"max_new_tokens": args.max_new_tokens, "do_sample": args.sample}
-    if args.sample:
-        gen_kwargs.update(temperature=args.temperature, top_p=args.top_p)
+    for w in ([plain] if not args.no_baseline else []) + [debiased]:  # prompt + new tokens fit the model
+        w.check_length(args.prompt, chat=args.chat, max_new_tokens=args.max_new_tokens)
     results = {"model": args.model, "config": config.to_dict(), "generation": gen_kwargs, "outputs": []}
     base_out = None
     if not args.no_baseline:
@@ -360,7 +373,7 @@ def cmd_generate(args) -> int:
         print(f"--- {config.method}:\n{deb_out[i].strip()}\n")
         results["outputs"].append(row)
     if args.json:
-        with open(args.json, "w", encoding="utf-8") as fh:
+        with open(prepare_parent(args.json), "w", encoding="utf-8") as fh:
             json.dump(results, fh, indent=2)
             fh.write("\n")
     return 0
@@ -382,12 +395,12 @@ def cmd_eval_occupational(args) -> int:
         raise UserInputError("--method and --probe need at least one value")
     if args.json and (len(methods) > 1 or len(probes) > 1):
         raise UserInputError("--json takes one method and one probe; use --out DIR for several")
-    if args.k < 1:
-        raise UserInputError(f"--k={args.k} is invalid: expected >= 1")
-    if args.n_samples < 1 or args.max_new_tokens < 1 or args.batch_size < 1:
-        raise UserInputError("--n-samples, --max-new-tokens and --batch-size must be >= 1")
+    check_output_path(args.json, kind="file", flag="--json")
+    check_output_path(args.out, kind="dir", flag="--out")
     names = list(args.occupation)
     if args.occupations:
+        if os.path.isfile(args.occupations):
+            read_text(args.occupations, what="occupations file")  # bytes that are not UTF-8: file and line
         names = read_occupations_file(args.occupations) + names
     occs = resolve_occupations(names or None)  # unknown names fail here, before the model loads
     if "nbls" in methods:  # k too large for what is left after excluding the evaluated set: fail early
@@ -402,7 +415,7 @@ def cmd_eval_occupational(args) -> int:
         model_name=args.model, out_dir=args.out, progress=not args.no_progress,
     )
     if args.json:
-        results[0].save(args.json)
+        results[0].save(prepare_parent(args.json))
     return 0
 
 
@@ -410,28 +423,32 @@ def cmd_ches(args) -> int:
     from .. import ches
     from ..ches.selection import SCORES
 
-    if args.batch_size < 1 or args.shard_size < 1 or args.max_length < 2:
-        raise UserInputError("--batch-size and --shard-size must be >= 1 and --max-length >= 2")
+    out_dir = check_output_path(args.out, kind="dir", flag="--out")
     selection_args = {}
     if args.ches_command == "filter":
         if args.score not in SCORES:
             raise UserInputError(f"--score {args.score!r} is invalid: expected one of {', '.join(SCORES)}")
-        for flag in ("keep_fraction", "drop_top_fraction"):
-            v = getattr(args, flag)
-            if v is not None and not 0.0 <= v <= 1.0:
-                raise UserInputError(f"--{flag.replace('_', '-')} {v} is invalid: expected a fraction in [0, 1]")
+        target_name = {"save_to_disk": "filtered", "parquet": "filtered.parquet", "jsonl": "filtered.jsonl"}[args.format]
+        check_output_path(out_dir / target_name, kind="dir" if args.format == "save_to_disk" else "file",
+                          flag=f"--out (its {target_name})")
         selection_args = {"keep_fraction": args.keep_fraction, "drop_top_fraction": args.drop_top_fraction,
                           "threshold": args.threshold, "score": args.score, "keep_skipped": args.keep_skipped}
-    ds = ches.load_preference_dataset(args.dataset, args.config, args.split, args.revision, streaming=args.streaming)
+    ds = ches.load_preference_dataset(args.dataset, args.config, args.split, args.revision, streaming=args.streaming,
+                                      progress=not args.no_progress)
     from ..ches.run import column_names
 
     ches.detect_columns(column_names(ds), args.prompt_col, args.chosen_col, args.rejected_col)  # before the model
     model, tok = _load(args)
+    from ..hf.base import context_length
+
+    ctx = context_length(model)
+    max_length = args.max_length if args.max_length is not None else min(1024, ctx or 1024)
+    args.max_length = max_length  # recorded in the manifest as used
     fingerprint = (ches.source_fingerprint(args.dataset, args.config, args.split, args.revision)
                    if args.streaming else None)
     scores = ches.score_dataset(
         model, tok, ds, prompt_col=args.prompt_col, chosen_col=args.chosen_col, rejected_col=args.rejected_col,
-        batch_size=args.batch_size, max_length=args.max_length, on_prefix_mismatch=args.on_prefix_mismatch,
+        batch_size=args.batch_size, max_length=max_length, on_prefix_mismatch=args.on_prefix_mismatch,
         out_dir=args.out, shard_size=args.shard_size, model_name=args.model, dtype=args.dtype,
         fingerprint=fingerprint, edit_distance=args.edit_distance, progress=not args.no_progress,
     )
@@ -447,8 +464,7 @@ def cmd_ches(args) -> int:
     print(f"scored {counts['scored']} of {counts['rows']} pairs ({counts['skipped']} skipped: "
           f"{ {k: v for k, v in counts['by_status'].items() if k != 'ok'} })")
     if sel is not None:
-        target = {"save_to_disk": out / "filtered", "parquet": out / "filtered.parquet",
-                  "jsonl": out / "filtered.jsonl"}[args.format]
+        target = out / target_name
         if args.streaming:
             ches.save_filtered_stream(ds, set(sel.keep), target, args.format)
         else:

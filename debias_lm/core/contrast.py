@@ -26,6 +26,8 @@ CALIBRATION_MODES = ("diagonal", "identity", "batch")
 
 def _normalise(p: torch.Tensor, name: str) -> torch.Tensor:
     p = p.double()
+    if not torch.isfinite(p).all():
+        raise ValueError(f"{name} has NaN or infinite entries; pass finite probabilities")
     if (p < 0).any():
         raise ValueError(f"{name} has negative entries; pass probabilities (e.g. softmax over the labels)")
     s = p.sum(-1, keepdim=True)

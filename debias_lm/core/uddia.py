@@ -181,9 +181,11 @@ def adam_step(
 
 # -- decoding -------------------------------------------------------------------------------------------
 def fuse_log_probs(logp_tuned: torch.Tensor, logp_base: torch.Tensor, gamma: float) -> torch.Tensor:
-    """log of p ∝ p_tuned^gamma p_base^(1 - gamma), normalised (-inf stays -inf)."""
-    mixed = gamma * logp_tuned + (1.0 - gamma) * logp_base
-    return torch.log_softmax(mixed, dim=-1)
+    """log of p ∝ p_tuned^gamma p_base^(1 - gamma), normalised (-inf stays -inf; x^0 = 1, so at gamma 0 or 1
+    a -inf of the side with weight 0 does not turn 0·(-inf) into NaN)."""
+    tuned = gamma * logp_tuned if gamma != 0 else torch.zeros_like(logp_tuned)
+    base = (1.0 - gamma) * logp_base if gamma != 1 else torch.zeros_like(logp_base)
+    return torch.log_softmax(tuned + base, dim=-1)
 
 
 def top_p_mask(logits: torch.Tensor, top_p: float) -> torch.Tensor:

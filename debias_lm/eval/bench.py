@@ -34,6 +34,14 @@ def check_bench_args(methods: Sequence[str], batches: Sequence[int], backends: S
                      repeats: int) -> None:
     from .harness import HF_ONLY, TEXT_METHODS
 
+    if not methods:
+        raise UserInputError("--method needs at least one method to compare with plain decoding, e.g. --method nbls")
+    if not backends:
+        raise UserInputError("--backend needs hf and/or vllm")
+    for what, values in (("--method", methods), ("--backend", backends), ("--batch", batches)):
+        dup = sorted({str(v) for v in values if list(values).count(v) > 1})
+        if dup:
+            raise UserInputError(f"{what} lists {', '.join(dup)} more than once")
     if not batches or any(b < 1 for b in batches):
         raise UserInputError("--batch needs batch sizes >= 1, e.g. --batch 1,8")
     if new_tokens < 1 or repeats < 1:

@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserInputError
+from ..utils.files import first_undecodable, read_text
 from ..utils.jsonl import iter_jsonl
 
 
@@ -132,11 +133,21 @@ def _read_jsonl_tolerant(path: Path) -> Iterator[tuple[int, int, Any, str | None
 
 
 def _load_json_file(path: Path, what: str) -> Any:
+    text = read_text(path, what=f"{what} file")  # bytes that are not UTF-8: the error names the line
     try:
-        with path.open(encoding="utf-8") as fh:
-            return json.load(fh)
+        return json.loads(text)
     except json.JSONDecodeError as e:
         raise UserInputError(f"{what} file {path} is not valid JSON (line {e.lineno}: {e.msg})") from None
+
+
+def _undecodable_field(row: dict) -> str | None:
+    """The first field of a CSV row that held bytes that are not UTF-8 (read with surrogateescape), else None."""
+    for k, v in row.items():
+        for x in (v if isinstance(v, list) else [v]):
+            bad = first_undecodable(x) if isinstance(x, str) else None
+            if bad is not None:
+                return f"field {k!r} is not valid UTF-8 (byte 0x{bad[1]:02x}); save the file as UTF-8"
+    return None
 
 
 def _is_number(x: Any) -> bool:
@@ -379,7 +390,7 @@ def load_crows_pairs(source: str | Path = CROWS_HUB, *, limit: int | None = None
     if path is not None:
         if path.is_dir():
             raise UserInputError(f"CrowS-Pairs source {str(path)!r} is a folder: pass crows_pairs_anonymized.csv")
-        with path.open(encoding="utf-8", newline="") as fh:
+        with path.open(encoding="utf-8-sig", errors="surrogateescape", newline="") as fh:
             reader = csv.DictReader(fh)
             header = reader.fieldnames or []
             missing = [c for c in CROWS_COLUMNS if c not in header]
@@ -393,6 +404,10 @@ def load_crows_pairs(source: str | Path = CROWS_HUB, *, limit: int | None = None
                 if out.full:
                     break
                 idx = (row.get(index_col) or "").strip() if index_col not in CROWS_COLUMNS else ""
+                bad = _undecodable_field(row)
+                if bad:  # one malformed record for that row, not a failed file
+                    out.records.append(Record(idx or f"crows-pairs-{i}", {}, f"line {reader.line_num}: {bad}"))
+                    continue
                 out.add(idx or f"crows-pairs-{i}", lambda row=row: _crows_data(row))
         return out.result(str(path))
     ds = _hub_rows(hub, "CrowS-Pairs", split="test")

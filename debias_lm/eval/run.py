@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserInputError
+from ..utils.files import check_output_path
 from .harness import (
     HF_ONLY,
     SUITES,
@@ -54,8 +55,10 @@ def validate(settings: EvalSettings) -> None:
                     ("bbq_max_new_tokens", settings.bbq_max_new_tokens)):
         if v < 1:
             raise UserInputError(f"{name}={v} is invalid: expected >= 1")
-    if not 0.0 < settings.top_p <= 1.0 or settings.temperature <= 0:
-        raise UserInputError("--top-p must be in (0, 1] and --temperature > 0")
+    if not (0.0 < settings.top_p <= 1.0) or not (0 < settings.temperature < math.inf):  # NaN fails both
+        raise UserInputError(f"--top-p {settings.top_p} / --temperature {settings.temperature} is invalid: "
+                             "expected --top-p in (0, 1] and a finite --temperature > 0")
+    check_output_path(settings.out, kind="dir", flag="--out")
     for suite in settings.datasets:
         if suite not in SUITES:
             raise UserInputError(f"--dataset {suite}=... names an unknown suite (expected one of {', '.join(SUITES)})")

@@ -8,6 +8,7 @@ from typing import Any
 
 from ..config import MethodConfig
 from ..errors import UserInputError
+from ..utils.files import check_utf8_text
 
 log = logging.getLogger(__name__)
 
@@ -18,6 +19,64 @@ PROMPT_KWARGS = ("prompt", "prompts", "messages")
 def get_tokenizer(tokenizer_or_processor):
     """The text tokenizer of a tokenizer or a multimodal processor."""
     return getattr(tokenizer_or_processor, "tokenizer", tokenizer_or_processor)
+
+
+_CONTEXT_ATTRS = ("max_position_embeddings", "n_positions", "n_ctx", "max_sequence_length", "seq_length")
+
+
+def context_length(model) -> int | None:
+    """The longest sequence the model was built for (``max_position_embeddings`` and its aliases; the text
+    config of a multimodal model), or None when its config does not say."""
+    cfg = getattr(model, "config", None)
+    for c in (getattr(cfg, "text_config", None), cfg):
+        for attr in _CONTEXT_ATTRS:
+            v = getattr(c, attr, None) if c is not None else None
+            if isinstance(v, int) and not isinstance(v, bool) and v > 0:
+                return v
+    return None
+
+
+def check_context_length(model, n_tokens: int, what: str, fix: str) -> None:
+    """A clear error before any work when ``n_tokens`` positions do not fit the model's context length."""
+    ctx = context_length(model)
+    if ctx is not None and n_tokens > ctx:
+        raise UserInputError(f"{what} is {n_tokens} tokens, more than the model's context length {ctx}; {fix}")
+
+
+def check_tokenizer_matches(model, tokenizer_or_processor) -> None:
+    """Fail before any generation when the tokenizer cannot belong to the model: it has more tokens than the
+    model's input embedding has rows, or a special-token id (its own or the generation config's) is out of
+    range. Either one gives an ``IndexError`` mid-generation or silent garbage. A tokenizer much smaller than
+    the embedding is only logged (embeddings are often padded to a round size)."""
+    tok = get_tokenizer(tokenizer_or_processor)
+    try:
+        emb = model.get_input_embeddings()
+    except (AttributeError, NotImplementedError):
+        return
+    rows = getattr(emb, "num_embeddings", None) or getattr(getattr(emb, "weight", None), "shape", [None])[0]
+    if not isinstance(rows, int) or not hasattr(tok, "__len__"):
+        return
+    n_tok = len(tok)
+    source = getattr(getattr(model, "config", None), "_name_or_path", "") or "the model's checkpoint"
+    if n_tok > rows:
+        raise UserInputError(
+            f"the tokenizer has {n_tok} tokens but the model's input embedding has {rows} rows: they do not belong "
+            f"together (ids >= {rows} would crash generation). Load the tokenizer from the same checkpoint as the "
+            f"model ({source})")
+    ids: dict[str, Any] = {f"tokenizer {name}": getattr(tok, f"{name}_id", None)
+                           for name in ("bos_token", "eos_token", "pad_token", "unk_token")}
+    gc = getattr(model, "generation_config", None)
+    for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        ids[f"generation_config.{name}"] = getattr(gc, name, None)
+    for name, value in ids.items():
+        for v in value if isinstance(value, (list, tuple)) else [value]:
+            if isinstance(v, int) and not isinstance(v, bool) and v >= rows:  # (negative: "unset" in old configs)
+                raise UserInputError(
+                    f"{name} id {v} is outside the model's vocabulary (input embedding rows 0..{rows - 1}): the "
+                    f"tokenizer or generation config does not belong to this model; load both from {source}")
+    if rows - n_tok > max(1024, rows // 4):
+        log.warning("the tokenizer has %d tokens but the model's embedding %d rows: check they belong together",
+                    n_tok, rows)
 
 
 def has_chat_template(tokenizer_or_processor) -> bool:
@@ -72,6 +131,11 @@ class HFMethod:
                 raise UserInputError("messages= is empty; pass a list of {'role', 'content'} dicts")
             if not has_chat_template(self.processor):
                 raise UserInputError("messages= needs a tokenizer with a chat template; pass prompt= instead")
+            for i, chat in enumerate(chats):
+                for m in chat if isinstance(chat, list) else []:
+                    content = m.get("content") if isinstance(m, dict) else None
+                    if isinstance(content, str):
+                        check_utf8_text(content, f"messages[{i}] content")
             texts = [
                 tok.apply_chat_template(self.transform_messages(c), add_generation_prompt=True, tokenize=False)
                 for c in chats
@@ -83,6 +147,7 @@ class HFMethod:
             for i, t in enumerate(texts_in):
                 if not isinstance(t, str) or not t.strip():
                     raise UserInputError(f"prompt {i} is empty; pass non-empty text")
+                check_utf8_text(t, f"prompt {i}")
             if chat:
                 if not has_chat_template(self.processor):
                     raise UserInputError("chat=True needs a tokenizer with a chat template")

@@ -8,7 +8,7 @@ from typing import Any
 from ..config import MethodConfig
 from ..errors import UserInputError
 from ..registry import config_from_dict, default_config, get_method
-from .base import HFMethod, get_tokenizer, new_tokens
+from .base import HFMethod, check_context_length, check_tokenizer_matches, get_tokenizer, new_tokens
 
 
 class DebiasedModel:
@@ -39,20 +39,38 @@ class DebiasedModel:
         ``prompts``: a string, a list of strings, or chat messages (a list of dicts, or a list of such
         lists). ``chat=None`` uses the chat template for plain strings when the tokenizer has one.
         """
+        text_kwargs = self._text_kwargs(prompts, chat)
+        enc = self.impl.encode(**text_kwargs)  # the prompt width, to cut the prompt off the output
+        self._check_fits(enc, gen_kwargs.get("max_new_tokens"))
+        out = self.impl.generate(**text_kwargs, **gen_kwargs)  # the method's own text path
+        seqs = out.sequences if hasattr(out, "sequences") else out
+        return new_tokens(seqs, enc["input_ids"].shape[1], self.tokenizer)
+
+    def check_length(self, prompts: str | list, *, chat: bool | None = None, max_new_tokens: int | None = None) -> None:
+        """Raise a ``UserInputError`` when a prompt (after the method's prompt transform and the chat template)
+        plus ``max_new_tokens`` does not fit the model's context length; nothing is generated."""
+        self._check_fits(self.impl.encode(**self._text_kwargs(prompts, chat)), max_new_tokens)
+
+    def _text_kwargs(self, prompts, chat) -> dict[str, Any]:
         from .base import has_chat_template
 
         is_chat = isinstance(prompts, list) and prompts and (
             isinstance(prompts[0], dict) or (isinstance(prompts[0], list) and prompts[0] and isinstance(prompts[0][0], dict))
         )
         if is_chat:
-            text_kwargs: dict[str, Any] = {"messages": prompts}
-        else:
-            use_chat = has_chat_template(self.processor) if chat is None else chat
-            text_kwargs = {"prompts": [prompts] if isinstance(prompts, str) else prompts, "chat": use_chat}
-        enc = self.impl.encode(**text_kwargs)  # the prompt width, to cut the prompt off the output
-        out = self.impl.generate(**text_kwargs, **gen_kwargs)  # the method's own text path
-        seqs = out.sequences if hasattr(out, "sequences") else out
-        return new_tokens(seqs, enc["input_ids"].shape[1], self.tokenizer)
+            return {"messages": prompts}
+        use_chat = has_chat_template(self.processor) if chat is None else chat
+        return {"prompts": [prompts] if isinstance(prompts, str) else prompts, "chat": use_chat}
+
+    def _check_fits(self, enc, max_new_tokens: int | None) -> None:
+        mask = enc.get("attention_mask")
+        widths = mask.sum(-1).tolist() if mask is not None else [enc["input_ids"].shape[1]] * enc["input_ids"].shape[0]
+        new = max_new_tokens if isinstance(max_new_tokens, int) else 0
+        for i, w in enumerate(widths):
+            check_context_length(
+                self.model, int(w) + new, f"prompt {i} ({int(w)} tokens after the {self.method} prompt transform"
+                + (f" + {new} new tokens)" if new else ")"),
+                "shorten the prompt" + (" or lower max_new_tokens / --max-new-tokens" if new else ""))
 
     def __call__(self, *args, **kwargs):
         return self.model(*args, **kwargs)
@@ -94,6 +112,7 @@ def wrap(model, tokenizer_or_processor, config: MethodConfig | str | Mapping[str
     if tokenizer_or_processor is None:
         raise UserInputError("wrap() needs the model's tokenizer or processor as its second argument")
     cfg = resolve_config(config)
+    check_tokenizer_matches(model, tokenizer_or_processor)
     spec = get_method(cfg.method)
     impl_cls = spec.load_hf_impl()
     impl = impl_cls(model, tokenizer_or_processor, cfg)

@@ -7,6 +7,7 @@ from functools import cached_property
 from typing import ClassVar
 
 from ..config import MethodConfig
+from ..errors import UserInputError
 from ..hf.base import HFMethod
 from ..nbls.grounding import NBLSGrounding
 from ..nbls.table import ATTRIBUTES
@@ -33,15 +34,15 @@ class NBLSConfig(MethodConfig):
         self._check_number("k", lo=1, integer=True)
         self._check_number("seed", lo=0, integer=True)
         if not isinstance(self.attributes, tuple) or not self.attributes:
-            raise ValueError(
+            raise UserInputError(
                 f"NBLSConfig.attributes={self.attributes!r} is invalid: expected a non-empty tuple of "
                 + ", ".join(ATTRIBUTES)
             )
         bad = [a for a in self.attributes if a not in ATTRIBUTES]
         if bad:
-            raise ValueError(f"NBLSConfig.attributes has {bad!r}; allowed values: {', '.join(ATTRIBUTES)}")
+            raise UserInputError(f"NBLSConfig.attributes has {bad!r}; allowed values: {', '.join(ATTRIBUTES)}")
         if not isinstance(self.exclude, tuple) or not all(isinstance(x, str) for x in self.exclude):
-            raise ValueError(f"NBLSConfig.exclude={self.exclude!r} is invalid: expected a tuple of occupation names")
+            raise UserInputError(f"NBLSConfig.exclude={self.exclude!r} is invalid: expected a tuple of occupation names")
 
     def preflight(self) -> None:
         self.grounding()  # k too large, unknown exclusions, bad template or table: fail before loading a model

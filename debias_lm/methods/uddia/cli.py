@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 
+from ...cli.types import POSITIVE_INT, SEED, number
 from ...errors import UserInputError
+from ...utils.files import check_output_path
 
 
 def add_uddia_parser(sub, parser_class) -> None:
@@ -17,10 +19,10 @@ def add_uddia_parser(sub, parser_class) -> None:
     t.add_argument("--data", required=True, help='JSONL with {"text": str, "label": 0|1} per line (1 = toxic)')
     t.add_argument("--out", required=True, help="probe file to write (safetensors)")
     t.add_argument("--labeller", default="unspecified", help="what produced the labels (recorded in the probe file)")
-    t.add_argument("--epochs", type=int, default=300)
-    t.add_argument("--lr", type=float, default=1e-2)
-    t.add_argument("--batch-size", type=int, default=16)
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--epochs", type=POSITIVE_INT, default=300)
+    t.add_argument("--lr", type=number(lo=0, lo_open=True), default=1e-2)
+    t.add_argument("--batch-size", type=POSITIVE_INT, default=16)
+    t.add_argument("--seed", type=SEED, default=0)
 
 
 def cmd_uddia(args) -> int:
@@ -29,8 +31,7 @@ def cmd_uddia(args) -> int:
 
     if args.uddia_command != "train-probe":
         raise UserInputError(f"unknown uddia action {args.uddia_command!r}")
-    if args.epochs < 1 or args.lr <= 0 or args.batch_size < 1:
-        raise UserInputError("--epochs and --batch-size must be >= 1 and --lr > 0")
+    check_output_path(args.out, kind="file", flag="--out")
     texts, labels = read_labeled_jsonl(args.data)  # before loading the model
     if len(texts) < 4 or len(set(labels)) < 2:
         raise UserInputError(f"--data needs >= 4 texts with both labels 0 and 1 (got {len(texts)} texts, "

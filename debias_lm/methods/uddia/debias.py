@@ -9,6 +9,7 @@ import torch
 
 from ...core import uddia as core
 from ...errors import UserInputError
+from ...utils.files import read_text
 from ...words import BUILTIN_GROUPS, word_pairs
 
 
@@ -18,7 +19,7 @@ def read_pairs_file(path: str) -> tuple[tuple[str, str], ...]:
     if not p.is_file():
         raise UserInputError(f"UDDIA group pairs file {path!r} does not exist")
     pairs = []
-    for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
+    for n, line in enumerate(read_text(p, what="UDDIA group pairs file").splitlines(), 1):
         line = line.split("#", 1)[0].strip()
         if not line:
             continue
