@@ -61,6 +61,7 @@ class PairJob:
     max_tokens: int = 16
     min_tokens: int = 0
     stop_token_ids: frozenset[int] = frozenset()  # tokens that end the request (EOS included unless ignore_eos)
+    eos_token_id: int | None = None  # the primary EOS (vLLM reports stop_reason None for it)
     min_tokens_block: frozenset[int] = frozenset()  # tokens kept out before min_tokens (vLLM: all stop ids)
     stop: tuple[str, ...] = ()
     include_stop_str_in_output: bool = False
@@ -75,7 +76,7 @@ class LockstepResult:
     finish_reason: str
     truncated_steps: int = 0
     text: str = ""
-    stop_reason: int | str | None = None
+    stop_reason: int | str | None = None  # like vLLM: a stop string, a stop token id, or None (EOS / length)
     fallback_steps: int = 0  # steps whose contrast had no usable score (decoded plainly)
     status: str = "lockstep"  # or "not_applied"
     reason: str = ""
@@ -190,7 +191,8 @@ def _stops(job: PairJob, res: LockstepResult, t: int, detokenize, checked: list[
     n = len(res.token_ids)
     stop_now = job.is_stop(t) if job.is_stop is not None else t in job.stop_token_ids
     if stop_now:
-        res.finish_reason, res.stop_reason = "stop", t
+        res.finish_reason = "stop"
+        res.stop_reason = None if t == job.eos_token_id else t
         return True
     if job.stop and detokenize is not None and n > job.min_tokens:
         text = detokenize(res.token_ids)
@@ -225,16 +227,18 @@ def llm_backend(llm) -> tuple[TopFn, ScoreFn]:
     return top_fn, score_fn
 
 
-def engine_stop_rules(llm, sp) -> tuple[frozenset[int], frozenset[int]]:
-    """(tokens that stop, tokens blocked before ``min_tokens``) for ``sp`` as the offline engine applies them:
-    the tokenizer's EOS unless ``ignore_eos``, ``stop_token_ids`` and the generation-config EOS ids."""
+def engine_stop_rules(llm, sp) -> tuple[frozenset[int], frozenset[int], int | None]:
+    """(tokens that stop, tokens blocked before ``min_tokens``, the primary EOS or None) for ``sp`` as the
+    offline engine applies them: the tokenizer's EOS unless ``ignore_eos``, ``stop_token_ids`` and the
+    generation-config EOS ids (vLLM's ``SamplingParams.update_from_generation_config``)."""
     params = sp.clone()
     gen = llm.llm_engine.model_config.try_get_generation_config()
     params.update_from_generation_config(gen or {}, llm.get_tokenizer().eos_token_id)
     stops = set(params.stop_token_ids or ())
-    if params.eos_token_id is not None:
-        stops.add(int(params.eos_token_id))
-    return frozenset(stops), frozenset(int(t) for t in params.all_stop_token_ids)
+    eos = params.eos_token_id
+    if eos is not None:
+        stops.add(int(eos))
+    return frozenset(stops), frozenset(int(t) for t in params.all_stop_token_ids), eos
 
 
 # -- server backend (OpenAI-compatible HTTP) -------------------------------------------------------------
@@ -262,6 +266,7 @@ class LockstepClient:
         self.max_workers = max_workers
         self.api_key = api_key
         self._stop_cache: dict[int, bool] = {}
+        self._eos: int | None = None
         self._max_model_len: int | None = None
 
     def _post(self, path: str, body: dict) -> dict:
@@ -299,7 +304,10 @@ class LockstepClient:
         if token not in self._stop_cache:
             out = self._post("/v1/completions", {"model": self.model, "prompt": [int(token)], "max_tokens": 1,
                                                  "temperature": 0.0, "allowed_token_ids": [int(token)]})
-            self._stop_cache[token] = out["choices"][0].get("finish_reason") == "stop"
+            choice = out["choices"][0]
+            self._stop_cache[token] = choice.get("finish_reason") == "stop"
+            if self._stop_cache[token] and choice.get("stop_reason") is None:
+                self._eos = int(token)  # the server reports EOS with stop_reason None, other stop ids by id
         return self._stop_cache[token]
 
     def _complete(self, ids: list[int], **kw) -> dict[int, float]:
@@ -371,7 +379,10 @@ class LockstepClient:
         top_fn, score_fn = self.backend()
         res = lockstep_decode(top_fn, score_fn, jobs, k=self.k, detokenize=self.detokenize if stop else None)
         for r, note in zip(res, notes):
-            ids = r.token_ids[:-1] if r.finish_reason == "stop" and isinstance(r.stop_reason, int) else r.token_ids
+            if r.finish_reason == "stop" and r.stop_reason == self._eos and self._eos is not None:
+                r.stop_reason = None  # as the server reports EOS
+            # like vLLM's detokenizer: a stop token is in token_ids but not in the text
+            ids = r.token_ids[:-1] if r.finish_reason == "stop" and not isinstance(r.stop_reason, str) else r.token_ids
             if not r.text:
                 r.text = self.detokenize(ids) if ids else ""
             if note:

@@ -276,7 +276,8 @@ def _capacity(llm) -> tuple[int, int, int, int]:
     max_seqs = int(getattr(sched, "max_num_seqs", 0) or 1 << 30)
     block = int(getattr(cfg.cache_config, "block_size", 0) or 16)
     blocks = int(getattr(cfg.cache_config, "num_gpu_blocks", 0) or 0)
-    return budget, max_seqs, (blocks * block if blocks else 1 << 40), block
+    # vLLM's block pool keeps one block aside (the null block)
+    return budget, max_seqs, ((blocks - 1) * block if blocks > 1 else 1 << 40), block
 
 
 def _kv_tokens(pair: _Pair, block: int) -> int:
@@ -434,13 +435,13 @@ def _lockstep_fallback(llm, tok, pairs: list[_Pair], cfg, results, status, k) ->
     jobs = []
     for p in pairs:
         sp = p.params
-        stops, block = engine_stop_rules(llm, sp)
+        stops, block, eos = engine_stop_rules(llm, sp)
         stop = (sp.stop,) if isinstance(sp.stop, str) else tuple(sp.stop or ())
         jobs.append(PairJob(_prompt_ids(tok, p.main), _prompt_ids(tok, p.aux), alpha=cfg.alpha, beta=cfg.beta,
                             temperature=float(sp.temperature), top_k=max(int(sp.top_k or 0), 0),
                             top_p=float(sp.top_p if sp.top_p is not None else 1.0), min_p=float(sp.min_p or 0.0),
                             seed=sp.seed, max_tokens=sp.max_tokens, min_tokens=sp.min_tokens, stop_token_ids=stops,
-                            min_tokens_block=block, stop=stop,
+                            min_tokens_block=block, stop=stop, eos_token_id=eos,
                             include_stop_str_in_output=bool(sp.include_stop_str_in_output)))
     skip = {p.index: p.params.skip_special_tokens for p in pairs}
     try:
@@ -456,7 +457,10 @@ def _lockstep_fallback(llm, tok, pairs: list[_Pair], cfg, results, status, k) ->
         return
     for p, job, r in zip(pairs, jobs, res):
         ids = r.token_ids
-        text = r.text or tok.decode(ids, skip_special_tokens=skip[p.index])
+        # like vLLM's detokenizer: a stop *token* is in token_ids but not in the text
+        shown = ids[:-1] if (r.finish_reason == "stop" and not isinstance(r.stop_reason, str)
+                             and not p.params.include_stop_str_in_output) else ids
+        text = r.text or tok.decode(shown, skip_special_tokens=skip[p.index])
         comp = CompletionOutput(index=0, text=text, token_ids=ids, cumulative_logprob=None, logprobs=None,
                                 finish_reason=r.finish_reason, stop_reason=r.stop_reason)
         old = results[p.index]
