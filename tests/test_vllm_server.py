@@ -59,12 +59,22 @@ def _post(url: str, body: dict, timeout: float = 120.0) -> tuple[int, dict]:
 
 
 @pytest.fixture(scope="module")
-def baseline(tiny_llama_dir):
+def soak_requests(tiny_llama):
+    """A small soak (every request kind of ``vllm_debias.soak`` three times) over this module's server."""
+    from vllm_debias.soak import build_requests
+
+    _, tok = tiny_llama
+    return build_requests(93, tok, len(tok), 2048, N, prompts=PROMPTS, labels=CAL.labels)
+
+
+@pytest.fixture(scope="module")
+def baseline(tiny_llama_dir, soak_requests):
     from vllm import LLM, SamplingParams
+    from vllm_debias.soak import reference_from_llm
 
     llm = LLM(model=str(tiny_llama_dir), dtype="float32", max_model_len=2048, enforce_eager=True, seed=0)
     outs = llm.generate(PROMPTS, SamplingParams(max_tokens=N, min_tokens=N, temperature=0.0), use_tqdm=False)
-    ids = [list(o.outputs[0].token_ids) for o in outs]
+    ids = {"greedy": [list(o.outputs[0].token_ids) for o in outs], "soak": reference_from_llm(llm, soak_requests)}
     try:
         llm.llm_engine.engine_core.shutdown()
     except Exception:  # noqa: BLE001
@@ -223,9 +233,20 @@ def test_concurrent_mixed_requests(server, baseline, tiny_llama):
                 cal_ref[p] = _hf_calibrated(model, tok, p)
             assert ids == cal_ref[p], p
         else:
-            assert ids == baseline[PROMPTS.index(p)], (kind, p)
-    assert any(cal_ref[p] != baseline[PROMPTS.index(p)] for p in cal_ref)
+            assert ids == baseline["greedy"][PROMPTS.index(p)], (kind, p)
+    assert any(cal_ref[p] != baseline["greedy"][PROMPTS.index(p)] for p in cal_ref)
     print(f"56 concurrent requests in {elapsed:.1f} s")
+
+
+def test_soak_bad_and_extreme_requests_do_not_hurt_the_server(server, baseline, soak_requests):
+    """93 concurrent requests of every kind the soak script sends: plain ones equal the no-plugin engine,
+    valid opted-in ones get their tokens, bad ones HTTP 400, and the server keeps serving."""
+    from vllm_debias.soak import soak
+
+    report = soak(server["url"], server["model"], soak_requests, baseline["soak"], max_seconds=300,
+                  workers=len(soak_requests))
+    assert report["findings"] == [] and report["server_up_after"]
+    assert report["bad_requests"] >= 50 and report["plain_requests"] >= 12
 
 
 def test_lockstep_client_matches_hf(server, tiny_llama):

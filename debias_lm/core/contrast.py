@@ -97,24 +97,25 @@ def contrast(l_c: torch.Tensor, l_u: torch.Tensor, alpha: float | torch.Tensor =
         raise ValueError(f"beta={beta!r} is invalid: expected a number in (0, 1]")
     if l_c.shape != l_u.shape:
         raise ValueError(f"l_c {tuple(l_c.shape)} and l_u {tuple(l_u.shape)} must have the same shape")
-    neg_inf = float("-inf")
-    lc, lu = l_c.float(), l_u.float()
-    lc = lc.masked_fill(torch.isnan(lc), neg_inf)
-    usable = torch.isfinite(lu)
-    finite_min = torch.where(usable, lu, torch.full_like(lu, float("inf"))).amin(-1, keepdim=True)
-    lu = torch.where(usable | torch.isposinf(lu), lu, finite_min.expand_as(lu))
+    neg_inf, pos_inf = float("-inf"), float("inf")
+    lc = l_c.float().nan_to_num(nan=neg_inf, posinf=pos_inf, neginf=neg_inf)
+    lu = l_u.float()
+    # -inf and NaN counterfactual logits take the row's lowest finite one (fmax skips NaN); +inf stays, so the
+    # token is excluded whenever alpha > 0
+    finite_min = lu.nan_to_num(nan=pos_inf, posinf=pos_inf, neginf=pos_inf).amin(-1, keepdim=True)
+    lu = torch.fmax(lu, finite_min)
+    top = lc.amax(-1, keepdim=True)
     if per_row:
         a = torch.as_tensor(alpha, dtype=torch.float32, device=lc.device).reshape(-1, 1)
         b = torch.as_tensor(beta, dtype=torch.float32, device=lc.device).reshape(-1, 1)
-        cut = torch.log(b) + lc.amax(-1, keepdim=True)
-        s = torch.where(a == 0, lc, (1.0 + a) * lc - a * lu)
+        implausible = lc < torch.log(b) + top
+        s = torch.where(a == 0, lc, torch.addcmul(lc, a, lc - lu))  # (1+a)·lc − a·lu
     else:
-        cut = math.log(beta) + lc.amax(-1, keepdim=True)
-        s = (1.0 + alpha) * lc - alpha * lu if alpha else lc.clone()
-    implausible = lc < cut
-    s = s.masked_fill(implausible | torch.isnan(s), neg_inf)
-    fell_back = ~(s > neg_inf).any(-1)
-    s = torch.where(fell_back.unsqueeze(-1), lc.masked_fill(implausible, neg_inf), s)
+        implausible = lc < math.log(beta) + top
+        s = torch.add(lc, lc - lu, alpha=float(alpha)) if alpha else lc
+    s = torch.fmax(s, torch.tensor(neg_inf, device=s.device)).masked_fill_(implausible, neg_inf)  # NaN -> -inf
+    fell_back = s.amax(-1) == neg_inf
+    s = torch.where(fell_back.unsqueeze(-1), lc, s).masked_fill_(implausible, neg_inf)
     return (s, fell_back) if return_fallback else s
 
 

@@ -126,7 +126,7 @@ class _PairTensors:
     """Device tensors of the pairs a step contrasts, and host flags saying which filters any of them needs."""
 
     __slots__ = ("n", "alpha", "beta", "temperature", "top_k", "top_p", "min_p", "seeded", "seed", "all_greedy",
-                 "any_seeded", "any_unseeded")
+                 "any_greedy", "any_seeded", "any_unseeded")
 
     @classmethod
     def build(cls, pairs: list[_Pair], to_dev) -> _PairTensors:
@@ -135,6 +135,7 @@ class _PairTensors:
         temp = np.array([p.temperature for p in pairs], dtype=np.float32)
         sampled = temp >= GREEDY_EPS
         self.all_greedy = not sampled.any()
+        self.any_greedy = not sampled.all()
         seeded = np.array([p.seed is not None for p in pairs], dtype=bool) & sampled
         self.any_seeded = bool(seeded.any())
         self.any_unseeded = bool((sampled & ~seeded).any())
@@ -318,7 +319,8 @@ class DebiasLogitsProcessor(*_bases()):  # type: ignore[misc]
                 u = torch.zeros(pt.n, device=logits.device, dtype=torch.float64)
             if pt.any_seeded:
                 u = torch.where(pt.seeded, seeded_uniform(pt.seed, steps), u)
-            tokens = pick_tokens(s, pt.temperature, u, top_k=pt.top_k, top_p=pt.top_p, min_p=pt.min_p)
+            tokens = pick_tokens(s, pt.temperature, u, top_k=pt.top_k, top_p=pt.top_p, min_p=pt.min_p,
+                                 any_greedy=pt.any_greedy)
         # a pair without a usable contrast was not debiased at this step: its rows are made to differ
         aux_tokens = torch.where(fell_back, (tokens + 1) % logits.shape[-1], tokens)
         self._one_hot(logits, m_rows, tokens)

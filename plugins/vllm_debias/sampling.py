@@ -10,7 +10,8 @@ Semantics follow vLLM's sampler for one row:
 * sampling: ``scores / temperature`` → ``min_p`` (drop tokens with ``p < min_p · max p``) → ``top_k`` → ``top_p``
   (keep the smallest most-probable prefix whose mass reaches ``top_p``; ties broken by token id), each
   renormalised, then **one inverse-CDF draw in token-id order** with a uniform ``u`` per pair: the first token
-  whose cumulative probability exceeds ``u``. Tokens outside the plausible set have probability 0, so the
+  whose cumulative probability exceeds ``u`` (on unnormalised ``exp(x − max x)``: fewer passes over the
+  vocabulary, the same distribution). Tokens outside the plausible set have probability 0, so the
   draw over main's candidates (lockstep) equals the draw over the whole vocabulary (twin rows).
 
 Randomness (:func:`seeded_uniform`): a request with a ``seed`` draws ``u = H(seed, position)``, a counter-based
@@ -49,42 +50,42 @@ def seeded_uniform(seed: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
 
 def pick_tokens(scores: torch.Tensor, temperature: torch.Tensor, u: torch.Tensor | None = None, *,
                 top_k: torch.Tensor | None = None, top_p: torch.Tensor | None = None,
-                min_p: torch.Tensor | None = None, all_greedy: bool = False) -> torch.Tensor:
+                min_p: torch.Tensor | None = None, all_greedy: bool = False,
+                any_greedy: bool = True) -> torch.Tensor:
     """Column index chosen in each row of ``scores`` ``[N, V]`` (int64 ``[N]``).
 
     ``temperature`` ``[N]`` (below 1e-5: greedy); ``u`` ``[N]`` uniforms for the sampled rows; ``top_k`` ``[N]``
     (0 = off), ``top_p`` ``[N]`` (1 = off), ``min_p`` ``[N]`` (0 = off): pass ``None`` when no row uses the filter
     (the caller knows this on the host, so no work is spent and nothing is read back). ``all_greedy`` skips the
-    sampling path. Rows with no finite score come back as some index without raising.
+    sampling path, ``any_greedy=False`` the argmax. Rows with no finite score come back as some index without
+    raising.
     """
-    greedy = scores.argmax(-1)
     if all_greedy:
-        return greedy
+        return scores.argmax(-1)
     assert u is not None, "sampled rows need u"
-    n, v = scores.shape
-    temp = temperature.to(scores.device, torch.float32)
-    x = scores.float() / temp.clamp_min(GREEDY_EPS).unsqueeze(-1)
-    p = torch.softmax(x, -1).nan_to_num(0.0)
-    if min_p is not None:
-        floor = min_p.to(p).unsqueeze(-1) * p.amax(-1, keepdim=True)
-        p = p.masked_fill(p < floor, 0.0)
+    v = scores.shape[-1]
+    temp = temperature.to(scores.device, torch.float32).unsqueeze(-1)
+    x = scores.float() / temp.clamp_min(GREEDY_EPS)
+    e = (x - x.amax(-1, keepdim=True)).exp_()  # unnormalised probabilities, the largest is 1; -inf -> 0
+    if min_p is not None:  # p < min_p · max p  <=>  e < min_p
+        e = e.masked_fill_(e < min_p.to(e).unsqueeze(-1), 0.0)
     if top_k is not None or top_p is not None:
-        sp, order = torch.sort(p, dim=-1, descending=True, stable=True)
+        se, order = torch.sort(e, dim=-1, descending=True, stable=True)
         if top_k is not None:
-            k = top_k.to(device=p.device, dtype=torch.int64)
+            k = top_k.to(device=e.device, dtype=torch.int64)
             k = torch.where(k > 0, k, torch.full_like(k, v)).unsqueeze(-1)
-            sp = sp.masked_fill(torch.arange(v, device=p.device) >= k, 0.0)
+            se = se.masked_fill(torch.arange(v, device=e.device) >= k, 0.0)
         if top_p is not None:
-            sp = sp / sp.sum(-1, keepdim=True).clamp_min(1e-30)
-            before = sp.cumsum(-1) - sp  # mass of the more probable tokens
-            tp = top_p.to(sp)
-            tp = tp.masked_fill(tp >= 1.0, float("inf"))  # off: keep everything despite cumsum rounding
-            sp = sp.masked_fill(before >= tp.unsqueeze(-1), 0.0)
-        p = torch.zeros_like(p).scatter_(-1, order, sp)
-    cum = p.double().cumsum(-1)
-    target = u.to(cum).unsqueeze(-1) * cum[:, -1:]
-    drawn = torch.searchsorted(cum, target, right=True).squeeze(-1).clamp_max(v - 1)
-    return torch.where(temp < GREEDY_EPS, greedy, drawn)
+            cum = se.cumsum(-1)
+            tp = top_p.to(se).unsqueeze(-1)
+            # keep a token while the mass of the more probable ones is below top_p (off: keep all)
+            se = se.masked_fill(((cum - se) >= tp * cum[:, -1:]) & (tp < 1.0), 0.0)
+        e = torch.zeros_like(e).scatter_(-1, order, se)
+    cum = e.double().cumsum(-1)
+    drawn = torch.searchsorted(cum, u.to(cum).unsqueeze(-1) * cum[:, -1:], right=True).squeeze(-1).clamp_max(v - 1)
+    if not any_greedy:
+        return drawn
+    return torch.where(temp.squeeze(-1) < GREEDY_EPS, scores.argmax(-1), drawn)
 
 
 __all__ = ["GREEDY_EPS", "pick_tokens", "seeded_uniform"]
