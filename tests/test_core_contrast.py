@@ -120,12 +120,14 @@ def test_contrast_nan_inputs_do_not_propagate():
     l_c = torch.randn(3, 20)
     l_u = torch.randn(3, 20)
     l_c[0, 3] = float("nan")
-    l_u[1, :] = float("nan")  # no usable counterfactual: the row falls back
+    l_u[1, 5] = float("nan")  # a NaN counterfactual logit: the row's contrast is unusable, it falls back
     l_c[2, :] = float("nan")  # a broken model row: nothing to choose, stays all -inf, no NaN
     s, fell_back = contrast(l_c, l_u, 1.0, 0.1, return_fallback=True)
     assert not torch.isnan(s).any()
     assert fell_back.tolist() == [False, True, True]
     assert torch.isneginf(s[0, 3]) and torch.isneginf(s[2]).all()
+    plain_cut = contrast(l_c[1:2], l_u[1:2], 0.0, 0.1)[0]
+    assert torch.equal(s[1], plain_cut)
 
 
 def test_contrast_per_row_alpha_beta_tensors_equal_per_row_calls():

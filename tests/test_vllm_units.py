@@ -75,6 +75,10 @@ def _v1_processor():
     ({"debias_method": "debias_sampling", "debias_pair": "p", "debias_role": "main", "debias_alfa": 2},
      "unknown key 'debias_alfa'"),
     ({"debias_pair": "p"}, "without 'debias_method'"),
+    ({**_pair_args("p", "main"), "debias_temperature": -1.0}, "debias_temperature=-1.0 is invalid"),
+    ({**_pair_args("p", "main"), "debias_top_p": 0.0}, "debias_top_p=0 is invalid"),
+    ({**_pair_args("p", "main"), "debias_seed": "x"}, "debias_seed='x' is invalid"),
+    ({**_cal_args(), "debias_temperature": 1.0}, "do not apply to method 'calibration'"),
     # the generic key of earlier versions: refused with the way forward when it names one of our methods
     (dl.DebiasSamplingConfig().to_dict(), "opt-in key is 'debias_method'"),
     ({"method": "calibration", "labels": ["yes", "no"]}, "opt-in key is 'debias_method'"),
@@ -613,11 +617,13 @@ def test_pick_tokens_samples_the_filtered_distribution(kw):
     u = torch.rand(n, generator=g, dtype=torch.float64)
     rows = scores.expand(n, -1)
     opt = {k: torch.full((n,), v) for k, v in kw.items()}
-    tok = pick_tokens(rows, torch.full((n,), 0.8), u, **opt)
-    freq = np.bincount(tok.numpy(), minlength=30) / n
     want = _filtered_probs(scores[0], 0.8, **kw)
-    assert np.abs(freq - want).max() < 0.012
-    assert freq[want == 0].sum() == 0
+    fast = dict(top_k_max=kw["top_k"]) if "top_k" in kw else {}  # torch.topk instead of a sort
+    for extra in ({}, fast):
+        tok = pick_tokens(rows, torch.full((n,), 0.8), u, **opt, **extra)
+        freq = np.bincount(tok.numpy(), minlength=30) / n
+        assert np.abs(freq - want).max() < 0.012
+        assert freq[want == 0].sum() == 0
     greedy = pick_tokens(scores, torch.zeros(1), torch.zeros(1, dtype=torch.float64))
     assert int(greedy) == int(scores.argmax())
 
@@ -732,6 +738,30 @@ def test_apply_has_no_host_sync(monkeypatch):
     torch.zeros(1).item()
     counter.on = False
     assert counter.calls == ["item"]
+
+
+def test_pair_sampling_carried_in_the_request_equals_sampling_params():
+    """vllm_debias.generate sends the rows to vLLM as greedy and carries the pair's sampling in the request:
+    the processor draws exactly what it draws from the request's own SamplingParams."""
+    kw = dict(temperature=0.9, top_k=6, top_p=0.9, min_p=0.02, seed=21)
+
+    def run(carried):
+        sim = V1Sim(_v1_processor())
+        for pid in ("a", "b"):
+            for role, prompt in (("main", [1, len(pid)]), ("aux", [2, len(pid)])):
+                args = _pair_args(pid, role, 1.0, 0.01)
+                if carried:
+                    args.update(debias_temperature=kw["temperature"], debias_top_k=kw["top_k"],
+                                debias_top_p=kw["top_p"], debias_min_p=kw["min_p"], debias_seed=kw["seed"])
+                    sp = _sp(args, max_tokens=6)  # greedy in vLLM
+                else:
+                    sp = _sp(args, max_tokens=6, **kw)
+                sim.add(f"{role}{pid}", prompt, sp)
+        for _ in range(6):
+            sim.step(list(sim.reqs))
+        return sim.outputs()
+
+    assert run(True) == run(False)
 
 
 def test_twin_rows_sampling_seeded_reproducible_unseeded_independent():

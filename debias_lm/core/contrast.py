@@ -84,10 +84,10 @@ def contrast(l_c: torch.Tensor, l_u: torch.Tensor, alpha: float | torch.Tensor =
     ``alpha`` / ``beta``: numbers, or tensors with one value per row (``[N]``, for ``[N, V]`` logits; the
     caller checks their ranges).
 
-    Non-finite safety: NaN never comes out. A NaN logit counts as −inf (in ``l_u`` like any −inf). A row
-    whose contrasted scores have no value above −inf (e.g. ``inf − inf`` overflow with an absurd α, or no
-    usable counterfactual logit) **falls back** to ``l_c`` with the cutoff (plain decoding restricted to the
-    plausible tokens); with ``return_fallback=True`` the result is ``(scores, fell_back)``, a bool per row.
+    Non-finite safety: NaN never comes out. A NaN in ``l_c`` counts as −inf. A row whose contrasted scores have
+    no value above −inf (e.g. ``inf − inf`` overflow with an absurd α, or a NaN anywhere in its ``l_u``)
+    **falls back** to ``l_c`` with the cutoff (plain decoding restricted to the plausible tokens); with
+    ``return_fallback=True`` the result is ``(scores, fell_back)``, a bool per row.
     """
     per_row = isinstance(alpha, torch.Tensor) or isinstance(beta, torch.Tensor)
     if not isinstance(alpha, torch.Tensor) and not (
@@ -98,24 +98,26 @@ def contrast(l_c: torch.Tensor, l_u: torch.Tensor, alpha: float | torch.Tensor =
     if l_c.shape != l_u.shape:
         raise ValueError(f"l_c {tuple(l_c.shape)} and l_u {tuple(l_u.shape)} must have the same shape")
     neg_inf, pos_inf = float("-inf"), float("inf")
+    # (elementwise kernels chosen for speed on CPU: nan_to_num / maximum / where, not fmax or masked_fill)
     lc = l_c.float().nan_to_num(nan=neg_inf, posinf=pos_inf, neginf=neg_inf)
     lu = l_u.float()
-    # -inf and NaN counterfactual logits take the row's lowest finite one (fmax skips NaN); +inf stays, so the
-    # token is excluded whenever alpha > 0
-    finite_min = lu.nan_to_num(nan=pos_inf, posinf=pos_inf, neginf=pos_inf).amin(-1, keepdim=True)
-    lu = torch.fmax(lu, finite_min)
+    # -inf counterfactual logits take the row's lowest finite one; +inf stays, so the token is excluded whenever
+    # alpha > 0; a NaN makes the whole row's contrast unusable (NaN propagates to every score: the row falls back)
+    finite_min = lu.nan_to_num(nan=math.nan, posinf=pos_inf, neginf=pos_inf).amin(-1, keepdim=True)
+    lu = torch.maximum(lu, finite_min)
     top = lc.amax(-1, keepdim=True)
     if per_row:
         a = torch.as_tensor(alpha, dtype=torch.float32, device=lc.device).reshape(-1, 1)
         b = torch.as_tensor(beta, dtype=torch.float32, device=lc.device).reshape(-1, 1)
-        implausible = lc < torch.log(b) + top
-        s = torch.where(a == 0, lc, torch.addcmul(lc, a, lc - lu))  # (1+a)·lc − a·lu
+        lc_cut = torch.where(lc < torch.log(b) + top, neg_inf, lc)
+        s = torch.where(a == 0, lc_cut, torch.addcmul(lc_cut, a, lc_cut - lu))  # (1+a)·lc − a·lu
     else:
-        implausible = lc < math.log(beta) + top
-        s = torch.add(lc, lc - lu, alpha=float(alpha)) if alpha else lc
-    s = torch.fmax(s, torch.tensor(neg_inf, device=s.device)).masked_fill_(implausible, neg_inf)  # NaN -> -inf
+        lc_cut = torch.where(lc < math.log(beta) + top, neg_inf, lc)
+        s = torch.add(lc_cut, lc_cut - lu, alpha=float(alpha)) if alpha else lc_cut
+    # cut tokens stay -inf (-inf + a·(-inf)); NaN (inf - inf, 0·inf) becomes -inf
+    s = s.nan_to_num(nan=neg_inf, posinf=pos_inf, neginf=neg_inf)
     fell_back = s.amax(-1) == neg_inf
-    s = torch.where(fell_back.unsqueeze(-1), lc, s).masked_fill_(implausible, neg_inf)
+    s = torch.where(fell_back.unsqueeze(-1), lc_cut, s)
     return (s, fell_back) if return_fallback else s
 
 

@@ -41,7 +41,10 @@ PAIR_KEY = "debias_pair"
 ROLE_KEY = "debias_role"
 LABEL_IDS_KEY = "debias_label_ids"
 LABEL_SIZES_KEY = "debias_label_sizes"
-PLUGIN_KEYS = (PAIR_KEY, ROLE_KEY, LABEL_IDS_KEY, LABEL_SIZES_KEY)
+# a pair's own sampling settings: vllm_debias.generate sends them and makes the rows greedy in vLLM (the
+# processor forces one-hot rows anyway), so vLLM spends no sampling work on the two rows of a pair
+SAMPLING_KEYS = ("debias_temperature", "debias_top_k", "debias_top_p", "debias_min_p", "debias_seed")
+PLUGIN_KEYS = (PAIR_KEY, ROLE_KEY, LABEL_IDS_KEY, LABEL_SIZES_KEY) + SAMPLING_KEYS
 VOCAB_ENV = "VLLM_DEBIAS_VOCAB_SIZE"
 ROLES = ("main", "aux")
 # methods the processor acts on; the others are rejected with a pointer to what works instead
@@ -87,6 +90,8 @@ class RequestSpec:
     role: str = ""
     alpha: float = 1.0
     beta: float = 0.1
+    # (temperature, top_k, top_p, min_p, seed) carried in the request; None: the request's SamplingParams
+    sampling: tuple | None = None
 
 
 def _fail(msg: str) -> DebiasArgsError:
@@ -231,8 +236,31 @@ def _parse_calibration(config, plug: dict[str, Any], vocab_size: int | None) -> 
     return RequestSpec(method="calibration", label_ids=tuple(int(i) for i in ids), label_offsets=tuple(offsets))
 
 
+def _pair_sampling(plug: dict[str, Any]) -> tuple | None:
+    """The pair's own sampling settings (SAMPLING_KEYS), checked; None when the request carries none."""
+    if not any(k in plug for k in SAMPLING_KEYS):
+        return None
+
+    def number(key, default, lo, hi, integer=False):
+        v = plug.get(key, default)
+        ok = (_is_int(v) if integer else isinstance(v, (int, float)) and not isinstance(v, bool)) and \
+            math.isfinite(v) and lo <= v <= hi
+        if not ok:
+            raise _fail(f"{key}={v!r} is invalid: expected {'an integer' if integer else 'a number'} in [{lo}, {hi}]")
+        return v
+
+    seed = plug.get("debias_seed")
+    if seed is not None and not _is_int(seed):
+        raise _fail(f"debias_seed={seed!r} is invalid: expected an integer")
+    top_p = number("debias_top_p", 1.0, 0.0, 1.0)
+    if top_p <= 0:
+        raise _fail("debias_top_p=0 is invalid: expected a number in (0, 1]")
+    return (float(number("debias_temperature", 1.0, 0.0, 1e6)), int(number("debias_top_k", 0, -1, 2**31, True)),
+            float(top_p), float(number("debias_min_p", 0.0, 0.0, 1.0)), seed)
+
+
 def _parse_pair(config, plug: dict[str, Any], sampling_params: Any) -> RequestSpec:
-    extra_keys = [k for k in plug if k not in (PAIR_KEY, ROLE_KEY)]
+    extra_keys = [k for k in plug if k not in (PAIR_KEY, ROLE_KEY) + SAMPLING_KEYS]
     if extra_keys:
         raise _fail(f"{', '.join(extra_keys)} do not apply to method 'debias_sampling'")
     pair = plug.get(PAIR_KEY)
@@ -256,7 +284,7 @@ def _parse_pair(config, plug: dict[str, Any], sampling_params: Any) -> RequestSp
                 raise _fail(f"debias_sampling twin rows do not support {name} (the pair's rows are forced to "
                             "the contrasted token; penalties would act on one runner and not the other)")
     return RequestSpec(method="debias_sampling", pair=str(pair), role=role, alpha=float(config.alpha),
-                       beta=float(config.beta))
+                       beta=float(config.beta), sampling=_pair_sampling(plug))
 
 
 _SEEN_VOCAB: set[int] = set()  # vocabularies of processors built in this process (in-process engines)

@@ -129,6 +129,7 @@ def lockstep_decode(top_fn: TopFn, score_fn: ScoreFn, jobs: Sequence[PairJob], *
         picked = pick_tokens(
             s, temp, u, all_greedy=bool((temp < GREEDY_EPS).all()),
             top_k=torch.tensor([max(j.top_k, 0) for j in js]) if any(j.top_k > 0 for j in js) else None,
+            top_k_max=max(max(j.top_k, 0) for j in js),
             top_p=torch.tensor([j.top_p for j in js]) if any(j.top_p < 1.0 for j in js) else None,
             min_p=torch.tensor([j.min_p for j in js]) if any(j.min_p > 0 for j in js) else None).tolist()
         still = []

@@ -407,9 +407,17 @@ def _run_wave(llm, wave: list[_Pair], cfg, results, status, label: str, use_tqdm
     prompts, params = [], []
     for p in wave:
         pair_id = uuid.uuid4().hex
-        params.append(_with_args(p.params, request_args(cfg, pair=pair_id, role="main")))
-        params.append(_with_args(p.params, request_args(cfg, pair=pair_id, role="aux"), logprobs=None,
-                                 prompt_logprobs=None))
+        sp = p.params
+        # the processor draws the pair's token itself and forces both rows to it: the rows go to vLLM as greedy
+        # (no sampling work there) and the pair's own sampling settings travel in the request
+        own = {"debias_temperature": float(sp.temperature), "debias_top_k": int(sp.top_k or 0),
+               "debias_top_p": float(sp.top_p), "debias_min_p": float(sp.min_p or 0.0)}
+        if sp.seed is not None:
+            own["debias_seed"] = int(sp.seed)
+        greedy = dict(temperature=0.0, top_k=0, top_p=1.0, min_p=0.0, seed=None)
+        params.append(_with_args(sp, {**request_args(cfg, pair=pair_id, role="main"), **own}, **greedy))
+        params.append(_with_args(sp, {**request_args(cfg, pair=pair_id, role="aux"), **own}, logprobs=None,
+                                 prompt_logprobs=None, **greedy))
         prompts += [p.main, p.aux]
     outs = _generate_together(llm, prompts, params, use_tqdm)
     bad = []

@@ -109,8 +109,12 @@ class _Pair:
         self.seed: int | None = None
 
     def take_params(self, req: _Req) -> None:
-        sp = req.params
         self.alpha, self.beta = req.spec.alpha, req.spec.beta
+        if req.spec.sampling is not None:  # carried in the request (the rows themselves are greedy in vLLM)
+            self.temperature, self.top_k, self.top_p, self.min_p, self.seed = req.spec.sampling
+            self.top_k = max(self.top_k, 0)
+            return
+        sp = req.params
         self.temperature = float(getattr(sp, "temperature", 0.0) or 0.0)
         self.top_k = int(getattr(sp, "top_k", 0) or 0)
         if self.top_k < 0:  # vLLM's "off" is -1 or 0
@@ -125,8 +129,8 @@ class _Pair:
 class _PairTensors:
     """Device tensors of the pairs a step contrasts, and host flags saying which filters any of them needs."""
 
-    __slots__ = ("n", "alpha", "beta", "temperature", "top_k", "top_p", "min_p", "seeded", "seed", "all_greedy",
-                 "any_greedy", "any_seeded", "any_unseeded")
+    __slots__ = ("n", "alpha", "beta", "temperature", "top_k", "top_k_max", "top_p", "min_p", "seeded", "seed",
+                 "all_greedy", "any_greedy", "any_seeded", "any_unseeded")
 
     @classmethod
     def build(cls, pairs: list[_Pair], to_dev) -> _PairTensors:
@@ -139,13 +143,17 @@ class _PairTensors:
         seeded = np.array([p.seed is not None for p in pairs], dtype=bool) & sampled
         self.any_seeded = bool(seeded.any())
         self.any_unseeded = bool((sampled & ~seeded).any())
-        self.alpha = to_dev(np.array([p.alpha for p in pairs], dtype=np.float32))
-        self.beta = to_dev(np.array([p.beta for p in pairs], dtype=np.float32))
+        alpha = np.array([p.alpha for p in pairs], dtype=np.float32)
+        beta = np.array([p.beta for p in pairs], dtype=np.float32)
+        # one config per generate call is the usual case: a number is cheaper for the contrast than a tensor
+        self.alpha = float(pairs[0].alpha) if (alpha == alpha[0]).all() else to_dev(alpha)
+        self.beta = float(pairs[0].beta) if (beta == beta[0]).all() else to_dev(beta)
         self.temperature = to_dev(temp)
         top_k = np.array([p.top_k for p in pairs], dtype=np.int64)
         top_p = np.array([p.top_p for p in pairs], dtype=np.float32)
         min_p = np.array([p.min_p for p in pairs], dtype=np.float32)
         self.top_k = to_dev(top_k) if (top_k[sampled] > 0).any() else None
+        self.top_k_max = int(top_k[sampled].max()) if sampled.any() else 0
         self.top_p = to_dev(top_p) if (top_p[sampled] < 1.0).any() else None
         self.min_p = to_dev(min_p) if (min_p[sampled] > 0).any() else None
         self.seeded = to_dev(seeded)
@@ -320,7 +328,7 @@ class DebiasLogitsProcessor(*_bases()):  # type: ignore[misc]
             if pt.any_seeded:
                 u = torch.where(pt.seeded, seeded_uniform(pt.seed, steps), u)
             tokens = pick_tokens(s, pt.temperature, u, top_k=pt.top_k, top_p=pt.top_p, min_p=pt.min_p,
-                                 any_greedy=pt.any_greedy)
+                                 any_greedy=pt.any_greedy, top_k_max=pt.top_k_max)
         # a pair without a usable contrast was not debiased at this step: its rows are made to differ
         aux_tokens = torch.where(fell_back, (tokens + 1) % logits.shape[-1], tokens)
         self._one_hot(logits, m_rows, tokens)

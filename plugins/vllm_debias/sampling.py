@@ -51,14 +51,15 @@ def seeded_uniform(seed: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
 def pick_tokens(scores: torch.Tensor, temperature: torch.Tensor, u: torch.Tensor | None = None, *,
                 top_k: torch.Tensor | None = None, top_p: torch.Tensor | None = None,
                 min_p: torch.Tensor | None = None, all_greedy: bool = False,
-                any_greedy: bool = True) -> torch.Tensor:
+                any_greedy: bool = True, top_k_max: int | None = None) -> torch.Tensor:
     """Column index chosen in each row of ``scores`` ``[N, V]`` (int64 ``[N]``).
 
     ``temperature`` ``[N]`` (below 1e-5: greedy); ``u`` ``[N]`` uniforms for the sampled rows; ``top_k`` ``[N]``
     (0 = off), ``top_p`` ``[N]`` (1 = off), ``min_p`` ``[N]`` (0 = off): pass ``None`` when no row uses the filter
     (the caller knows this on the host, so no work is spent and nothing is read back). ``all_greedy`` skips the
-    sampling path, ``any_greedy=False`` the argmax. Rows with no finite score come back as some index without
-    raising.
+    sampling path, ``any_greedy=False`` the argmax. ``top_k_max`` (the largest ``top_k``, known on the host) lets
+    top-k without top-p use ``torch.topk`` instead of sorting the vocabulary (a token tied with the k-th is then
+    kept too). Rows with no finite score come back as some index without raising.
     """
     if all_greedy:
         return scores.argmax(-1)
@@ -68,8 +69,13 @@ def pick_tokens(scores: torch.Tensor, temperature: torch.Tensor, u: torch.Tensor
     x = scores.float() / temp.clamp_min(GREEDY_EPS)
     e = (x - x.amax(-1, keepdim=True)).exp_()  # unnormalised probabilities, the largest is 1; -inf -> 0
     if min_p is not None:  # p < min_p · max p  <=>  e < min_p
-        e = e.masked_fill_(e < min_p.to(e).unsqueeze(-1), 0.0)
-    if top_k is not None or top_p is not None:
+        e = torch.where(e < min_p.to(e).unsqueeze(-1), 0.0, e)
+    if top_k is not None and top_p is None and top_k_max is not None and 0 < top_k_max < v:
+        kth = e.topk(top_k_max, dim=-1).values  # descending
+        k = top_k.to(device=e.device, dtype=torch.int64).unsqueeze(-1)
+        floor = kth.gather(-1, (k.clamp(1, top_k_max) - 1))
+        e = torch.where((k > 0) & (e < floor), 0.0, e)
+    elif top_k is not None or top_p is not None:
         se, order = torch.sort(e, dim=-1, descending=True, stable=True)
         if top_k is not None:
             k = top_k.to(device=e.device, dtype=torch.int64)
