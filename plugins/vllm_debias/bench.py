@@ -19,7 +19,8 @@ background load hits them alike; medians over rounds. Configurations:
 Each configuration reports wall tokens/s and tokens per CPU-second with its ratio to ``no_processor``.
 
 ``apply()`` part: the processor alone on ``rows`` rows of 49,152-wide logits (SmolLM2's vocabulary), every row
-in a twin-row pair (greedy, sampled, sampled with seeds), plus a plain batch; microseconds per
+in a twin-row pair (greedy; T = 1 unseeded, seeded, and with top-p 0.95, which sorts the vocabulary), plus a
+plain batch; microseconds per
 ``update_state`` + ``apply`` step, median over steps. ``--before CHECKOUT`` runs the same on the plugin of another
 checkout (e.g. a worktree of an earlier commit) in the same process, for before/after numbers (it only uses
 ``request_args`` and the V1 interface, which every version has).
@@ -117,7 +118,9 @@ def engine_bench(model: str, dtype: str, batches: list[int], max_tokens: int, re
 
 def load_before(root: str):
     """The ``vllm_debias`` package of another checkout (``root/plugins/vllm_debias``), imported as
-    ``vllm_debias_before`` so both versions run side by side in this process."""
+    ``vllm_debias_before`` so both versions run side by side in this process, with that checkout's
+    ``debias_lm.core.contrast.contrast`` (the rest of ``debias_lm`` is this one's)."""
+    import importlib
     import importlib.util
     import sys
 
@@ -129,6 +132,13 @@ def load_before(root: str):
     mod = importlib.util.module_from_spec(spec)
     sys.modules["vllm_debias_before"] = mod
     spec.loader.exec_module(mod)
+    core = os.path.join(root, "debias_lm", "core", "contrast.py")
+    if os.path.isfile(core):  # that checkout's contrast too, so "before" means the whole old path
+        cspec = importlib.util.spec_from_file_location("debias_lm_before_contrast", core)
+        cmod = importlib.util.module_from_spec(cspec)
+        cspec.loader.exec_module(cmod)
+        proc = importlib.import_module("vllm_debias_before.processor")
+        proc.contrast = cmod.contrast
     return mod
 
 
@@ -162,8 +172,9 @@ def apply_bench(rows_list: list[int], vocab: int = 49152, steps: int = 30, devic
     variants = {
         "plain": lambda i: SamplingParams(temperature=0.0),
         "pairs_greedy": lambda i: SamplingParams(temperature=0.0),
-        "pairs_sampled": lambda i: SamplingParams(temperature=1.0, top_p=0.95),
-        "pairs_sampled_seeded": lambda i: SamplingParams(temperature=1.0, top_p=0.95, seed=1000 + i // 2),
+        "pairs_t1": lambda i: SamplingParams(temperature=1.0),
+        "pairs_t1_seeded": lambda i: SamplingParams(temperature=1.0, seed=1000 + i // 2),
+        "pairs_t1_top_p": lambda i: SamplingParams(temperature=1.0, top_p=0.95),
     }
     gen = torch.Generator(device=dev).manual_seed(0)
     out: dict = {}
