@@ -670,6 +670,19 @@ class _SyncCounter:
             orig = getattr(torch, name)
             monkeypatch.setattr(torch, name, self._wrap(f"torch.{name}", orig))
 
+    def watch(self, proc):
+        """Count during every ``proc.apply`` call."""
+        orig = proc.apply
+
+        def counted(*a, **k):
+            self.on = True
+            try:
+                return orig(*a, **k)
+            finally:
+                self.on = False
+
+        proc.apply = counted
+
     def _wrap(self, name, orig):
         def f(*a, **k):
             if self.on:
@@ -701,16 +714,7 @@ def test_apply_has_no_host_sync(monkeypatch):
     sim.add("plain", [3], _sp(None, max_tokens=4))
     sim.add("lonely", [4], _sp(_pair_args("alone", "main"), max_tokens=4))  # never gets a partner: broken
     proc = sim.proc
-    orig_apply = proc.apply
-
-    def counted(*a, **k):
-        counter.on = True
-        try:
-            return orig_apply(*a, **k)
-        finally:
-            counter.on = False
-
-    proc.apply = counted
+    counter.watch(proc)
     for _ in range(4):
         sim.step(list(sim.reqs))
     assert counter.calls == []
@@ -720,16 +724,7 @@ def test_apply_has_no_host_sync(monkeypatch):
     sim2 = V2Sim(proc2, rs)
     for name, r in sim.reqs.items():
         sim2.add(name, r["prompt"], r["sp"])
-    orig2 = proc2.apply
-
-    def counted2(*a, **k):
-        counter.on = True
-        try:
-            return orig2(*a, **k)
-        finally:
-            counter.on = False
-
-    proc2.apply = counted2
+    counter.watch(proc2)
     for _ in range(4):
         sim2.step(list(sim2.reqs))
     assert counter.calls == []

@@ -309,6 +309,18 @@ class DebiasLogitsProcessor(*_bases()):  # type: ignore[misc]
                         "on and its two outputs are made to differ, so it is reported as not applied", pair.id, why)
         self._dirty = True
 
+    def _calibration_entries(self, reqs: list[_Req]):
+        """(row or slot, token id, offset) device tensors, one entry per label token id of each request."""
+        if not reqs:
+            return None, None, None
+        keys, ids, offs = [], [], []
+        for r in reqs:
+            keys += [r.key] * len(r.spec.label_ids)
+            ids += r.spec.label_ids
+            offs += r.spec.label_offsets
+        return (self._to_dev(keys, torch.int64), self._to_dev(ids, torch.int64),
+                self._to_dev(offs, torch.float32))
+
     def _one_hot(self, logits: torch.Tensor, rows: torch.Tensor, tokens: torch.Tensor) -> None:
         logits.index_fill_(0, rows, _NEG_INF)
         logits.index_put_((rows, tokens), torch.zeros_like(tokens, dtype=logits.dtype))
@@ -400,17 +412,7 @@ class DebiasLogitsProcessor(*_bases()):  # type: ignore[misc]
 
     def _rebuild_v1(self) -> None:
         self._dirty = False
-        if self._cal:
-            rows, ids, offs = [], [], []
-            for r in self._cal:
-                rows += [r.key] * len(r.spec.label_ids)
-                ids += r.spec.label_ids
-                offs += r.spec.label_offsets
-            self._cal_rows = self._to_dev(rows, torch.int64)
-            self._cal_ids = self._to_dev(ids, torch.int64)
-            self._cal_offs = self._to_dev(offs, torch.float32)
-        else:
-            self._cal_rows = self._cal_ids = self._cal_offs = None
+        self._cal_rows, self._cal_ids, self._cal_offs = self._calibration_entries(self._cal)
         ok, broken = [], []
         for pair in self._pairs.values():
             m, a = pair.main, pair.aux
@@ -490,17 +492,7 @@ class DebiasLogitsProcessor(*_bases()):  # type: ignore[misc]
     def _rebuild_v2(self) -> None:
         self._dirty = False
         cal = [r for r in self._reqs.values() if r.spec.method == "calibration"]
-        if cal:
-            slots, ids, offs = [], [], []
-            for r in cal:
-                slots += [r.key] * len(r.spec.label_ids)
-                ids += r.spec.label_ids
-                offs += r.spec.label_offsets
-            self._cal_entry_slot = self._to_dev(slots, torch.int64)
-            self._cal_ids = self._to_dev(ids, torch.int64)
-            self._cal_offs = self._to_dev(offs, torch.float32)
-        else:
-            self._cal_entry_slot = None
+        self._cal_entry_slot, self._cal_ids, self._cal_offs = self._calibration_entries(cal)
         self._ok = [p for p in self._pairs.values() if not p.broken]
         self._broken = [p for p in self._pairs.values() if p.broken]
         self._pt = _PairTensors.build(self._ok, self._to_dev) if self._ok else None
