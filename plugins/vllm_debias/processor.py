@@ -524,6 +524,8 @@ class DebiasLogitsProcessor(*_bases()):  # type: ignore[misc]
         try:
             if self._ok:
                 self._pairs_step_v2(logits, pos_of_slot, seq, rs)
+            if self._dirty:  # pairs that broke just now are kept apart from this very step on
+                self._rebuild_v2()
             if self._broken:
                 self._broken_step_v2(logits, ctx, pos_of_slot, seq, rs)
         finally:
@@ -544,11 +546,8 @@ class DebiasLogitsProcessor(*_bases()):  # type: ignore[misc]
         m_row, m_samp, m_step = self._row_state(self._ok_main, pos_of_slot, seq, rs)
         a_row, a_samp, a_step = self._row_state(self._ok_aux, pos_of_slot, seq, rs)
         valid = m_samp & a_samp & (m_step == a_step)
-        for j in np.flatnonzero((m_samp | a_samp) & ~valid):  # one row samples without its partner (rare)
-            pair = self._ok[j]
-            self._break(pair, "its partner is not sampling the same step (missing, prefilling or preempted)")
-            if m_samp[j] and a_samp[j] and pair.main is not None and pair.aux is not None:
-                pass  # rows at different positions: kept apart from the next step on (partner token ban)
+        for j in np.flatnonzero((m_samp | a_samp) & ~valid):  # a row samples without its partner (rare)
+            self._break(self._ok[j], "its partner is not sampling the same step (missing, prefilling or preempted)")
         sel = np.flatnonzero(valid)
         if not len(sel):
             return
