@@ -38,7 +38,8 @@ def main() -> None:
     plain = llm.generate(prompts, greedy, use_tqdm=False)
     debiased = vllm_debias.generate(llm, prompts, cfg, greedy)
     for p, a, b in zip(prompts, plain, debiased):
-        print(f"\n[debias_sampling] {p!r}\n  plain:    {a.outputs[0].text!r}\n  debiased: {b.outputs[0].text!r}")
+        print(f"\n[debias_sampling] {p!r}\n  plain:    {a.outputs[0].text!r}\n  debiased: {b.outputs[0].text!r}"
+              f"  ({b.debias_status.status})")  # applied / recomputed / lockstep / not_applied (+ .reason)
 
     # 2. NBLS: ground a chat in BLS occupation statistics (client-side, identical to the HF path).
     chat = [{"role": "user", "content": "Write one sentence about a surgeon."}]

@@ -41,7 +41,7 @@ def main() -> None:
     # 2. Bad arguments come back as HTTP 400 with the plugin's message.
     try:
         client.completions.create(model=args.model, prompt="x", max_tokens=1,
-                                  extra_body={"vllm_xargs": {"method": "uddia"}})
+                                  extra_body={"vllm_xargs": {"debias_method": "uddia"}})
     except Exception as e:  # openai.BadRequestError
         print("[uddia] rejected:", str(e)[:160], "...")
 

@@ -10,6 +10,7 @@ import pytest
 
 import debias_lm as dl
 from debias_lm.config import MethodConfig
+from debias_lm.errors import UserInputError
 from debias_lm.hf.base import HFMethod
 from debias_lm.registry import _REGISTRY, config_from_dict, get_method, list_methods, register_method
 
@@ -95,3 +96,52 @@ def test_import_is_light():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
+
+
+# -- numeric fields bounded to documented ranges (issue 18 items 1 and 7) ------------------------------------------
+@pytest.mark.parametrize("kwargs, needle", [
+    (dict(alpha=1e38), "alpha=1e+38 is invalid: expected a number in [0, 100]"),
+    (dict(alpha=100.5), "alpha=100.5 is invalid"),
+    (dict(alpha=float("nan")), "alpha=nan is invalid"),
+    (dict(beta=0.0), "beta=0.0 is invalid"),
+    (dict(seed=2**64), "seed="),
+])
+def test_debias_sampling_numbers_bounded(kwargs, needle):
+    with pytest.raises(UserInputError) as e:
+        dl.DebiasSamplingConfig(**kwargs)
+    assert needle in str(e.value)
+    dl.DebiasSamplingConfig(alpha=100.0, beta=1.0, seed=2**63 - 1)  # the bounds themselves are fine
+
+
+@pytest.mark.parametrize("kwargs, needle", [
+    (dict(eps=2.0), "eps=2.0 is invalid: expected a number in [0, 1]"),
+    (dict(prior_probs=(float("inf"), 1.0)), "finite"),
+    (dict(prior_probs=(1e308, 1e308)), "finite"),
+    (dict(prior_probs=(0.0, 1.0), eps=0.0), "eps > 0"),
+    (dict(prior_probs=(float("nan"), 1.0)), "prior_probs"),
+])
+def test_calibration_prior_errors_are_clear(kwargs, needle):
+    kwargs = {"prior": "given", "prior_probs": (0.5, 0.5), **kwargs}
+    with pytest.raises(UserInputError) as e:
+        dl.CalibrationConfig(**kwargs)
+    assert needle in str(e.value) and "math domain" not in str(e.value)
+    dl.CalibrationConfig(prior="given", prior_probs=(0.0, 1.0))  # a zero prior is fine with the default eps
+
+
+def test_hf_processor_rejects_overflowing_alpha(tiny_llama):
+    from debias_lm.hf.debias_sampling import DebiasSamplingLogitsProcessor
+
+    model, tok = tiny_llama
+    with pytest.raises(UserInputError, match=r"alpha=1e\+38 is invalid"):
+        DebiasSamplingLogitsProcessor.from_texts(model, tok, ["x"], alpha=1e38)
+
+
+def test_cli_generate_overflowing_alpha_is_a_clean_error(capsys, tiny_llama_dir):
+    """The command from issue 18 (a traceback before) exits 2 with one line, before any model loads."""
+    from debias_lm.cli.main import main
+
+    rc = main(["generate", "--method", "debias_sampling", "--set", "alpha=1e38", "--set", "counterfactual_swap=gender",
+               "--prompt", "The nurse said that she", "--max-new-tokens", "3", "--sample", "--no-chat",
+               "--model", str(tiny_llama_dir)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "alpha=1e+38 is invalid" in err and "Traceback" not in err

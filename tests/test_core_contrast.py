@@ -85,3 +85,72 @@ def test_contrast_alpha_zero_and_edge_cases():
         with pytest.raises(ValueError):
             contrast(l_c, l_u, **{"alpha": 1.0, "beta": 0.1, **bad})
     assert math.isclose(contrast(torch.tensor([[0.0, 0.0]]), torch.tensor([[0.0, 1.0]]), 2.0, 0.5)[0, 1].item(), -2.0)
+
+
+# -- non-finite safety (issue 18 item 1) ------------------------------------------------------------------------
+def _plausible(l_c, beta):
+    return l_c >= math.log(beta) + l_c.amax(-1, keepdim=True)
+
+
+def test_contrast_never_returns_nan_for_overflowing_alpha():
+    """alpha = 1e38 overflows (1+α)·l_c − α·l_u to inf − inf = NaN in float32; the result must stay usable: no NaN,
+    every row keeps a finite or +inf score, and only plausible tokens (p_c >= β·max p_c) can be chosen."""
+    g = torch.Generator().manual_seed(0)
+    l_c, l_u = torch.randn(6, 300, generator=g) * 5, torch.randn(6, 300, generator=g) * 5
+    s, fell_back = contrast(l_c, l_u, alpha=1e38, beta=0.1, return_fallback=True)
+    assert not torch.isnan(s).any()
+    assert (s > float("-inf")).any(-1).all()
+    chosen = s.argmax(-1)
+    assert _plausible(l_c, 0.1)[torch.arange(6), chosen].all()
+    assert fell_back.dtype == torch.bool and fell_back.shape == (6,)
+
+
+def test_contrast_row_without_finite_score_falls_back_to_the_plain_cut():
+    l_c = torch.tensor([[2.0, 1.0, 0.0, -5.0], [0.0, 1.0, 2.0, 3.0]])
+    l_u = torch.tensor([[float("inf")] * 4, [0.0, 0.0, 0.0, 0.0]])  # row 0: every contrasted score is -inf
+    s, fell_back = contrast(l_c, l_u, alpha=1.0, beta=0.1, return_fallback=True)
+    assert fell_back.tolist() == [True, False]
+    plain_cut = l_c[0].masked_fill(~_plausible(l_c, 0.1)[0], float("-inf"))
+    assert torch.equal(s[0], plain_cut)
+    assert torch.equal(s[1], contrast(l_c[1:], l_u[1:], 1.0, 0.1)[0])
+    assert torch.equal(contrast(l_c, l_u, 1.0, 0.1), s)  # the plain call returns the same scores
+
+
+def test_contrast_nan_inputs_do_not_propagate():
+    l_c = torch.randn(3, 20)
+    l_u = torch.randn(3, 20)
+    l_c[0, 3] = float("nan")
+    l_u[1, 5] = float("nan")  # a NaN counterfactual logit: the row's contrast is unusable, it falls back
+    l_c[2, :] = float("nan")  # a broken model row: nothing to choose, stays all -inf, no NaN
+    s, fell_back = contrast(l_c, l_u, 1.0, 0.1, return_fallback=True)
+    assert not torch.isnan(s).any()
+    assert fell_back.tolist() == [False, True, True]
+    assert torch.isneginf(s[0, 3]) and torch.isneginf(s[2]).all()
+    plain_cut = contrast(l_c[1:2], l_u[1:2], 0.0, 0.1)[0]
+    assert torch.equal(s[1], plain_cut)
+
+
+def test_contrast_per_row_alpha_beta_tensors_equal_per_row_calls():
+    g = torch.Generator().manual_seed(1)
+    l_c, l_u = torch.randn(4, 64, generator=g) * 3, torch.randn(4, 64, generator=g) * 3
+    alpha = torch.tensor([0.0, 0.5, 2.0, 100.0])
+    beta = torch.tensor([0.1, 0.01, 1.0, 0.3])
+    s = contrast(l_c, l_u, alpha, beta)
+    for i in range(4):
+        want = contrast(l_c[i:i + 1], l_u[i:i + 1], float(alpha[i]), float(beta[i]))[0]
+        torch.testing.assert_close(s[i], want, rtol=0, atol=0)
+
+
+def test_hf_twin_rows_processor_falls_back_and_counts(caplog):
+    """The HF path: a row whose counterfactual logits are unusable (NaN) is decoded plainly, counted and logged."""
+    from debias_lm.hf.twin_rows import TwinRowContrastProcessor
+
+    proc = TwinRowContrastProcessor(2, alpha=1.0, beta=0.1)
+    scores = torch.randn(4, 30)
+    scores[3] = float("nan")  # counterfactual row of prompt 1
+    with caplog.at_level("WARNING", logger="debias_lm"):
+        out = proc(torch.zeros(4, 1, dtype=torch.long), scores)
+    assert proc.fallback_rows == 1 and "no finite contrasted score" in caplog.text
+    tokens = out.argmax(-1)
+    assert tokens[1] == tokens[3] == scores[1].argmax()  # plain choice, forced on both rows
+    assert tokens[0] == contrast(scores[:1], scores[2:3], 1.0, 0.1).argmax()

@@ -46,6 +46,10 @@ def _ids(outs):
     return [list(o.outputs[0].token_ids) for o in outs]
 
 
+def _status(outs):
+    return [o.debias_status.status for o in outs]
+
+
 def _shutdown(llm):
     try:
         llm.llm_engine.engine_core.shutdown()
@@ -124,7 +128,9 @@ def test_calibration_given_prior_matches_hf(llm, tiny_llama):
     model, tok = tiny_llama
     prompts = PLAIN[:3]
     cfg = dl.CalibrationConfig(labels=("he", "she"), prior="given", prior_probs=(0.999, 0.001))
-    got = _ids(vllm_debias.generate(llm, prompts, cfg, _greedy()))
+    outs = vllm_debias.generate(llm, prompts, cfg, _greedy())
+    got = _ids(outs)
+    assert _status(outs) == ["applied"] * 3
     groups = label_token_ids(tok, cfg.labels)
     ref = _hf_greedy(model, tok, prompts, processors=[_FirstStepOffsets(groups, cfg.prior_probs, cfg.eps)])
     assert got == ref
@@ -166,7 +172,9 @@ def test_label_priors_and_per_prompt_prior_match_hf(llm, tiny_llama):
 def test_twin_rows_match_hf_text_counterfactual(llm, tiny_llama, cfg):
     model, tok = tiny_llama
     prompts = ["The nurse said that she", "He and his friend went to the", "The engineer said that he was"]
-    got = _ids(vllm_debias.generate(llm, prompts, cfg, _greedy()))
+    outs = vllm_debias.generate(llm, prompts, cfg, _greedy())
+    assert _status(outs) == ["applied"] * 3 and vllm_debias.statuses(outs)[0].debiased
+    got = _ids(outs)
     proc = DebiasSamplingLogitsProcessor.from_texts(model, tok, counterfactual_texts(cfg, prompts), alpha=cfg.alpha,
                                                     beta=cfg.beta)
     assert got == _hf_greedy(model, tok, prompts, processors=[proc])
@@ -182,45 +190,103 @@ def test_drifted_pairs_are_detected_and_fall_back(llm, tiny_llama, monkeypatch):
     proc = DebiasSamplingLogitsProcessor.from_texts(model, tok, counterfactual_texts(cfg, prompts), alpha=cfg.alpha,
                                                     beta=cfg.beta)
     want = _hf_greedy(model, tok, prompts, processors=[proc])
-    real = offline._run_pairs
+    real = offline._run_wave
     calls = []
 
-    def main_only(llm_, idx, mains, auxs, sps, cfg_, results, use_tqdm):
+    def main_only(llm_, wave, cfg_, results, status, label, use_tqdm):
         """Submit the main rows without their counterfactual rows: a real drift inside the engine."""
-        calls.append(list(idx))
-        outs = llm_.generate([mains[i] for i in idx],
-                             [offline._with_args(sps[i], request_args(cfg_, pair=f"lonely{i}", role="main"))
-                              for i in idx], use_tqdm=False)
-        for i, o in zip(idx, outs):
-            results[i] = o
-        return list(idx)
+        calls.append([p.index for p in wave])
+        outs = llm_.generate([p.main for p in wave],
+                             [offline._with_args(p.params, request_args(cfg_, pair=f"lonely{p.index}", role="main"))
+                              for p in wave], use_tqdm=False)
+        for p, o in zip(wave, outs):
+            results[p.index] = o
+        return list(wave)
 
-    monkeypatch.setattr(offline, "_run_pairs", main_only)
-    got = _ids(vllm_debias.generate(llm, prompts, cfg, _greedy(), fallback="none"))
-    assert got == _hf_greedy(model, tok, prompts)  # a lonely main row is left unmodified (plain greedy)
+    monkeypatch.setattr(offline, "_run_wave", main_only)
+    outs = vllm_debias.generate(llm, prompts, cfg, _greedy(), fallback="none")
+    assert _ids(outs) == _hf_greedy(model, tok, prompts)  # a lonely main row is left unmodified (plain greedy)
+    assert _status(outs) == ["not_applied"] * 2 and "drifted apart" in outs[0].debias_status.reason
     with pytest.raises(vllm_debias.PairCheckError):
         vllm_debias.generate(llm, prompts, cfg, _greedy(), fallback="raise")
-    # first pass drifts, the re-run alone is real -> equal to HF
+    # first pass drifts, the re-run wave is real -> equal to HF, labelled recomputed
     calls.clear()
 
     def drift_once(*a):
         return main_only(*a) if not calls else real(*a)
 
-    monkeypatch.setattr(offline, "_run_pairs", drift_once)
-    assert _ids(vllm_debias.generate(llm, prompts, cfg, _greedy(), fallback="rerun")) == want
+    monkeypatch.setattr(offline, "_run_wave", drift_once)
+    outs = vllm_debias.generate(llm, prompts, cfg, _greedy(), fallback="rerun")
+    assert _ids(outs) == want and _status(outs) == ["recomputed"] * 2
+    assert calls == [[0, 1]]  # both drifted pairs were re-run together, in one wave
     # drifting every time -> the exact lockstep driver (128 candidates cover the plausible set here)
-    monkeypatch.setattr(offline, "_run_pairs", main_only)
+    monkeypatch.setattr(offline, "_run_wave", main_only)
     outs = vllm_debias.generate(llm, prompts, cfg, _greedy(), fallback="lockstep", lockstep_k=128)
-    assert _ids(outs) == want
+    assert _ids(outs) == want and _status(outs) == ["lockstep"] * 2
     assert outs[0].outputs[0].text == tok.decode(want[0], skip_special_tokens=True)
+    monkeypatch.setattr(offline, "_run_wave", main_only)
+    outs = vllm_debias.generate(llm, prompts, cfg, _greedy(), fallback="rerun")
+    assert _status(outs) == ["not_applied"] * 2
 
 
-def test_twin_rows_sampling_is_reproducible(llm):
-    cfg = dl.DebiasSamplingConfig(alpha=1.0, beta=0.05, counterfactual_prefix="He is a man. ", seed=3)
-    sp = SamplingParams(max_tokens=N, temperature=1.0, top_p=0.9, seed=11)
-    a = _ids(vllm_debias.generate(llm, PLAIN[:2], cfg, sp, fallback="raise"))
-    b = _ids(vllm_debias.generate(llm, PLAIN[:2], cfg, sp, fallback="raise"))
+def test_mismatched_pair_breaks_inside_the_engine_and_is_not_labelled_debiased(llm, tiny_llama, monkeypatch):
+    """A real break in the engine: the counterfactual row stops 3 tokens before the main row, which then
+    samples alone. Its tokens must not pass the equality check (they are made to differ), so the pair is
+    re-run; left as is (fallback="none") it is reported not_applied."""
+    model, tok = tiny_llama
+    from vllm_debias import offline
+
+    cfg = dl.DebiasSamplingConfig(alpha=1.0, beta=0.5, counterfactual_prefix=" ")  # aux ~ main: coincide if left
+    prompts = ["The nurse said that", "A pilot", "The doctor told me that"]
+    real_with_args = offline._with_args
+
+    def short_aux(sp, extra, **changes):
+        out = real_with_args(sp, extra, **changes)
+        if extra.get("debias_role") == "aux":
+            out.max_tokens = out.min_tokens = N - 3
+        return out
+
+    monkeypatch.setattr(offline, "_with_args", short_aux)
+    outs = vllm_debias.generate(llm, prompts, cfg, _greedy(), fallback="none")
+    assert _status(outs) == ["not_applied"] * 3
+    monkeypatch.setattr(offline, "_with_args", real_with_args)
+    proc = DebiasSamplingLogitsProcessor.from_texts(model, tok, counterfactual_texts(cfg, prompts), alpha=cfg.alpha,
+                                                    beta=cfg.beta)
+    outs = vllm_debias.generate(llm, prompts, cfg, _greedy())
+    assert _status(outs) == ["applied"] * 3 and _ids(outs) == _hf_greedy(model, tok, prompts, processors=[proc])
+
+
+def test_twin_rows_sampling_seeded_repeats_and_unseeded_copies_differ(llm):
+    cfg = dl.DebiasSamplingConfig(alpha=1.0, beta=0.05, counterfactual_prefix="He is a man. ")
+    seeded = SamplingParams(max_tokens=N, temperature=1.0, top_p=0.9, seed=11)
+    a = _ids(vllm_debias.generate(llm, PLAIN[:2], cfg, seeded, fallback="raise"))
+    b = _ids(vllm_debias.generate(llm, PLAIN[:2], cfg, seeded, fallback="raise"))
     assert a == b
+    c = _ids(vllm_debias.generate(llm, PLAIN[:2], cfg, SamplingParams(max_tokens=N, temperature=1.0, top_p=0.9,
+                                                                       seed=12), fallback="raise"))
+    assert c != a
+    # issue 13 item 1: four copies of one prompt at T=1 without a seed draw independently (they all were equal)
+    outs = vllm_debias.generate(llm, [PLAIN[0]] * 4, cfg, SamplingParams(max_tokens=N, temperature=1.0),
+                                fallback="raise")
+    assert _status(outs) == ["applied"] * 4
+    assert len({tuple(x) for x in _ids(outs)}) >= 3
+    plain = llm.generate([PLAIN[0]] * 4, SamplingParams(max_tokens=N, temperature=1.0), use_tqdm=False)
+    assert len({tuple(x) for x in _ids(plain)}) >= 3  # as plain vLLM does
+
+
+def test_seeded_twin_rows_equal_the_seeded_lockstep_fallback(llm, monkeypatch):
+    """Twin rows and the lockstep driver share the contrast, the sampler and the seeded draws: forcing every
+    pair to the lockstep fallback gives the same tokens (beta keeps the plausible set within 128 candidates)."""
+    from vllm_debias import offline
+
+    cfg = dl.DebiasSamplingConfig(alpha=2.0, beta=0.8, counterfactual_prefix="She is a woman. ")
+    sp = SamplingParams(max_tokens=N, temperature=1.0, top_k=20, min_p=0.02, seed=5)
+    twin = vllm_debias.generate(llm, PLAIN[:3], cfg, sp, fallback="raise")
+    assert _status(twin) == ["applied"] * 3
+    monkeypatch.setattr(offline, "_run_wave", lambda llm_, wave, *a: list(wave))  # every pair "drifts"
+    lock = vllm_debias.generate(llm, PLAIN[:3], cfg, sp, lockstep_k=128)
+    assert _status(lock) == ["lockstep"] * 3 and not any(o.debias_status.reason for o in lock)
+    assert _ids(lock) == _ids(twin)
 
 
 # -- NBLS ------------------------------------------------------------------------------------------------------
@@ -241,7 +307,8 @@ def test_nbls_matches_hf_text_and_chat(llm, tiny_llama):
 def test_offline_bad_args_raise_our_message(llm):
     from vllm.exceptions import VLLMValidationError
 
-    for extra, needle in (({"method": "uddia"}, "needs gradients"), ({"method": "nope"}, "unknown method")):
+    for extra, needle in (({"debias_method": "uddia"}, "needs gradients"), ({"debias_method": "nope"}, "unknown method"),
+                          ({"method": "calibration"}, "opt-in key is 'debias_method'")):
         with pytest.raises((ValueError, VLLMValidationError), match=needle):
             llm.generate(PLAIN[:1], _greedy(extra_args=extra), use_tqdm=False)
     with pytest.raises(ValueError, match="needs gradients"):

@@ -59,12 +59,22 @@ def _post(url: str, body: dict, timeout: float = 120.0) -> tuple[int, dict]:
 
 
 @pytest.fixture(scope="module")
-def baseline(tiny_llama_dir):
+def soak_requests(tiny_llama):
+    """A small soak (every request kind of ``vllm_debias.soak`` three times) over this module's server."""
+    from vllm_debias.soak import build_requests
+
+    _, tok = tiny_llama
+    return build_requests(93, tok, len(tok), 2048, N, prompts=PROMPTS, labels=CAL.labels)
+
+
+@pytest.fixture(scope="module")
+def baseline(tiny_llama_dir, soak_requests):
     from vllm import LLM, SamplingParams
+    from vllm_debias.soak import reference_from_llm
 
     llm = LLM(model=str(tiny_llama_dir), dtype="float32", max_model_len=2048, enforce_eager=True, seed=0)
     outs = llm.generate(PROMPTS, SamplingParams(max_tokens=N, min_tokens=N, temperature=0.0), use_tqdm=False)
-    ids = [list(o.outputs[0].token_ids) for o in outs]
+    ids = {"greedy": [list(o.outputs[0].token_ids) for o in outs], "soak": reference_from_llm(llm, soak_requests)}
     try:
         llm.llm_engine.engine_core.shutdown()
     except Exception:  # noqa: BLE001
@@ -144,25 +154,60 @@ def _hf_calibrated(model, tok, prompt):
     return out[0, enc["input_ids"].shape[1]:].tolist()
 
 
-def test_bad_vllm_xargs_get_http_400_with_our_message(server):
+def test_bad_vllm_xargs_get_http_400_with_our_message(server, tiny_llama):
+    _, tok = tiny_llama
+    cal = request_args(CAL, tok)
+    ds = request_args(dl.DebiasSamplingConfig(), pair="p", role="main")
     cases = [
-        ({"method": "nope"}, "unknown method 'nope'"),
-        ({"method": "debias_sampling", "alpha": -0.5, "debias_pair": "p", "debias_role": "main"}, "alpha=-0.5"),
-        ({"method": "debias_sampling", "alpha": 1.0}, "needs a pair id"),
-        ({"method": "uddia"}, "needs gradients"),
-        ({"method": "calibration", "prior": "given", "prior_probs": [0.5, 0.5], "labels": ["he", "she"]},
-         "debias_label_ids"),
+        ({"debias_method": "nope"}, "unknown method 'nope'"),
+        ({**ds, "debias_alpha": -0.5}, "alpha=-0.5"),
+        ({**ds, "debias_alpha": 1e38}, "expected a number in [0, 100]"),  # issue 18: it used to crash the engine
+        ({"debias_method": "debias_sampling", "debias_alpha": 1.0}, "needs a pair id"),
+        ({"debias_method": "uddia"}, "needs gradients"),
+        ({"debias_method": "calibration", "debias_prior": "given", "debias_prior_probs": [0.5, 0.5],
+          "debias_labels": ["he", "she"]}, "debias_label_ids"),
+        # label ids beyond the vocabulary (silently uncalibrated before)
+        ({**cal, "debias_label_ids": [t + 10**6 for t in cal["debias_label_ids"]]}, "beyond the model's vocabulary"),
+        # a bad prior: a clear message, not a bare 'math domain error'
+        ({**cal, "debias_prior_probs": [0.0, 1.0], "debias_eps": 0.0}, "needs eps > 0"),
+        ({**cal, "debias_prior_probs": [1e308, 1e308]}, "expected finite probabilities"),
+        # the generic key of earlier versions (config.to_dict()) is refused with the way forward
+        (dl.DebiasSamplingConfig().to_dict(), "opt-in key is 'debias_method'"),
     ]
     for xargs, needle in cases:
         code, body = _complete(server, "The nurse said that", xargs)
         assert code == 400, (xargs, body)
-        assert needle in json.dumps(body), (needle, body)
+        assert needle in json.dumps(body) and "math domain" not in json.dumps(body), (needle, body)
     code, body = _post(server["url"] + "/v1/chat/completions",
                        {"model": server["model"], "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2,
-                        "vllm_xargs": {"method": "uddia"}})
+                        "vllm_xargs": {"debias_method": "uddia"}})
     assert code == 400 and "needs gradients" in json.dumps(body)
     code, body = _complete(server, "The nurse said that")  # still serving
     assert code == 200 and len(_token_ids(body)) == N
+
+
+def test_debias_sampling_pair_round_trip_over_http(server, tiny_llama):
+    """The documented opt-in survives vLLM's request schema (JSON true arrives as 1): both rows of a pair get
+    HTTP 200. HTTP requests are not co-scheduled, so the pair usually breaks; the processor then makes the two
+    outputs differ -- so equal outputs can only be the contrasted result."""
+    model, tok = tiny_llama
+    cfg = dl.DebiasSamplingConfig(alpha=2.0, beta=0.05, counterfactual_prefix="He is a man. ")
+    prompt = "The nurse said that"
+    proc = DebiasSamplingLogitsProcessor.from_texts(model, tok, counterfactual_texts(cfg, [prompt]), alpha=cfg.alpha,
+                                                    beta=cfg.beta)
+    enc = tok([prompt], return_tensors="pt")
+    ref = model.generate(**enc, do_sample=False, max_new_tokens=N, min_new_tokens=N, logits_processor=[proc])
+    ref = ref[0, enc["input_ids"].shape[1]:].tolist()
+    for i in range(3):
+        extra = {"debias_fused": True} if i == 1 else {}
+        main = {**request_args(cfg, pair=f"h{i}", role="main"), **extra}
+        aux = {**request_args(cfg, pair=f"h{i}", role="aux"), **extra}
+        with ThreadPoolExecutor(2) as ex:
+            (cm, bm), (ca, ba) = ex.map(lambda a: _complete(server, a[0], a[1]),
+                                        [(prompt, main), (cfg.counterfactual_prefix + prompt, aux)])
+        assert cm == ca == 200, (bm, ba)
+        if _token_ids(bm) == _token_ids(ba):
+            assert _token_ids(bm) == ref
 
 
 def test_concurrent_mixed_requests(server, baseline, tiny_llama):
@@ -172,8 +217,8 @@ def test_concurrent_mixed_requests(server, baseline, tiny_llama):
     for i in range(56):
         p = PROMPTS[i % len(PROMPTS)]
         kind = ("plain", "calibration", "plain_other_xargs", "identity")[i % 4]
-        xargs = {"calibration": cal_args, "plain_other_xargs": {"someone_elses_key": 1},
-                 "identity": {"method": "identity"}}.get(kind)
+        xargs = {"calibration": cal_args, "plain_other_xargs": {"someone_elses_key": 1, "method": "beam"},
+                 "identity": {"debias_method": "identity"}}.get(kind)
         jobs.append((i, p, kind, xargs))
     t0 = time.time()
     with ThreadPoolExecutor(max_workers=56) as ex:
@@ -188,9 +233,20 @@ def test_concurrent_mixed_requests(server, baseline, tiny_llama):
                 cal_ref[p] = _hf_calibrated(model, tok, p)
             assert ids == cal_ref[p], p
         else:
-            assert ids == baseline[PROMPTS.index(p)], (kind, p)
-    assert any(cal_ref[p] != baseline[PROMPTS.index(p)] for p in cal_ref)
+            assert ids == baseline["greedy"][PROMPTS.index(p)], (kind, p)
+    assert any(cal_ref[p] != baseline["greedy"][PROMPTS.index(p)] for p in cal_ref)
     print(f"56 concurrent requests in {elapsed:.1f} s")
+
+
+def test_soak_bad_and_extreme_requests_do_not_hurt_the_server(server, baseline, soak_requests):
+    """93 concurrent requests of every kind the soak script sends: plain ones equal the no-plugin engine,
+    valid opted-in ones get their tokens, bad ones HTTP 400, and the server keeps serving."""
+    from vllm_debias.soak import soak
+
+    report = soak(server["url"], server["model"], soak_requests, baseline["soak"], max_seconds=300,
+                  workers=len(soak_requests))
+    assert report["findings"] == [] and report["server_up_after"]
+    assert report["bad_requests"] >= 50 and report["plain_requests"] >= 12
 
 
 def test_lockstep_client_matches_hf(server, tiny_llama):
@@ -200,7 +256,8 @@ def test_lockstep_client_matches_hf(server, tiny_llama):
     cfg = dl.DebiasSamplingConfig(alpha=3.0, beta=0.8, counterfactual_swap="gender")
     prompts = ["The nurse said that she", "He and his friend went to the"]
     client = LockstepClient(server["url"], server["model"], k=128)
-    assert client._eos_ids() == [tok.eos_token_id]  # found through /tokenizer_info (enabled by debias-lm serve)
+    # the server's own stop rules, asked of it (a stock server works alike: no tokenizer endpoint needed)
+    assert client.is_stop(tok.eos_token_id) and not client.is_stop(tok.eos_token_id + 1)
     res = client.generate(prompts, cfg, max_tokens=N, min_tokens=N)
     proc = DebiasSamplingLogitsProcessor.from_texts(model, tok, counterfactual_texts(cfg, prompts), alpha=cfg.alpha,
                                                     beta=cfg.beta)
@@ -210,6 +267,23 @@ def test_lockstep_client_matches_hf(server, tiny_llama):
     assert all(r.truncated_steps == 0 for r in res)
     plain = model.generate(**enc, do_sample=False, max_new_tokens=N, min_new_tokens=N)
     assert not torch.equal(plain, ref)
+    assert all(r.status == "lockstep" and r.reason == "" for r in res)
+
+
+def test_lockstep_client_sampling_and_stop_strings(server):
+    cfg = dl.DebiasSamplingConfig(alpha=1.0, beta=0.8, counterfactual_swap="gender")
+    client = LockstepClient(server["url"], server["model"], k=64)
+    prompts = ["The nurse said that she"] * 4
+    a = client.generate(prompts[:2], cfg, max_tokens=N, temperature=1.0, seed=3, ignore_eos=True)
+    b = client.generate(prompts[:2], cfg, max_tokens=N, temperature=1.0, seed=3, ignore_eos=True)
+    assert [r.token_ids for r in a] == [r.token_ids for r in b]
+    assert a[0].token_ids == a[1].token_ids  # same seed, same prompt: the same draws
+    free = client.generate(prompts, cfg, max_tokens=N, temperature=1.0, ignore_eos=True)
+    assert len({tuple(r.token_ids) for r in free}) >= 3  # unseeded: independent per prompt
+    text = client.generate(prompts[:1], cfg, max_tokens=N, ignore_eos=True)[0].text
+    stop = text[len(text) // 2: len(text) // 2 + 3]
+    cut = client.generate(prompts[:1], cfg, max_tokens=N, ignore_eos=True, stop=[stop])[0]
+    assert cut.finish_reason == "stop" and cut.stop_reason == stop and cut.text == text[:text.find(stop)]
 
 
 def test_nbls_chat_template_path_matches_hf(server, tiny_llama):

@@ -499,7 +499,7 @@ def cmd_serve(args) -> int:
     if args.dry_run:
         print(shlex.join(cmd))
         return 0
-    return subprocess.call(cmd, env=server_env())
+    return subprocess.call(cmd, env=server_env(model=args.model))
 
 
 def cmd_env(args) -> int:

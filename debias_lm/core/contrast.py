@@ -12,7 +12,8 @@ Contrast (visual debias decoding / VCD / CFG): for conditional and unconditional
 
     s = (1 + α)·l_c − α·l_u,   s[y] = −inf where p_c(y) < β · max p_c   (adaptive plausibility cutoff)
 
-applied on raw logits before temperature / top-k / top-p.
+applied on raw logits before temperature / top-k / top-p. A row whose contrast has no usable value (overflow,
+NaN logits) falls back to l_c with the cutoff and is reported (``return_fallback``).
 """
 
 from __future__ import annotations
@@ -74,25 +75,52 @@ def calibrate(p: torch.Tensor, p_cf: torch.Tensor | None = None, mode: str = "di
     return torch.where(s > 0, q / s.clamp_min(1e-300), uniform)
 
 
-def contrast(l_c: torch.Tensor, l_u: torch.Tensor, alpha: float = 1.0, beta: float = 0.1) -> torch.Tensor:
+def contrast(l_c: torch.Tensor, l_u: torch.Tensor, alpha: float | torch.Tensor = 1.0,
+             beta: float | torch.Tensor = 0.1, *, return_fallback: bool = False):
     """Contrastive scores ``(1+α)·l_c − α·l_u`` with the adaptive plausibility cutoff (float32, same shape).
 
     Tokens whose conditional probability is below ``beta`` times the most likely token's are set to −inf
     (equivalently l_c < log β + max l_c, on raw logits). ``alpha = 0`` returns l_c with that cutoff applied.
     Tokens already at −inf in ``l_c`` stay −inf; a −inf in ``l_u`` does not turn a token into +inf.
+
+    ``alpha`` / ``beta``: numbers, or tensors with one value per row (``[N]``, for ``[N, V]`` logits; the
+    caller checks their ranges).
+
+    Non-finite safety: NaN never comes out. A NaN in ``l_c`` counts as −inf. A row whose contrasted scores have
+    no value above −inf (e.g. ``inf − inf`` overflow with an absurd α, or a NaN anywhere in its ``l_u``)
+    **falls back** to ``l_c`` with the cutoff (plain decoding restricted to the plausible tokens); with
+    ``return_fallback=True`` the result is ``(scores, fell_back)``, a bool per row.
     """
-    if not (isinstance(alpha, (int, float)) and math.isfinite(alpha) and alpha >= 0):
+    per_row = isinstance(alpha, torch.Tensor) or isinstance(beta, torch.Tensor)
+    if not isinstance(alpha, torch.Tensor) and not (
+            isinstance(alpha, (int, float)) and math.isfinite(alpha) and alpha >= 0):
         raise ValueError(f"alpha={alpha!r} is invalid: expected a finite number >= 0")
-    if not (isinstance(beta, (int, float)) and 0 < beta <= 1):
+    if not isinstance(beta, torch.Tensor) and not (isinstance(beta, (int, float)) and 0 < beta <= 1):
         raise ValueError(f"beta={beta!r} is invalid: expected a number in (0, 1]")
     if l_c.shape != l_u.shape:
         raise ValueError(f"l_c {tuple(l_c.shape)} and l_u {tuple(l_u.shape)} must have the same shape")
-    lc, lu = l_c.float(), l_u.float()
-    finite_min = torch.where(torch.isfinite(lu), lu, torch.full_like(lu, float("inf"))).amin(-1, keepdim=True)
-    lu = torch.where(torch.isneginf(lu), finite_min.expand_as(lu), lu)
-    cut = math.log(beta) + lc.amax(-1, keepdim=True)
-    s = (1.0 + alpha) * lc - alpha * lu if alpha else lc.clone()
-    return s.masked_fill(lc < cut, float("-inf"))
+    neg_inf, pos_inf = float("-inf"), float("inf")
+    # (elementwise kernels chosen for speed on CPU: nan_to_num / maximum / where, not fmax or masked_fill)
+    lc = l_c.float().nan_to_num(nan=neg_inf, posinf=pos_inf, neginf=neg_inf)
+    lu = l_u.float()
+    # -inf counterfactual logits take the row's lowest finite one; +inf stays, so the token is excluded whenever
+    # alpha > 0; a NaN makes the whole row's contrast unusable (NaN propagates to every score: the row falls back)
+    finite_min = lu.nan_to_num(nan=math.nan, posinf=pos_inf, neginf=pos_inf).amin(-1, keepdim=True)
+    lu = torch.maximum(lu, finite_min)
+    top = lc.amax(-1, keepdim=True)
+    if per_row:
+        a = torch.as_tensor(alpha, dtype=torch.float32, device=lc.device).reshape(-1, 1)
+        b = torch.as_tensor(beta, dtype=torch.float32, device=lc.device).reshape(-1, 1)
+        lc_cut = torch.where(lc < torch.log(b) + top, neg_inf, lc)
+        s = torch.where(a == 0, lc_cut, torch.addcmul(lc_cut, a, lc_cut - lu))  # (1+a)·lc − a·lu
+    else:
+        lc_cut = torch.where(lc < math.log(beta) + top, neg_inf, lc)
+        s = torch.add(lc_cut, lc_cut - lu, alpha=float(alpha)) if alpha else lc_cut
+    # cut tokens stay -inf (-inf + a·(-inf)); NaN (inf - inf, 0·inf) becomes -inf
+    s = s.nan_to_num(nan=neg_inf, posinf=pos_inf, neginf=neg_inf)
+    fell_back = s.amax(-1) == neg_inf
+    s = torch.where(fell_back.unsqueeze(-1), lc_cut, s)
+    return (s, fell_back) if return_fallback else s
 
 
 def calibration_offsets(p_cf: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:

@@ -14,6 +14,7 @@ run as one batched forward.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -23,6 +24,19 @@ from ..core.contrast import contrast
 from ..errors import UserInputError
 from .base import encode_left_padded
 
+log = logging.getLogger(__name__)
+
+
+def _note_fallback(owner, fell_back: torch.Tensor) -> None:
+    """Count rows whose contrast had no usable score (they were decoded plainly, with the cutoff) and warn once."""
+    n = int(fell_back.sum())
+    if n:
+        if not owner.fallback_rows:
+            log.warning("debias sampling: %d row(s) had no finite contrasted score at this step (overflow or NaN "
+                        "logits); those steps use plain decoding with the plausibility cutoff", n)
+        owner.fallback_rows += n
+
+
 try:  # transformers is a core dependency; keep the import local to this module
     from transformers import LogitsProcessor
 except ImportError:  # pragma: no cover
@@ -30,8 +44,11 @@ except ImportError:  # pragma: no cover
 
 
 def _check_alpha_beta(alpha: float, beta: float) -> None:
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not alpha >= 0 or alpha != alpha:
-        raise UserInputError(f"alpha={alpha!r} is invalid: expected a number >= 0 (1.0 is the method's default)")
+    from ..methods.debias_sampling import ALPHA_MAX
+
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 <= alpha <= ALPHA_MAX:
+        raise UserInputError(f"alpha={alpha!r} is invalid: expected a number in [0, {ALPHA_MAX:g}] (1.0 is the "
+                             "method's default)")
     if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not 0 < beta <= 1:
         raise UserInputError(f"beta={beta!r} is invalid: expected a number in (0, 1] (0.1 is the method's default)")
 
@@ -213,6 +230,7 @@ class DebiasSamplingLogitsProcessor(LogitsProcessor):
         for br in self._branches:
             br.reset()
         self._prev_input = None
+        self.fallback_rows = 0  # row-steps that fell back to plain decoding (see debias_lm.core.contrast)
 
     def _continues(self, input_ids: torch.Tensor) -> bool:
         prev = self._prev_input
@@ -246,7 +264,10 @@ class DebiasSamplingLogitsProcessor(LogitsProcessor):
         if lu.shape[-1] != scores.shape[-1]:  # e.g. padded LM heads: compare on the shared vocabulary
             v = min(lu.shape[-1], scores.shape[-1])
             out = scores.float().clone()
-            out[:, :v] = contrast(scores[:, :v], lu[:, :v], self.alpha, self.beta)
+            out[:, :v], fell_back = contrast(scores[:, :v], lu[:, :v], self.alpha, self.beta, return_fallback=True)
             out[:, v:] = float("-inf")
+            _note_fallback(self, fell_back)
             return out.to(scores.dtype)
-        return contrast(scores, lu, self.alpha, self.beta).to(scores.dtype)
+        out, fell_back = contrast(scores, lu, self.alpha, self.beta, return_fallback=True)
+        _note_fallback(self, fell_back)
+        return out.to(scores.dtype)

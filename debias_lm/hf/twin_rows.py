@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 
 from ..core.contrast import contrast
+from .debias_sampling import _note_fallback
 
 try:
     from transformers import LogitsProcessor
@@ -36,13 +37,15 @@ class TwinRowContrastProcessor(LogitsProcessor):
         self.beta = beta
         self.do_sample = do_sample
         self.warpers = warpers or []
+        self.fallback_rows = 0  # row-steps whose contrast had no usable score (plain decoding with the cutoff)
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         b, k = self.b, self.k
         if scores.shape[0] != (k + 1) * b:
             raise RuntimeError(f"twin-row debias sampling expected {(k + 1) * b} rows, got {scores.shape[0]}")
         lu = scores[b:].float().view(k, b, -1).mean(0)
-        s = contrast(scores[:b], lu, self.alpha, self.beta)
+        s, fell_back = contrast(scores[:b], lu, self.alpha, self.beta, return_fallback=True)
+        _note_fallback(self, fell_back)
         if self.do_sample:
             for w in self.warpers:
                 s = w(input_ids[:b], s)

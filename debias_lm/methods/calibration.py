@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import ClassVar
 
 from ..config import MethodConfig
@@ -27,8 +28,10 @@ class CalibrationConfig(MethodConfig):
             calibration: mean label probability over the batch, no extra forward), ``given`` (``prior_probs``).
         variant: image-free variant(s) for the prior, as in debias sampling (``none``, ``unk``, ``none+unk``).
         reduce: how a label's token variants combine: ``sum`` (default) or ``max``.
-        eps: added to p_cf in the diagonal form (1e-4, as the reference code).
-        prior_probs: the prior for ``prior="given"`` (one probability per label).
+        eps: added to p_cf in the diagonal form, in [0, 1] (1e-4, as the reference code). With ``eps=0`` every
+            prior probability must be > 0 (the offset ``−log(p_cf + eps)`` is infinite otherwise).
+        prior_probs: the prior for ``prior="given"``: one finite probability ≥ 0 per label, not all zero
+            (renormalised over the labels).
     """
 
     method: ClassVar[str] = "calibration"
@@ -53,7 +56,7 @@ class CalibrationConfig(MethodConfig):
         self._check_choice("prior", PRIORS)
         self._check_choice("reduce", REDUCTIONS)
         parse_variants(self.variant)
-        self._check_number("eps", lo=0)
+        self._check_number("eps", lo=0, hi=1)
         if self.prior == "given":
             p = self.prior_probs
             if (not isinstance(p, tuple) or len(p) != len(self.labels)
@@ -62,6 +65,16 @@ class CalibrationConfig(MethodConfig):
                 raise UserInputError(
                     f"CalibrationConfig.prior_probs={p!r} is invalid: prior='given' needs one probability >= 0 per "
                     f"label ({len(self.labels)}), not all zero"
+                )
+            if not math.isfinite(sum(float(x) for x in p)):
+                raise UserInputError(
+                    f"CalibrationConfig.prior_probs={p!r} is invalid: expected finite probabilities (their sum "
+                    "must be finite to renormalise them), e.g. (0.7, 0.3)"
+                )
+            if self.eps == 0 and any(x == 0 for x in p):
+                raise UserInputError(
+                    f"CalibrationConfig.prior_probs={p!r} has a zero probability, which needs eps > 0 (the offset "
+                    "-log(p_cf + eps) would be infinite); keep the default eps=1e-4 or give every label a prior > 0"
                 )
         elif self.prior_probs:
             raise UserInputError("CalibrationConfig.prior_probs is only used with prior='given'")

@@ -16,6 +16,10 @@ from ..config import MethodConfig
 from ..errors import UserInputError
 
 IMAGE_FREE_VARIANTS = ("none", "unk", "noise")
+# Documented ranges. alpha: above ~100 the contrast is already the alpha -> inf limit (argmax of l_c - l_u among the
+# plausible tokens), and far larger values overflow float32 scores to inf - inf = NaN. seed: what torch.Generator takes.
+ALPHA_MAX = 100
+SEED_MAX = 2**63 - 1
 SWAPS = ("", "gender")
 
 
@@ -36,8 +40,9 @@ class DebiasSamplingConfig(MethodConfig):
     """Config of debias sampling (VDD).
 
     Attributes:
-        alpha: contrast strength α ≥ 0; scores are ``(1+α)·l_c − α·l_u`` (1.0, the paper's POPE setting; the
-            reference sampler's internal fallback is 0.5).
+        alpha: contrast strength α ∈ [0, 100]; scores are ``(1+α)·l_c − α·l_u`` (1.0, the paper's POPE setting;
+            the reference sampler's internal fallback is 0.5). Beyond ~100 nothing changes any more (the choice is
+            already the argmax of ``l_c − l_u`` among plausible tokens) and huge values overflow float32.
         beta: adaptive plausibility cutoff β ∈ (0, 1]: tokens with p_c < β·max p_c are never chosen (0.1).
         variant: image-free branch(es) for VLMs: ``none`` (image tokens removed), ``unk`` (one UNK token in
             their place), ``noise`` (the image with diffusion noise at step ``noise_step``), or several joined
@@ -45,7 +50,8 @@ class DebiasSamplingConfig(MethodConfig):
         noise_step: diffusion step of the ``noise`` variant (VCD uses 500 of 1000).
         counterfactual_prefix: text LLMs: the counterfactual context is this text followed by the prompt.
         counterfactual_swap: text LLMs: ``"gender"`` builds the counterfactual by swapping gendered terms.
-        seed: seed of the ``noise`` variant's noise.
+        seed: seed of the ``noise`` variant's noise, in [0, 2**63 - 1]. (Sampling randomness comes from
+            ``generate``'s own seed / RNG, on every backend.)
         fused: ``wrap(...).generate`` runs both branches in one forward of stacked rows where it can (LLaVA and
             Qwen2-VL families and text LLMs; variants ``none``/``unk``; temperature / top-k / top-p sampling):
             faster on small batches. ``False`` always uses the two-forward logits processor.
@@ -62,7 +68,7 @@ class DebiasSamplingConfig(MethodConfig):
     fused: bool = True
 
     def validate(self) -> None:
-        self._check_number("alpha", lo=0)
+        self._check_number("alpha", lo=0, hi=ALPHA_MAX)
         if not isinstance(self.fused, bool):
             raise UserInputError(f"DebiasSamplingConfig.fused={self.fused!r} is invalid: expected true or false")
         self._check_number("beta", lo=0, hi=1, lo_open=True)
@@ -77,7 +83,7 @@ class DebiasSamplingConfig(MethodConfig):
             raise UserInputError(
                 "DebiasSamplingConfig: set counterfactual_prefix or counterfactual_swap, not both"
             )
-        self._check_number("seed", lo=0, integer=True)
+        self._check_number("seed", lo=0, hi=SEED_MAX, integer=True)
 
     @property
     def variants(self) -> tuple[str, ...]:

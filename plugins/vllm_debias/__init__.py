@@ -10,6 +10,7 @@ then use any debias-lm config::
 
     import debias_lm as dl, vllm_debias
     outs = vllm_debias.generate(llm, prompts, dl.DebiasSamplingConfig(counterfactual_swap="gender"), params)
+    [o.debias_status.status for o in outs]   # "applied", "recomputed", "lockstep" or "not_applied"
 
 Importing this package is light (no torch, no vLLM); the names below load on first use.
 """
@@ -26,10 +27,13 @@ _LAZY = {
     "DebiasArgsError": "vllm_debias.args",
     "generate": "vllm_debias.offline",
     "PairCheckError": "vllm_debias.offline",
+    "DebiasStatus": "vllm_debias.offline",
+    "statuses": "vllm_debias.offline",
     "label_priors": "vllm_debias.calibration",
     "calibrate_labels": "vllm_debias.calibration",
     "LockstepClient": "vllm_debias.lockstep",
     "lockstep_decode": "vllm_debias.lockstep",
+    "PairJob": "vllm_debias.lockstep",
     "nbls_chat_template": "vllm_debias.nbls",
     "server_command": "vllm_debias.serve",
 }

@@ -1,11 +1,29 @@
-"""Throughput of the plugin: tokens/s without the processor, with it loaded (plain requests), and with a
-logit-only method (calibration) active, side by side in one run; twin-row debias sampling for reference.
+"""Throughput of the plugin, side by side in one run, and the cost of ``DebiasLogitsProcessor.apply`` alone.
 
-    python -m vllm_debias.bench                       # embedded SmolLM2-135M-Instruct, bf16, batch 8
-    python -m vllm_debias.bench --model DIR --dtype float32 --max-tokens 64 --repeats 5 --out bench.json
+    python -m vllm_debias.bench                                  # embedded SmolLM2-135M-Instruct, bf16, batch 8,32
+    python -m vllm_debias.bench --batch 8,32 --max-tokens 64 --repeats 5 --out bench.json
+    python -m vllm_debias.bench --apply-only --rows 8,64,256      # apply() microbenchmark only (no engine)
+    python -m vllm_debias.bench --apply-only --before ../old-checkout   # ... next to an earlier version
 
-Both engines run in this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``) and the configurations are
-interleaved round by round, so background load hits them alike; the median over rounds is reported.
+Engine part: two engines in this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``), one without the processor and
+one with it; per batch size the configurations run interleaved round by round (after a warm-up round), so
+background load hits them alike; medians over rounds. Configurations:
+
+* ``no_processor``: plain requests, engine without the processor (the baseline);
+* ``processor_loaded_plain``: plain requests, processor loaded and unused;
+* ``calibration_mixed``: half the batch opts in to calibration;
+* ``calibration_all``: every request opts in to calibration (logit offsets only);
+* ``debias_sampling_greedy`` / ``debias_sampling_t1``: every prompt is a twin-row pair (two engine rows),
+  greedy / temperature 1; throughput counts the main rows' tokens, i.e. tokens per *pair*.
+
+Each configuration reports wall tokens/s and tokens per CPU-second with its ratio to ``no_processor``.
+
+``apply()`` part: the processor alone on ``rows`` rows of 49,152-wide logits (SmolLM2's vocabulary), every row
+in a twin-row pair (greedy; T = 1 unseeded, seeded, and with top-p 0.95, which sorts the vocabulary), plus a
+plain batch; microseconds per
+``update_state`` + ``apply`` step, median over steps. ``--before CHECKOUT`` runs the same on the plugin of another
+checkout (e.g. a worktree of an earlier commit) in the same process, for before/after numbers (it only uses
+``request_args`` and the V1 interface, which every version has).
 """
 
 from __future__ import annotations
@@ -21,107 +39,214 @@ PROMPTS = [
     "My neighbour, a carpenter, told me", "The CEO of the company announced", "A pilot walked into the",
     "The teacher asked the students to", "Describe a typical software developer.",
 ]
+CONFIGS = ("no_processor", "processor_loaded_plain", "calibration_mixed", "calibration_all",
+           "debias_sampling_greedy", "debias_sampling_t1")
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        vals = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not vals or any(v < 1 for v in vals):
+        raise argparse.ArgumentTypeError(f"expected integers >= 1, got {text!r}")
+    return vals
+
+
+def engine_bench(model: str, dtype: str, batches: list[int], max_tokens: int, repeats: int) -> dict:
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    from vllm import LLM, SamplingParams
+
+    import debias_lm as dl
+
+    from . import DebiasLogitsProcessor, generate, request_args
+
+    kw = dict(model=model, dtype=dtype, max_model_len=1024, enforce_eager=True, seed=0)
+    plain_llm = LLM(**kw)
+    plug_llm = LLM(logits_processors=[DebiasLogitsProcessor], **kw)
+    tok = plug_llm.get_tokenizer()
+    n = max_tokens
+    sp = SamplingParams(max_tokens=n, min_tokens=n, ignore_eos=True, temperature=0.0)
+    cal = dl.CalibrationConfig(labels=("yes", "no"), prior="given", prior_probs=(0.7, 0.3))
+    sp_cal = SamplingParams(max_tokens=n, min_tokens=n, ignore_eos=True, temperature=0.0,
+                            extra_args=request_args(cal, tok))
+    sp_t1 = SamplingParams(max_tokens=n, min_tokens=n, ignore_eos=True, temperature=1.0)
+    ds = dl.DebiasSamplingConfig(alpha=1.0, beta=0.1, counterfactual_swap="gender")
+    out: dict = {}
+    for b in batches:
+        prompts = (PROMPTS * (b // len(PROMPTS) + 1))[:b]
+        gendered = [p + " he" for p in prompts]
+
+        def run(name, b=b, prompts=prompts, gendered=gendered):
+            t, c = time.perf_counter(), time.process_time()
+            if name == "no_processor":
+                outs = plain_llm.generate(prompts, sp, use_tqdm=False)
+            elif name == "processor_loaded_plain":
+                outs = plug_llm.generate(prompts, sp, use_tqdm=False)
+            elif name == "calibration_mixed":
+                outs = plug_llm.generate(prompts, [sp_cal if i % 2 else sp for i in range(b)], use_tqdm=False)
+            elif name == "calibration_all":
+                outs = plug_llm.generate(prompts, sp_cal, use_tqdm=False)
+            else:
+                outs = generate(plug_llm, gendered, ds, sp if name.endswith("greedy") else sp_t1, fallback="raise")
+            dt, dc = time.perf_counter() - t, time.process_time() - c
+            ntok = sum(len(o.outputs[0].token_ids) for o in outs)
+            return ntok / dt, ntok / dc
+
+        for name in CONFIGS:  # warm-up
+            run(name)
+        wall: dict[str, list[float]] = {k: [] for k in CONFIGS}
+        cpu: dict[str, list[float]] = {k: [] for k in CONFIGS}
+        for _ in range(repeats):
+            for name in CONFIGS:
+                w, c = run(name)
+                wall[name].append(w)
+                cpu[name].append(c)
+        med_w = {k: statistics.median(v) for k, v in wall.items()}
+        med_c = {k: statistics.median(v) for k, v in cpu.items()}
+        out[str(b)] = {"wall_tok_per_s_median": med_w, "cpu_tok_per_s_median": med_c,
+                       "wall_ratio": {k: v / med_w["no_processor"] for k, v in med_w.items()},
+                       "cpu_ratio": {k: v / med_c["no_processor"] for k, v in med_c.items()},
+                       "wall_tok_per_s_all": wall, "cpu_tok_per_s_all": cpu}
+        print(f"\nbatch {b} ({n} new tokens each; debias sampling: tokens per pair)")
+        print(f"{'configuration':<26}{'wall tok/s (ratio)':>24}{'tok per CPU-s (ratio)':>26}")
+        for k in CONFIGS:
+            print(f"{k:<26}{med_w[k]:>14.1f} ({med_w[k] / med_w['no_processor']:.3f})"
+                  f"{med_c[k]:>16.1f} ({med_c[k] / med_c['no_processor']:.3f})")
+    return out
+
+
+def load_before(root: str):
+    """The ``vllm_debias`` package of another checkout (``root/plugins/vllm_debias``), imported as
+    ``vllm_debias_before`` so both versions run side by side in this process, with that checkout's
+    ``debias_lm.core.contrast.contrast`` (the rest of ``debias_lm`` is this one's)."""
+    import importlib
+    import importlib.util
+    import sys
+
+    path = os.path.join(root, "plugins", "vllm_debias", "__init__.py")
+    if not os.path.isfile(path):
+        raise SystemExit(f"--before {root}: no plugins/vllm_debias there")
+    spec = importlib.util.spec_from_file_location("vllm_debias_before", path,
+                                                  submodule_search_locations=[os.path.dirname(path)])
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["vllm_debias_before"] = mod
+    spec.loader.exec_module(mod)
+    core = os.path.join(root, "debias_lm", "core", "contrast.py")
+    if os.path.isfile(core):  # that checkout's contrast too, so "before" means the whole old path
+        cspec = importlib.util.spec_from_file_location("debias_lm_before_contrast", core)
+        cmod = importlib.util.module_from_spec(cspec)
+        cspec.loader.exec_module(cmod)
+        proc = importlib.import_module("vllm_debias_before.processor")
+        proc.contrast = cmod.contrast
+    return mod
+
+
+def apply_bench(rows_list: list[int], vocab: int = 49152, steps: int = 30, device: str = "cpu",
+                pkg=None) -> dict:
+    """Microseconds per ``update_state(None)`` + ``apply`` step of the processor on its own (``pkg``: the
+    ``vllm_debias`` package to measure; default this one)."""
+    from types import SimpleNamespace
+
+    import torch
+    from vllm import SamplingParams
+    from vllm.v1.sample.logits_processor import BatchUpdate
+
+    import debias_lm as dl
+
+    if pkg is None:
+        from . import processor as _proc_mod
+        from .args import request_args
+
+        DebiasLogitsProcessor = _proc_mod.DebiasLogitsProcessor
+    else:
+        import importlib
+
+        DebiasLogitsProcessor = importlib.import_module(pkg.__name__ + ".processor").DebiasLogitsProcessor
+        request_args = importlib.import_module(pkg.__name__ + ".args").request_args
+
+    dev = torch.device(device)
+    cfg = SimpleNamespace(model_config=SimpleNamespace(get_vocab_size=lambda: vocab, seed=0),
+                          scheduler_config=SimpleNamespace(max_num_seqs=max(rows_list)))
+    ds = dl.DebiasSamplingConfig(alpha=1.0, beta=0.1, counterfactual_prefix="x")
+    variants = {
+        "plain": lambda i: SamplingParams(temperature=0.0),
+        "pairs_greedy": lambda i: SamplingParams(temperature=0.0),
+        "pairs_t1": lambda i: SamplingParams(temperature=1.0),
+        "pairs_t1_seeded": lambda i: SamplingParams(temperature=1.0, seed=1000 + i // 2),
+        "pairs_t1_top_p": lambda i: SamplingParams(temperature=1.0, top_p=0.95),
+    }
+    gen = torch.Generator(device=dev).manual_seed(0)
+    out: dict = {}
+    for rows in rows_list:
+        src = torch.randn(rows, vocab, generator=gen, device=dev) * 3
+        for name, make in variants.items():
+            proc = DebiasLogitsProcessor(cfg, dev, False)
+            outs = [[] for _ in range(rows)]
+            added = []
+            for i in range(rows):
+                sp = make(i)
+                if name != "plain":
+                    sp.extra_args = request_args(ds, pair=f"p{i // 2}", role="main" if i % 2 == 0 else "aux")
+                added.append((i, sp, [1, 2, 3], outs[i]))
+            proc.update_state(BatchUpdate(batch_size=rows, removed=[], added=added, moved=[]))
+            times = []
+            for step in range(steps + 3):
+                logits = src.clone()
+                if dev.type == "cuda":
+                    torch.cuda.synchronize()
+                t = time.perf_counter()
+                proc.update_state(None)
+                proc.apply(logits)
+                if dev.type == "cuda":
+                    torch.cuda.synchronize()
+                if step >= 3:
+                    times.append((time.perf_counter() - t) * 1e6)
+                for o in outs:  # every row emitted one token: pairs stay in step
+                    o.append(0)
+            out.setdefault(str(rows), {})[name] = statistics.median(times)
+        label = "" if pkg is None else f" [{pkg.__name__}]"
+        print(f"apply() on {rows} rows x {vocab}{label}: "
+              + ", ".join(f"{k} {v:,.0f} us" for k, v in out[str(rows)].items()))
+    return out
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m vllm_debias.bench", description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="default", help="model dir/id (default: the embedded SmolLM2-135M)")
     ap.add_argument("--dtype", default="bfloat16")
-    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--batch", type=_ints, default=[8, 32], help="batch sizes, comma-separated (8,32)")
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--rows", type=_ints, default=[8, 64, 256], help="apply() microbenchmark rows (8,64,256)")
+    ap.add_argument("--apply-steps", type=int, default=30)
+    ap.add_argument("--apply-only", action="store_true", help="only the apply() microbenchmark (no engine)")
+    ap.add_argument("--no-apply", action="store_true", help="skip the apply() microbenchmark")
+    ap.add_argument("--before", default=None, metavar="CHECKOUT",
+                    help="also run the apply() microbenchmark on the plugin of this other checkout (e.g. an "
+                         "earlier commit's worktree), side by side")
     ap.add_argument("--out", default=None, help="write the numbers as JSON here")
     args = ap.parse_args(argv)
-    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    if args.max_tokens < 1 or args.repeats < 1 or args.apply_steps < 1:
+        ap.error("--max-tokens, --repeats and --apply-steps must be >= 1")
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    report: dict = {}
+    if not args.apply_only:
+        from .serve import resolve_model
 
-    from vllm import LLM, SamplingParams
-
-    import debias_lm as dl
-
-    from . import DebiasLogitsProcessor, generate, request_args
-    from .serve import resolve_model
-
-    model = resolve_model(args.model)
-    prompts = (PROMPTS * (args.batch // len(PROMPTS) + 1))[: args.batch]
-    kw = dict(model=model, dtype=args.dtype, max_model_len=1024, enforce_eager=True, seed=0)
-    plain_llm = LLM(**kw)
-    plug_llm = LLM(logits_processors=[DebiasLogitsProcessor], **kw)
-    tok = plug_llm.get_tokenizer()
-    n = args.max_tokens
-    sp = SamplingParams(max_tokens=n, min_tokens=n, ignore_eos=True, temperature=0.0)
-    cal = dl.CalibrationConfig(labels=("yes", "no"), prior="given", prior_probs=(0.7, 0.3))
-    sp_cal = SamplingParams(max_tokens=n, min_tokens=n, ignore_eos=True, temperature=0.0,
-                            extra_args=request_args(cal, tok))
-    ds = dl.DebiasSamplingConfig(alpha=1.0, beta=0.1, counterfactual_swap="gender")
-
-    def run(name):
-        t, c = time.perf_counter(), time.process_time()
-        if name == "no_processor":
-            outs = plain_llm.generate(prompts, sp, use_tqdm=False)
-        elif name == "processor_loaded_plain":
-            outs = plug_llm.generate(prompts, sp, use_tqdm=False)
-        elif name == "calibration_active":
-            outs = plug_llm.generate(prompts, sp_cal, use_tqdm=False)
-        else:  # twin rows: 2 engine rows per prompt; counts the main rows' tokens only
-            outs = generate(plug_llm, [p + " he" for p in prompts], ds, sp, fallback="raise")
-        dt, dc = time.perf_counter() - t, time.process_time() - c
-        ntok = sum(len(o.outputs[0].token_ids) for o in outs)
-        return ntok / dt, ntok / dc
-
-    names = ["no_processor", "processor_loaded_plain", "calibration_active", "debias_sampling_twin_rows"]
-    for name in names:  # warm-up
-        run(name)
-    wall: dict[str, list[float]] = {k: [] for k in names}
-    cpu: dict[str, list[float]] = {k: [] for k in names}
-    for _ in range(args.repeats):
-        for name in names:
-            w, c = run(name)
-            wall[name].append(w)
-            cpu[name].append(c)
-    stats = {
-        "wall_tok_per_s_median": {k: statistics.median(v) for k, v in wall.items()},
-        "wall_tok_per_s_best": {k: max(v) for k, v in wall.items()},
-        "cpu_tok_per_s_median": {k: statistics.median(v) for k, v in cpu.items()},
-    }
-    report = {"model": model, "dtype": args.dtype, "batch": args.batch, "max_tokens": n, "repeats": args.repeats,
-              **stats, "wall_tok_per_s_all": wall, "cpu_tok_per_s_all": cpu,
-              "apply_us_per_step_plain_batch": _apply_overhead(args.batch, plug_llm)}
-    print(f"{'configuration':<28}" + "".join(f"{h:>22}" for h in ("wall tok/s med (ratio)", "wall best (ratio)",
-                                                                  "per CPU-s med (ratio)")))
-    for k in names:
-        cells = []
-        for key in stats:
-            v, b0 = stats[key][k], stats[key]["no_processor"]
-            cells.append(f"{v:>13.1f} ({v / b0:.3f})")
-        print(f"{k:<28}" + "".join(f"{c:>22}" for c in cells))
-    print(f"DebiasLogitsProcessor.apply on a plain batch of {args.batch}: "
-          f"{report['apply_us_per_step_plain_batch']:.2f} us per step")
+        model = resolve_model(args.model)
+        report.update(model=model, dtype=args.dtype, max_tokens=args.max_tokens, repeats=args.repeats,
+                      batches=engine_bench(model, args.dtype, args.batch, args.max_tokens, args.repeats))
+    if not args.no_apply:
+        report["apply_us_per_step"] = apply_bench(args.rows, steps=args.apply_steps)
+        if args.before:
+            report["apply_us_per_step_before"] = apply_bench(args.rows, steps=args.apply_steps,
+                                                             pkg=load_before(args.before))
     if args.out:
         with open(args.out, "w") as fh:
             json.dump(report, fh, indent=2)
     return 0
-
-
-def _apply_overhead(batch: int, llm, steps: int = 20000) -> float:
-    """Microseconds per ``apply`` call on a plain (not opted-in) batch: the cost every step pays."""
-    import torch
-    from vllm import SamplingParams
-    from vllm.v1.sample.logits_processor import BatchUpdate
-
-    from .processor import DebiasLogitsProcessor
-
-    vocab = llm.llm_engine.vllm_config.model_config.get_vocab_size()
-    proc = DebiasLogitsProcessor(llm.llm_engine.vllm_config, torch.device("cpu"), False)
-    added = [(i, SamplingParams(), [1, 2, 3], []) for i in range(batch)]
-    proc.update_state(BatchUpdate(batch_size=batch, removed=[], added=added, moved=[]))
-    logits = torch.zeros(batch, vocab)
-    t = time.perf_counter()
-    for _ in range(steps):
-        proc.update_state(None)
-        proc.apply(logits)
-    return (time.perf_counter() - t) / steps * 1e6
 
 
 if __name__ == "__main__":

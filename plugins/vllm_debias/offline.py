@@ -8,18 +8,26 @@
   from ``prior_prompts``; or the batch mean) and carried in each request; the logits processor adds the
   label offsets at the first generated token.
 * ``debias_sampling``: twin rows. Each prompt becomes a main request and a counterfactual ("aux") request,
-  submitted together (main first) in waves that fit the scheduler's token budget so both prefill in the same
-  step; the processor contrasts and forces both rows to the same token. Afterwards every pair is checked
-  (main and aux token ids must be identical); pairs that drifted apart are re-run alone, then, if still out
-  of step, with the exact lockstep driver (``fallback="lockstep"``).
+  submitted together (main first) in waves that fit the scheduler's token budget, its sequence limit and the KV
+  cache, so both prefill in the same step and neither is preempted; the processor contrasts and forces both
+  rows to the same token. Afterwards every pair is checked: main and aux token ids are identical exactly when
+  every step was contrasted (the processor makes a broken pair's outputs differ). Pairs that drifted apart are
+  re-run in batched waves, then (``fallback="lockstep"``) decoded with the exact lockstep driver.
 
-Every request that uses the processor needs ``LLM(..., logits_processors=[DebiasLogitsProcessor])``.
+Every returned ``RequestOutput`` carries ``debias_status`` (:class:`DebiasStatus`): ``applied`` (every step
+debiased in the first pass), ``recomputed`` (debiased in a re-run), ``lockstep`` (decoded by the lockstep
+driver), or ``not_applied`` with the reason. :func:`statuses` lists them.
+
+Every request that uses the processor needs ``LLM(..., logits_processors=[DebiasLogitsProcessor])`` (or the
+processor installed under vLLM's ``vllm.logits_processors`` entry point).
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
+import math
 import uuid
 from collections.abc import Sequence
 from typing import Any
@@ -29,10 +37,37 @@ from .args import PAIR_KEY, ROLE_KEY, request_args
 log = logging.getLogger("vllm_debias")
 
 FALLBACKS = ("lockstep", "rerun", "raise", "none")
+STATUSES = ("applied", "recomputed", "lockstep", "not_applied")
+
+
+@dataclasses.dataclass(frozen=True)
+class DebiasStatus:
+    """What happened to one prompt: ``status`` is one of :data:`STATUSES`; ``reason`` says why (or notes a
+    documented change, e.g. ``max_tokens`` cut to the context limit)."""
+
+    status: str
+    reason: str = ""
+
+    @property
+    def debiased(self) -> bool:
+        """True when the method ran at every generated token."""
+        return self.status != "not_applied"
 
 
 class PairCheckError(RuntimeError):
     """A debias-sampling pair drifted apart and ``fallback="raise"`` was asked for."""
+
+
+def statuses(outputs: Sequence[Any]) -> list[DebiasStatus]:
+    """The :class:`DebiasStatus` of each output of :func:`generate` (parallel list)."""
+    return [getattr(o, "debias_status", None) or DebiasStatus("not_applied", "not produced by vllm_debias.generate")
+            for o in outputs]
+
+
+def _label(outputs, status: str, reasons: Sequence[str] | None = None) -> list:
+    for i, o in enumerate(outputs):
+        o.debias_status = DebiasStatus(status, reasons[i] if reasons else "")
+    return outputs
 
 
 def _resolve(config):
@@ -53,10 +88,30 @@ def _is_chat(p: Any) -> bool:
     return isinstance(p, list) and bool(p) and isinstance(p[0], dict)
 
 
+def _is_ours(obj) -> bool:
+    from .processor import DebiasLogitsProcessor
+
+    if isinstance(obj, str):
+        return obj.rsplit(":", 1)[-1].rsplit(".", 1)[-1] == "DebiasLogitsProcessor" and (
+            obj.startswith("vllm_debias"))
+    return isinstance(obj, type) and issubclass(obj, DebiasLogitsProcessor)
+
+
 def _has_processor(llm) -> bool:
+    """The engine loads the processor: passed to ``LLM(logits_processors=...)`` or installed under vLLM's
+    ``vllm.logits_processors`` entry point (which vLLM loads into every engine)."""
     procs = getattr(llm.llm_engine.vllm_config.model_config, "logits_processors", None) or []
-    names = {p if isinstance(p, str) else f"{p.__module__}:{p.__qualname__}" for p in procs}
-    return any(n.endswith(":DebiasLogitsProcessor") for n in names)
+    if any(_is_ours(p) for p in procs):
+        return True
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group="vllm.logits_processors"):
+        try:
+            if _is_ours(ep.load()):
+                return True
+        except Exception:  # noqa: BLE001 - a broken third-party entry point is not ours to judge
+            continue
+    return False
 
 
 def _with_args(sp, extra: dict[str, Any], **changes):
@@ -96,7 +151,8 @@ def _to_prompt(tok, p):
 def generate(llm, prompts, config=None, sampling_params=None, *, counterfactual: Sequence[Any] | None = None,
              prior_prompts: Sequence[Any] | None = None, chat: bool = False, fallback: str = "lockstep",
              lockstep_k: int = 20, use_tqdm: bool = False) -> list:
-    """Generate with a debias-lm ``config`` on an offline ``vllm.LLM``; one ``RequestOutput`` per prompt.
+    """Generate with a debias-lm ``config`` on an offline ``vllm.LLM``; one ``RequestOutput`` per prompt, each
+    with ``.debias_status`` (:class:`DebiasStatus`; :func:`statuses` gives the parallel list).
 
     Args:
         llm: a ``vllm.LLM`` built with ``logits_processors=[vllm_debias.DebiasLogitsProcessor]`` (not needed
@@ -105,15 +161,22 @@ def generate(llm, prompts, config=None, sampling_params=None, *, counterfactual:
             lists or vLLM prompt dicts.
         config: a debias-lm config (``dl.CalibrationConfig(...)``), a method name or a flat dict: the same
             object the HF path (``dl.wrap``) takes.
-        sampling_params: one ``SamplingParams`` for all prompts or one per prompt (``n`` must be 1).
+        sampling_params: one ``SamplingParams`` for all prompts or one per prompt (``n`` must be 1). Sampled
+            debias-sampling requests without a ``seed`` draw independently (like plain vLLM requests); with a
+            ``seed`` they are reproducible.
         counterfactual: debias_sampling: the counterfactual context of each prompt (default: from the config,
             e.g. ``counterfactual_prefix`` / ``counterfactual_swap``).
         prior_prompts: calibration with ``prior="image_free"`` (one per prompt) or ``"dataset"``.
         chat: wrap plain string prompts as one user message and use the chat template (as HF
             ``generate_text(chat=True)``).
-        fallback: what to do with a twin-row pair that drifted apart: ``"lockstep"`` (re-run it alone, then
-            with the exact lockstep driver), ``"rerun"`` (re-run it alone only), ``"raise"``, ``"none"``.
+        fallback: debias_sampling pairs that drifted apart: ``"lockstep"`` (re-run them in batched waves, then
+            decode the rest with the exact lockstep driver), ``"rerun"`` (re-run only; the rest are returned as
+            ``not_applied``), ``"raise"`` (:class:`PairCheckError`), ``"none"`` (returned as ``not_applied``).
         lockstep_k: candidates per step for the lockstep fallback (at most the engine's ``max_logprobs``).
+
+    Prompts whose counterfactual leaves no room in ``max_model_len`` are refused before any work; a
+    ``max_tokens`` beyond the room of the longer prompt of a pair (or ``None``) becomes that room for both
+    rows (noted in the status reason), so the pair ends together.
     """
     if fallback not in FALLBACKS:
         raise ValueError(f"fallback={fallback!r} is invalid: expected one of {', '.join(FALLBACKS)}")
@@ -136,18 +199,18 @@ def generate(llm, prompts, config=None, sampling_params=None, *, counterfactual:
             "'vllm_debias:DebiasLogitsProcessor'])"
         )
     if method == "identity":
-        return llm.generate([_to_prompt(tok, p) for p in items], sps, use_tqdm=use_tqdm)
+        return _label(llm.generate([_to_prompt(tok, p) for p in items], sps, use_tqdm=use_tqdm), "applied")
     if method == "nbls":
         g = cfg.grounding()
         grounded = [g.apply(p) if isinstance(p, str) or _is_chat(p) else _unsupported(p, "nbls") for p in items]
-        return llm.generate([_to_prompt(tok, p) for p in grounded], sps, use_tqdm=use_tqdm)
+        return _label(llm.generate([_to_prompt(tok, p) for p in grounded], sps, use_tqdm=use_tqdm), "applied")
     if method == "calibration":
-        return _calibration(llm, tok, items, cfg, sps, prior_prompts, use_tqdm)
+        return _label(_calibration(llm, tok, items, cfg, sps, prior_prompts, use_tqdm), "applied")
     if method == "debias_sampling":
         return _debias_sampling(llm, tok, items, cfg, sps, counterfactual, fallback, lockstep_k, use_tqdm)
     from .args import build_config
 
-    build_config(cfg.to_dict())  # raises the plugin's message (uddia, unsupported)
+    build_config(method, {})  # raises the plugin's message (uddia, unsupported)
     raise ValueError(f"method {method!r} is not supported by vllm_debias.generate")
 
 
@@ -180,26 +243,94 @@ def _calibration(llm, tok, items, cfg, sps, prior_prompts, use_tqdm):
 
 
 # -- debias sampling (twin rows) ---------------------------------------------------------------------------
-def _prompt_len(tok, p) -> int:
+def _prompt_ids(tok, p) -> list[int]:
     if isinstance(p, dict) and "prompt_token_ids" in p:
-        return len(p["prompt_token_ids"])
+        return list(p["prompt_token_ids"])
     if isinstance(p, dict):
         p = p.get("prompt", "")
-    return len(tok(p)["input_ids"]) if isinstance(p, str) else len(p)
+    return list(tok(p)["input_ids"]) if isinstance(p, str) else list(p)
 
 
-def _waves(lengths: list[int], budget: int, max_seqs: int) -> list[list[int]]:
-    """Split pair indices into waves whose prompts (main + aux) all fit one scheduler step."""
-    waves, cur, used = [], [], 0
-    for i, n in enumerate(lengths):
-        if cur and (used + n > budget or 2 * (len(cur) + 1) > max_seqs):
+@dataclasses.dataclass
+class _Pair:
+    """One prompt's main / counterfactual requests and what the engine will do with them."""
+
+    index: int
+    main: Any
+    aux: Any
+    main_len: int
+    aux_len: int
+    params: Any  # the caller's SamplingParams with max_tokens / min_tokens made explicit for both rows
+    note: str = ""
+
+    @property
+    def prefill(self) -> int:
+        return self.main_len + self.aux_len
+
+
+def _capacity(llm) -> tuple[int, int, int, int]:
+    """(max_num_batched_tokens, max_num_seqs, KV-cache tokens, block size) of the engine."""
+    cfg = llm.llm_engine.vllm_config
+    sched = cfg.scheduler_config
+    budget = int(getattr(sched, "max_num_batched_tokens", 0) or 1 << 30)
+    max_seqs = int(getattr(sched, "max_num_seqs", 0) or 1 << 30)
+    block = int(getattr(cfg.cache_config, "block_size", 0) or 16)
+    blocks = int(getattr(cfg.cache_config, "num_gpu_blocks", 0) or 0)
+    # vLLM's block pool keeps one block aside (the null block)
+    return budget, max_seqs, ((blocks - 1) * block if blocks > 1 else 1 << 40), block
+
+
+def _kv_tokens(pair: _Pair, block: int) -> int:
+    """KV-cache tokens a pair can occupy at its end (both rows, whole blocks)."""
+    n = pair.params.max_tokens
+    return sum(math.ceil((length + n) / block) * block for length in (pair.main_len, pair.aux_len))
+
+
+def _waves(pairs: list[_Pair], budget: int, max_seqs: int, kv: int, block: int) -> list[list[_Pair]]:
+    """Batches of pairs whose prompts (main + aux) all prefill in one scheduler step (``budget`` tokens, two
+    rows per pair within ``max_seqs``) and whose rows fit the KV cache to their last token (``kv`` tokens), so
+    the scheduler never preempts one row of a pair."""
+    waves: list[list[_Pair]] = []
+    cur: list[_Pair] = []
+    used = kv_used = 0
+    for p in pairs:
+        need = _kv_tokens(p, block)
+        if cur and (used + p.prefill > budget or 2 * (len(cur) + 1) > max_seqs or kv_used + need > kv):
             waves.append(cur)
-            cur, used = [], 0
-        cur.append(i)
-        used += n
+            cur, used, kv_used = [], 0, 0
+        cur.append(p)
+        used += p.prefill
+        kv_used += need
     if cur:
         waves.append(cur)
     return waves
+
+
+def _plan(llm, tok, items, cf, sps) -> list[_Pair]:
+    """Main / aux prompts, lengths and explicit limits of every pair; refuses prompts that cannot fit."""
+    limit = int(llm.llm_engine.vllm_config.model_config.max_model_len)
+    pairs, too_long = [], []
+    for i, (p, c, sp) in enumerate(zip(items, cf, sps)):
+        main, aux = _to_prompt(tok, p), _to_prompt(tok, c)
+        m, a = len(_prompt_ids(tok, main)), len(_prompt_ids(tok, aux))
+        room = limit - max(m, a)
+        if room < 1:
+            too_long.append(f"prompt {i} ({m} tokens, counterfactual {a} tokens)")
+            continue
+        note = ""
+        n = room if sp.max_tokens is None else int(sp.max_tokens)
+        if n > room:
+            note = (f"max_tokens cut from {n} to {room}: the {'counterfactual' if a > m else 'main'} prompt has "
+                    f"{max(m, a)} tokens and max_model_len is {limit}")
+            n = room
+        params = sp.clone()
+        params.max_tokens = n
+        params.min_tokens = min(int(sp.min_tokens or 0), n)
+        pairs.append(_Pair(i, main, aux, m, a, params, note))
+    if too_long:
+        raise ValueError(f"debias_sampling: {', '.join(too_long[:5])} leave no room for a generated token "
+                         f"within max_model_len={limit}; shorten them or raise max_model_len (nothing was run)")
+    return pairs
 
 
 def _debias_sampling(llm, tok, items, cfg, sps, counterfactual, fallback, lockstep_k, use_tqdm):
@@ -212,38 +343,40 @@ def _debias_sampling(llm, tok, items, cfg, sps, counterfactual, fallback, lockst
     cf = list(counterfactual)
     if len(cf) != len(items):
         raise ValueError(f"counterfactual has {len(cf)} entries for {len(items)} prompts")
-    mains = [_to_prompt(tok, p) for p in items]
-    auxs = [_to_prompt(tok, p) for p in cf]
-    sched = llm.llm_engine.vllm_config.scheduler_config
-    budget = int(getattr(sched, "max_num_batched_tokens", 0) or 1 << 30)
-    max_seqs = int(getattr(sched, "max_num_seqs", 0) or 1 << 30)
-    lengths = [_prompt_len(tok, m) + _prompt_len(tok, a) for m, a in zip(mains, auxs)]
-    too_long = [i for i, n in enumerate(lengths) if n > budget]
-    if too_long:
-        log.warning("vllm_debias: pair(s) %s exceed max_num_batched_tokens=%d (chunked prefill would split them); "
-                    "they go straight to the fallback", too_long[:5], budget)
+    pairs = _plan(llm, tok, items, cf, sps)
+    budget, max_seqs, kv, block = _capacity(llm)
     results: list = [None] * len(items)
-    ok_idx = [i for i in range(len(items)) if i not in set(too_long)]
-    bad: list[int] = list(too_long)
-    for wave in _waves([lengths[i] for i in ok_idx], budget, max_seqs):
-        idx = [ok_idx[j] for j in wave]
-        bad += _run_pairs(llm, idx, mains, auxs, sps, cfg, results, use_tqdm)
-    if bad:
-        log.warning("vllm_debias: %d debias-sampling pair(s) drifted apart (not co-scheduled)", len(bad))
-        if fallback == "raise":
-            raise PairCheckError(f"debias-sampling pairs {sorted(bad)[:10]} drifted apart")
-        if fallback == "none":
-            return results
-        still = []
-        for i in bad:  # alone: two requests always fit one step unless the pair exceeds the budget
-            if lengths[i] <= budget:
-                still += _run_pairs(llm, [i], mains, auxs, sps, cfg, results, use_tqdm)
-            else:
-                still.append(i)
-        if still and fallback == "lockstep":
-            _lockstep_fallback(llm, tok, still, mains, auxs, sps, cfg, results, lockstep_k)
-        elif still:
-            raise PairCheckError(f"debias-sampling pairs {still[:10]} drifted apart again when re-run alone")
+    status: dict[int, DebiasStatus] = {}
+    alone = [p for p in pairs if p.prefill > budget or _kv_tokens(p, block) > kv]
+    if alone:
+        log.warning("vllm_debias: %d pair(s) exceed one scheduler step (max_num_batched_tokens=%d) or the KV cache "
+                    "(%d tokens); they go straight to the fallback", len(alone), budget, kv)
+    todo = [p for p in pairs if p not in alone]
+    drifted = list(alone)
+    for wave in _waves(todo, budget, max_seqs, kv, block):
+        drifted += _run_wave(llm, wave, cfg, results, status, "applied", use_tqdm)
+    if drifted and fallback == "raise":
+        raise PairCheckError(f"debias-sampling pairs {sorted(p.index for p in drifted)[:10]} drifted apart")
+    if drifted and fallback in ("lockstep", "rerun"):
+        log.warning("vllm_debias: %d debias-sampling pair(s) drifted apart; re-running them", len(drifted))
+        rerun = [p for p in drifted if p not in alone]
+        still = [p for p in drifted if p in alone]
+        for wave in _waves(rerun, budget, max_seqs, kv // 2, block):  # half the cache: room for the unexpected
+            still += _run_wave(llm, wave, cfg, results, status, "recomputed", use_tqdm)
+        drifted = still
+        if drifted and fallback == "lockstep":
+            _lockstep_fallback(llm, tok, drifted, cfg, results, status, lockstep_k)
+            drifted = []
+    for p in drifted:
+        status[p.index] = DebiasStatus("not_applied", "the pair drifted apart (not co-scheduled, or preempted) "
+                                                      f"and fallback={fallback!r}")
+        if results[p.index] is None:  # never ran (too large for twin rows)
+            results[p.index] = llm.generate([p.main], [p.params], use_tqdm=False)[0]
+    for p in pairs:
+        st = status[p.index]
+        if p.note:
+            st = DebiasStatus(st.status, "; ".join(x for x in (st.reason, p.note) if x))
+        results[p.index].debias_status = st
     return results
 
 
@@ -269,58 +402,82 @@ def _generate_together(llm, prompts, params, use_tqdm):
     return [outs[i] if i in outs else outs[i.split("-", 1)[0]] for i in ids]
 
 
-def _run_pairs(llm, idx, mains, auxs, sps, cfg, results, use_tqdm) -> list[int]:
-    """Submit the pairs ``idx`` (main first, then aux) in one call; fill ``results``; return drifted pairs."""
-    prompts, params, tags = [], [], []
-    for i in idx:
-        pair = uuid.uuid4().hex
-        base = sps[i]
-        main_sp = _with_args(base, request_args(cfg, pair=pair, role="main"))
-        aux_sp = _with_args(base, request_args(cfg, pair=pair, role="aux"), logprobs=None, prompt_logprobs=None)
-        prompts += [mains[i], auxs[i]]
-        params += [main_sp, aux_sp]
-        tags.append(i)
+def _run_wave(llm, wave: list[_Pair], cfg, results, status, label: str, use_tqdm) -> list[_Pair]:
+    """Submit the pairs of one wave (main first, then aux) together; record results; return drifted pairs."""
+    prompts, params = [], []
+    for p in wave:
+        pair_id = uuid.uuid4().hex
+        sp = p.params
+        # the processor draws the pair's token itself and forces both rows to it: the rows go to vLLM as greedy
+        # (no sampling work there) and the pair's own sampling settings travel in the request
+        own = {"debias_temperature": float(sp.temperature), "debias_top_k": int(sp.top_k or 0),
+               "debias_top_p": float(sp.top_p), "debias_min_p": float(sp.min_p or 0.0)}
+        if sp.seed is not None:
+            own["debias_seed"] = int(sp.seed)
+        greedy = dict(temperature=0.0, top_k=0, top_p=1.0, min_p=0.0, seed=None)
+        params.append(_with_args(sp, {**request_args(cfg, pair=pair_id, role="main"), **own}, **greedy))
+        params.append(_with_args(sp, {**request_args(cfg, pair=pair_id, role="aux"), **own}, logprobs=None,
+                                 prompt_logprobs=None, **greedy))
+        prompts += [p.main, p.aux]
     outs = _generate_together(llm, prompts, params, use_tqdm)
     bad = []
-    for j, i in enumerate(tags):
+    for j, p in enumerate(wave):
         m, a = outs[2 * j], outs[2 * j + 1]
-        results[i] = m
-        if list(m.outputs[0].token_ids) != list(a.outputs[0].token_ids):
-            bad.append(i)
+        results[p.index] = m
+        # the processor makes a broken pair's outputs differ, so equality means every step was contrasted
+        if list(m.outputs[0].token_ids) == list(a.outputs[0].token_ids):
+            status[p.index] = DebiasStatus(label)
+        else:
+            bad.append(p)
     return bad
 
 
-def _lockstep_fallback(llm, tok, idx, mains, auxs, sps, cfg, results, k) -> None:
+def _lockstep_fallback(llm, tok, pairs: list[_Pair], cfg, results, status, k) -> None:
+    """Decode the pairs with the lockstep driver, all at once, under the engine's own stop rules."""
     from vllm.outputs import CompletionOutput, RequestOutput
 
-    from .lockstep import llm_backend, lockstep_decode
+    from .lockstep import PairJob, engine_stop_rules, llm_backend, lockstep_decode
 
     top_fn, score_fn = llm_backend(llm)
     k = min(k, int(llm.llm_engine.vllm_config.model_config.max_logprobs) or k)
+    jobs = []
+    for p in pairs:
+        sp = p.params
+        stops, block, eos = engine_stop_rules(llm, sp)
+        stop = (sp.stop,) if isinstance(sp.stop, str) else tuple(sp.stop or ())
+        jobs.append(PairJob(_prompt_ids(tok, p.main), _prompt_ids(tok, p.aux), alpha=cfg.alpha, beta=cfg.beta,
+                            temperature=float(sp.temperature), top_k=max(int(sp.top_k or 0), 0),
+                            top_p=float(sp.top_p if sp.top_p is not None else 1.0), min_p=float(sp.min_p or 0.0),
+                            seed=sp.seed, max_tokens=sp.max_tokens, min_tokens=sp.min_tokens, stop_token_ids=stops,
+                            min_tokens_block=block, stop=stop, eos_token_id=eos,
+                            include_stop_str_in_output=bool(sp.include_stop_str_in_output)))
+    skip = {p.index: p.params.skip_special_tokens for p in pairs}
+    try:
+        res = lockstep_decode(top_fn, score_fn, jobs, k=k,
+                              detokenize=lambda ids: tok.decode(ids, skip_special_tokens=True))
+    except Exception as e:  # noqa: BLE001 - never lose the other prompts' results
+        log.error("vllm_debias: lockstep fallback failed: %s", e)
+        for p in pairs:
+            status[p.index] = DebiasStatus("not_applied", f"the pair drifted apart and the lockstep fallback "
+                                                          f"failed: {e}")
+            if results[p.index] is None:
+                results[p.index] = llm.generate([p.main], [p.params], use_tqdm=False)[0]
+        return
+    for p, job, r in zip(pairs, jobs, res):
+        ids = r.token_ids
+        # like vLLM's detokenizer: a stop *token* is in token_ids but not in the text
+        shown = ids[:-1] if (r.finish_reason == "stop" and not isinstance(r.stop_reason, str)
+                             and not p.params.include_stop_str_in_output) else ids
+        text = r.text or tok.decode(shown, skip_special_tokens=skip[p.index])
+        comp = CompletionOutput(index=0, text=text, token_ids=ids, cumulative_logprob=None, logprobs=None,
+                                finish_reason=r.finish_reason, stop_reason=r.stop_reason)
+        old = results[p.index]
+        results[p.index] = RequestOutput(request_id=getattr(old, "request_id", f"lockstep-{p.index}"),
+                                         prompt=getattr(old, "prompt", None), prompt_token_ids=job.main_ids,
+                                         prompt_logprobs=None, outputs=[comp], finished=True)
+        status[p.index] = DebiasStatus(r.status, r.reason)
+        log.info("vllm_debias: pair %d re-decoded in lockstep (%d truncated steps)", p.index, r.truncated_steps)
 
-    def ids(p):
-        if isinstance(p, dict) and "prompt_token_ids" in p:
-            return list(p["prompt_token_ids"])
-        return list(tok(p if isinstance(p, str) else p.get("prompt", ""))["input_ids"])
 
-    for i in idx:
-        sp = sps[i]
-        stops = list(sp.all_stop_token_ids or []) if not sp.ignore_eos else []
-        if not stops and tok.eos_token_id is not None and not sp.ignore_eos:
-            stops = [tok.eos_token_id]
-        r = lockstep_decode(top_fn, score_fn, [ids(mains[i])], [ids(auxs[i])], alpha=cfg.alpha, beta=cfg.beta,
-                            max_tokens=sp.max_tokens or 16, min_tokens=sp.min_tokens, stop_token_ids=stops, k=k,
-                            temperature=sp.temperature, top_k=sp.top_k, top_p=sp.top_p,
-                            seed=sp.seed if sp.seed is not None else cfg.seed)[0]
-        text = tok.decode(r.token_ids, skip_special_tokens=sp.skip_special_tokens)
-        comp = CompletionOutput(index=0, text=text, token_ids=r.token_ids, cumulative_logprob=None, logprobs=None,
-                                finish_reason=r.finish_reason)
-        old = results[i]
-        pid = ids(mains[i])
-        results[i] = RequestOutput(request_id=getattr(old, "request_id", f"lockstep-{i}"),
-                                   prompt=getattr(old, "prompt", None), prompt_token_ids=pid,
-                                   prompt_logprobs=None, outputs=[comp], finished=True)
-        log.info("vllm_debias: pair %d re-decoded in lockstep (%d truncated steps)", i, r.truncated_steps)
-
-
-__all__ = ["FALLBACKS", "PAIR_KEY", "PairCheckError", "ROLE_KEY", "generate"]
+__all__ = ["DebiasStatus", "FALLBACKS", "PAIR_KEY", "PairCheckError", "ROLE_KEY", "STATUSES", "generate",
+           "statuses"]

@@ -10,32 +10,48 @@
 Which interface an instance serves is decided by its constructor arguments; the class derives from both
 ABCs (the V2 base is ``object`` on a vLLM without it), so both loaders' ``issubclass`` checks pass.
 
-The processor is **inert** unless a request carries a debias config in ``extra_args`` / ``vllm_xargs``
-(see :mod:`vllm_debias.args`); with no opted-in request in the batch ``apply`` returns at once.
+The processor is **inert** unless a request opts in through ``extra_args`` / ``vllm_xargs`` (see
+:mod:`vllm_debias.args`); with no opted-in request in the batch ``apply`` returns at once.
+
+As vLLM's own processors do, the bookkeeping is done on the host when the batch changes (V1 ``update_state``,
+called every step; MRV2 ``add_request`` / ``apply_staged_writes`` and the host arrays of the step's context),
+per-request values live in device tensors rebuilt only when the set of requests changes, and ``apply`` is
+batched tensor code: no Python loop over rows and **no host sync** (nothing is read back from the device).
 
 Methods:
 
 * ``calibration``: at the first generated token only, add ``-log(p_cf[label] + eps)`` (the carried prior,
   :func:`debias_lm.core.contrast.calibration_offsets`) to the logits of every token variant of each label.
-* ``debias_sampling`` (twin rows): for a main row and its counterfactual ("aux") row that are both in the
+* ``debias_sampling`` (twin rows): for every main row and its counterfactual ("aux") row that are both in the
   batch at the same generation step, the scores are ``debias_lm.core.contrast(l_main, l_aux, alpha, beta)``;
-  the processor picks the token (argmax when the main request is greedy, else a seeded draw applying its
-  temperature / top-k / top-p / min-p) and forces **both** rows to it (one-hot logits), so the aux context
-  follows the main continuation. A pair seen out of step (partner missing, different step, chunked prefill)
-  is marked broken and left unmodified from then on; :func:`vllm_debias.generate` detects it (the two
-  outputs differ) and re-runs the pair.
+  the token is chosen by :func:`vllm_debias.sampling.pick_tokens` (argmax, or the request's temperature /
+  min-p / top-k / top-p with one draw per pair: seeded requests from their seed, others from the engine's
+  generator) for all pairs at once, and **both** rows are forced to it (one-hot logits), so the aux context
+  follows the main continuation.
+
+A pair seen out of step (partner missing, different step, chunked prefill, resumed after preemption,
+speculative decoding) is **broken**: it is never contrasted again, and the processor makes its two outputs
+differ for sure (a row about to emit a position its partner already emitted may not emit the same token; two
+rows at the same position are forced to two different tokens; under speculative decoding the aux row emits a
+marker token the main row may not). So the caller's check "main and aux token ids are identical" holds exactly
+when every step of the pair was contrasted: :func:`vllm_debias.generate` labels only those pairs ``applied``.
+A pair whose contrast has no usable score (see :func:`debias_lm.core.contrast.contrast`) is handled the same
+way: the main row takes its plain choice, the aux row another token.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from typing import Any
 
+import numpy as np
 import torch
 
 from debias_lm.core.contrast import contrast
 
-from .args import DebiasArgsError, RequestSpec, parse, validate
+from .args import _SEEN_VOCAB, DebiasArgsError, RequestSpec, parse, validate
+from .sampling import GREEDY_EPS, pick_tokens, seeded_uniform
 
 try:
     from vllm.v1.sample.logits_processor import BatchUpdate, MoveDirectionality
@@ -55,23 +71,94 @@ HAS_V2 = _V2LogitsProcessor is not object
 
 log = logging.getLogger("vllm_debias")
 
-_SAMPLING_EPS = 1e-5  # vLLM's threshold below which temperature means greedy
+_NEG_INF = float("-inf")
 
 
 class _Req:
-    """Per-request state (one row / slot)."""
+    """One opted-in request (a row in V1, a slot in MRV2)."""
 
-    __slots__ = ("spec", "params", "output_ids", "prompt_len", "broken", "ids", "offsets", "generator")
+    __slots__ = ("spec", "params", "out", "prompt_len", "key", "pair")
 
-    def __init__(self, spec: RequestSpec, params, output_ids: list[int] | None, prompt_len: int) -> None:
+    def __init__(self, spec: RequestSpec, params, out: list[int] | None, prompt_len: int, key: int) -> None:
         self.spec = spec
         self.params = params
-        self.output_ids = output_ids  # V1: live list of generated ids
+        self.out = out  # V1: vLLM's live list of generated ids
         self.prompt_len = prompt_len
+        self.key = key
+        self.pair: _Pair | None = None
+
+
+class _Pair:
+    """A main request and its counterfactual request, matched by their pair id."""
+
+    __slots__ = ("id", "main", "aux", "outs", "broken", "alpha", "beta", "temperature", "top_k", "top_p",
+                 "min_p", "seed")
+
+    def __init__(self, pair_id: str) -> None:
+        self.id = pair_id
+        self.main: _Req | None = None
+        self.aux: _Req | None = None
+        self.outs: dict[str, list[int]] = {}  # V1: each role's live output list, kept while the pair is known
         self.broken = False
-        self.ids: torch.Tensor | None = None
-        self.offsets: torch.Tensor | None = None
-        self.generator: torch.Generator | None = None
+        self.alpha = 1.0
+        self.beta = 0.1
+        self.temperature = 0.0
+        self.top_k = 0
+        self.top_p = 1.0
+        self.min_p = 0.0
+        self.seed: int | None = None
+
+    def take_params(self, req: _Req) -> None:
+        self.alpha, self.beta = req.spec.alpha, req.spec.beta
+        if req.spec.sampling is not None:  # carried in the request (the rows themselves are greedy in vLLM)
+            self.temperature, self.top_k, self.top_p, self.min_p, self.seed = req.spec.sampling
+            self.top_k = max(self.top_k, 0)
+            return
+        sp = req.params
+        self.temperature = float(getattr(sp, "temperature", 0.0) or 0.0)
+        self.top_k = int(getattr(sp, "top_k", 0) or 0)
+        if self.top_k < 0:  # vLLM's "off" is -1 or 0
+            self.top_k = 0
+        top_p = getattr(sp, "top_p", 1.0)
+        self.top_p = 1.0 if top_p is None else float(top_p)
+        self.min_p = float(getattr(sp, "min_p", 0.0) or 0.0)
+        seed = getattr(sp, "seed", None)
+        self.seed = None if seed is None else int(seed)
+
+
+class _PairTensors:
+    """Device tensors of the pairs a step contrasts, and host flags saying which filters any of them needs."""
+
+    __slots__ = ("n", "alpha", "beta", "temperature", "top_k", "top_k_max", "top_p", "min_p", "seeded", "seed",
+                 "all_greedy", "any_greedy", "any_seeded", "any_unseeded")
+
+    @classmethod
+    def build(cls, pairs: list[_Pair], to_dev) -> _PairTensors:
+        self = cls()
+        self.n = len(pairs)
+        temp = np.array([p.temperature for p in pairs], dtype=np.float32)
+        sampled = temp >= GREEDY_EPS
+        self.all_greedy = not sampled.any()
+        self.any_greedy = not sampled.all()
+        seeded = np.array([p.seed is not None for p in pairs], dtype=bool) & sampled
+        self.any_seeded = bool(seeded.any())
+        self.any_unseeded = bool((sampled & ~seeded).any())
+        alpha = np.array([p.alpha for p in pairs], dtype=np.float32)
+        beta = np.array([p.beta for p in pairs], dtype=np.float32)
+        # one config per generate call is the usual case: a number is cheaper for the contrast than a tensor
+        self.alpha = float(pairs[0].alpha) if (alpha == alpha[0]).all() else to_dev(alpha)
+        self.beta = float(pairs[0].beta) if (beta == beta[0]).all() else to_dev(beta)
+        self.temperature = to_dev(temp)
+        top_k = np.array([p.top_k for p in pairs], dtype=np.int64)
+        top_p = np.array([p.top_p for p in pairs], dtype=np.float32)
+        min_p = np.array([p.min_p for p in pairs], dtype=np.float32)
+        self.top_k = to_dev(top_k) if (top_k[sampled] > 0).any() else None
+        self.top_k_max = int(top_k[sampled].max()) if sampled.any() else 0
+        self.top_p = to_dev(top_p) if (top_p[sampled] < 1.0).any() else None
+        self.min_p = to_dev(min_p) if (min_p[sampled] > 0).any() else None
+        self.seeded = to_dev(seeded)
+        self.seed = to_dev(np.array([p.seed or 0 for p in pairs], dtype=np.int64) & 0x7FFFFFFFFFFFFFFF)
+        return self
 
 
 def _bases() -> tuple[type, ...]:
@@ -88,25 +175,53 @@ class DebiasLogitsProcessor(*_bases()):  # type: ignore[misc]
     ``vllm_xargs``. Requests without debias args are never modified.
     """
 
+    RETIRED_MAX = 4096
+
     def __init__(self, vllm_config, *rest) -> None:
         # V1: (vllm_config, device, is_pin_memory); V2: (vllm_config, req_states)
         self.v2 = len(rest) == 1
         self.vllm_config = vllm_config
-        self._rows: dict[int, _Req] = {}
         if self.v2:
             self.req_states = rest[0]
-            self.device = self.req_states.device
-            import numpy as np
-
-            self._active = np.zeros(int(self.req_states.max_num_reqs), dtype=bool)
+            self.device = torch.device(self.req_states.device)
+            self.pin = self.device.type == "cuda"
+            max_reqs = int(self.req_states.max_num_reqs)
         else:
             self.req_states = None
-            self.device = rest[0] if rest else torch.device("cpu")
-            self._active = None
+            self.device = torch.device(rest[0]) if rest else torch.device("cpu")
+            self.pin = bool(rest[1]) if len(rest) > 1 else False
+            max_reqs = int(getattr(getattr(vllm_config, "scheduler_config", None), "max_num_seqs", 0) or 1024)
         try:
             self.vocab_size = int(vllm_config.model_config.get_vocab_size())
         except Exception:  # noqa: BLE001 - synthetic configs in tests
             self.vocab_size = int(getattr(self.req_states, "vocab_size", 0) or 0) or None
+        if self.vocab_size:
+            _SEEN_VOCAB.add(self.vocab_size)  # lets an in-process frontend check label ids against it
+        self.spec_decode = getattr(vllm_config, "speculative_config", None) is not None
+        seed = getattr(getattr(vllm_config, "model_config", None), "seed", None)
+        # draws of unseeded sampled pairs: one generator per engine (independent of vLLM's own streams)
+        self._gen = torch.Generator(device=self.device)
+        self._gen.manual_seed(int(seed) if isinstance(seed, int) else int(torch.randint(0, 2**62, ()).item()))
+        self._reqs: dict[int, _Req] = {}
+        self._pairs: dict[str, _Pair] = {}
+        self._retired: OrderedDict[str, _Pair] = OrderedDict()  # pairs with no row in the batch right now
+        self._dirty = False
+        self._ok: list[_Pair] = []  # pairs contrasted while in step (device tensors in self._pt)
+        self._pt: _PairTensors | None = None
+        self._broken: list[_Pair] = []  # broken pairs with a row still in the batch
+        self._cal: list[_Req] = []  # V1: calibration requests still at their first generated token
+        self._cal_rows = self._cal_ids = self._cal_offs = None
+        # V1 per-step values (set in update_state, used by apply)
+        self._steps = None  # device int64 [pairs]: index of the token each ok pair samples now
+        self._ban = None  # (rows, tokens) that a broken pair's row may not emit now
+        self._same = None  # (main rows, aux rows) of broken pairs at the same position: forced apart
+        # MRV2 host mirrors of per-slot state
+        self._active = np.zeros(max_reqs, dtype=bool)
+        self._cal_slot = np.zeros(max_reqs, dtype=bool)
+        self._pair_slot = np.zeros(max_reqs, dtype=bool)
+        self._pos_of_slot = np.full(max_reqs, -1, dtype=np.int64)
+        self._partner = None  # device int64 [max_reqs]: partner slot of a broken pair's member, -1 otherwise
+        self._cal_entry_slot = None
 
     # -- both interfaces ---------------------------------------------------------------------------------
     @classmethod
@@ -114,213 +229,400 @@ class DebiasLogitsProcessor(*_bases()):  # type: ignore[misc]
         """Frontend check at admission: a ValueError here becomes HTTP 400 carrying the message."""
         validate(sampling_params)
 
-    def _make(self, params, output_ids, prompt_len) -> _Req | None:
+    def is_argmax_invariant(self) -> bool:
+        return False  # it changes which token greedy decoding picks
+
+    def _to_dev(self, data, dtype=None) -> torch.Tensor:
+        """Host data -> device tensor without blocking (pinned staging on accelerators)."""
+        t = torch.as_tensor(data, dtype=dtype)
+        if self.device.type == "cpu":
+            return t
+        return (t.pin_memory() if self.pin else t).to(self.device, non_blocking=True)
+
+    def _make(self, params, out, prompt_len: int, key: int) -> _Req | None:
         try:
-            spec = parse(getattr(params, "extra_args", None), params)
+            spec = parse(getattr(params, "extra_args", None), params, vocab_size=self.vocab_size)
         except DebiasArgsError as e:  # validate_params normally stopped it; never crash the worker
             log.error("vllm_debias: request left unmodified: %s", e)
             return None
         if spec is None:
             return None
-        req = _Req(spec, params, output_ids, prompt_len)
-        if spec.method == "calibration":
-            ids = list(spec.label_ids)
-            offs = list(spec.label_offsets)
-            if self.vocab_size:
-                keep = [i for i, t in enumerate(ids) if t < self.vocab_size]
-                if len(keep) != len(ids):
-                    log.error("vllm_debias: calibration label ids beyond the vocabulary (%d) ignored", self.vocab_size)
-                ids, offs = [ids[i] for i in keep], [offs[i] for i in keep]
-            req.ids = torch.tensor(ids, dtype=torch.long, device=self.device)
-            req.offsets = torch.tensor(offs, dtype=torch.float32, device=self.device)
-        elif spec.method == "debias_sampling" and spec.role == "main":
-            temp = getattr(params, "temperature", 0.0) or 0.0
-            if temp >= _SAMPLING_EPS:
-                seed = params.seed if getattr(params, "seed", None) is not None else spec.seed
-                g = torch.Generator(device=self.device)
-                g.manual_seed(int(seed))
-                req.generator = g
-        return req
+        return _Req(spec, params, out, prompt_len, key)
 
-    def is_argmax_invariant(self) -> bool:
-        return False  # it changes which token greedy decoding picks
+    def _attach(self, req: _Req, resumed: bool) -> None:
+        """Register an entering request. A row resumed after preemption re-joins its pair: if its partner
+        sampled without it meanwhile, the pair is already broken; if both come back together, they continue."""
+        if req.spec.method == "calibration":
+            if not resumed:
+                self._cal.append(req)
+            return
+        pair = self._pairs.get(req.spec.pair) or self._retired.pop(req.spec.pair, None)
+        if pair is None:
+            pair = _Pair(req.spec.pair)
+        self._pairs[pair.id] = pair
+        req.pair = pair
+        role = req.spec.role
+        old = getattr(pair, role)
+        if old is not None and old is not req:
+            if self.v2:  # MRV2 has no removal callback: a resumed request comes back in a new slot
+                self._forget_slot(old.key)
+            else:
+                self._break(pair, f"two '{role}' requests share the pair id")
+        setattr(pair, role, req)
+        if req.out is not None:
+            pair.outs[role] = req.out
+        if role == "main":
+            pair.take_params(req)
+        if self.spec_decode:
+            self._break(pair, "speculative decoding is on (twin rows need one row per request)")
+
+    def _detach(self, req: _Req | None) -> None:
+        if req is None:
+            return
+        if req.spec.method == "calibration":
+            if req in self._cal:
+                self._cal.remove(req)
+            return
+        pair = req.pair
+        if pair is None:
+            return
+        if getattr(pair, req.spec.role) is req:
+            setattr(pair, req.spec.role, None)
+        if pair.main is None and pair.aux is None and self._pairs.get(pair.id) is pair:
+            # both rows gone (finished, or preempted together): keep the pair's history a while, so rows that
+            # come back still know their partner's tokens
+            del self._pairs[pair.id]
+            self._retired[pair.id] = pair
+            while len(self._retired) > self.RETIRED_MAX:
+                self._retired.popitem(last=False)
+
+    def _forget_slot(self, slot: int) -> None:
+        req = self._reqs.pop(slot, None)
+        if req is not None:
+            req.pair = None
+        self._active[slot] = self._cal_slot[slot] = self._pair_slot[slot] = False
+
+    def _break(self, pair: _Pair, why: str) -> None:
+        if not pair.broken:
+            pair.broken = True
+            log.warning("vllm_debias: debias_sampling pair %r is out of step (%s); it is not contrasted from now "
+                        "on and its two outputs are made to differ, so it is reported as not applied", pair.id, why)
+        self._dirty = True
+
+    def _calibration_entries(self, reqs: list[_Req]):
+        """(row or slot, token id, offset) device tensors, one entry per label token id of each request."""
+        if not reqs:
+            return None, None, None
+        keys, ids, offs = [], [], []
+        for r in reqs:
+            keys += [r.key] * len(r.spec.label_ids)
+            ids += r.spec.label_ids
+            offs += r.spec.label_offsets
+        return (self._to_dev(keys, torch.int64), self._to_dev(ids, torch.int64),
+                self._to_dev(offs, torch.float32))
+
+    def _one_hot(self, logits: torch.Tensor, rows: torch.Tensor, tokens: torch.Tensor) -> None:
+        logits.index_fill_(0, rows, _NEG_INF)
+        logits.index_put_((rows, tokens), torch.zeros_like(tokens, dtype=logits.dtype))
+
+    def _contrast_pairs(self, logits: torch.Tensor, m_rows: torch.Tensor, a_rows: torch.Tensor, pt: _PairTensors,
+                        steps: torch.Tensor | None) -> None:
+        """Contrast every pair, choose one token per pair, force it into both rows (batched, no host sync)."""
+        s, fell_back = contrast(logits.index_select(0, m_rows), logits.index_select(0, a_rows), pt.alpha, pt.beta,
+                                return_fallback=True)
+        if pt.all_greedy:
+            tokens = s.argmax(-1)
+        else:
+            if pt.any_unseeded:
+                u = torch.rand(pt.n, generator=self._gen, device=logits.device, dtype=torch.float64)
+            else:
+                u = torch.zeros(pt.n, device=logits.device, dtype=torch.float64)
+            if pt.any_seeded:
+                u = torch.where(pt.seeded, seeded_uniform(pt.seed, steps), u)
+            tokens = pick_tokens(s, pt.temperature, u, top_k=pt.top_k, top_p=pt.top_p, min_p=pt.min_p,
+                                 any_greedy=pt.any_greedy, top_k_max=pt.top_k_max)
+        # a pair without a usable contrast was not debiased at this step: its rows are made to differ
+        aux_tokens = torch.where(fell_back, (tokens + 1) % logits.shape[-1], tokens)
+        self._one_hot(logits, m_rows, tokens)
+        self._one_hot(logits, a_rows, aux_tokens)
+
+    def _force_apart(self, logits: torch.Tensor, m_rows: torch.Tensor, a_rows: torch.Tensor) -> None:
+        """Two rows of a broken pair at the same position: main takes its own argmax, aux any other token."""
+        tokens = logits.index_select(0, m_rows).argmax(-1)
+        self._one_hot(logits, m_rows, tokens)
+        self._one_hot(logits, a_rows, (tokens + 1) % logits.shape[-1])
 
     # -- V1 interface ------------------------------------------------------------------------------------
     def update_state(self, batch_update: BatchUpdate | None) -> None:
-        if batch_update is None:
-            return
-        rows = self._rows
-        for index in batch_update.removed:
-            rows.pop(index, None)
-        for index, params, prompt_ids, output_ids in batch_update.added:
-            req = self._make(params, output_ids, len(prompt_ids) if prompt_ids is not None else 0)
-            if req is None:
-                rows.pop(index, None)
-            else:
-                rows[index] = req
-        for a, b, direction in batch_update.moved:
-            ra, rb = rows.pop(a, None), rows.pop(b, None)
-            if MoveDirectionality is not None and direction == MoveDirectionality.SWAP:
+        reqs = self._reqs
+        if batch_update is not None:
+            for index in batch_update.removed:
+                req = reqs.pop(index, None)
+                if req is not None:
+                    self._detach(req)
+                    self._dirty = True
+            for index, params, prompt_ids, output_ids in batch_update.added:
+                old = reqs.pop(index, None)
+                if old is not None:
+                    self._detach(old)
+                    self._dirty = True
+                req = self._make(params, output_ids, len(prompt_ids) if prompt_ids is not None else 0, index)
+                if req is not None:
+                    reqs[index] = req
+                    self._attach(req, resumed=bool(output_ids))
+                    self._dirty = True
+            for a, b, direction in batch_update.moved:
+                ra, rb = reqs.pop(a, None), reqs.pop(b, None)
+                swap = MoveDirectionality is not None and direction == MoveDirectionality.SWAP
                 if ra is not None:
-                    rows[b] = ra
+                    reqs[b] = ra
+                    ra.key = b
                 if rb is not None:
-                    rows[a] = rb
-            elif ra is not None:  # one-way a -> b (b's previous occupant is gone)
-                rows[b] = ra
+                    if swap:
+                        reqs[a] = rb
+                        rb.key = a
+                    else:  # one-way a -> b: b's previous occupant is gone
+                        self._detach(rb)
+                if ra is not None or rb is not None:
+                    self._dirty = True
+        if self._dirty:
+            self._rebuild_v1()
+        if not reqs:
+            return
+        if self._cal:  # calibration acts at the first generated token only
+            done = np.fromiter(map(len, (r.out for r in self._cal)), dtype=np.int64, count=len(self._cal)) > 0
+            if done.any():
+                self._cal = [r for r, d in zip(self._cal, done) if not d]
+                self._dirty = True
+        if self._ok:  # twin rows must sample the same step
+            lens_m = np.fromiter(map(len, (p.main.out for p in self._ok)), dtype=np.int64, count=len(self._ok))
+            lens_a = np.fromiter(map(len, (p.aux.out for p in self._ok)), dtype=np.int64, count=len(self._ok))
+            for j in np.flatnonzero(lens_m != lens_a):
+                p = self._ok[j]
+                self._break(p, f"main at step {lens_m[j]}, counterfactual at step {lens_a[j]}")
+        if self._dirty:
+            self._rebuild_v1()
+        pt = self._pt
+        if pt is not None and pt.any_seeded:
+            self._steps = self._to_dev(np.fromiter(map(len, (p.main.out for p in self._ok)), dtype=np.int64,
+                                                   count=len(self._ok)))
+        self._ban = self._same = None
+        if self._broken:
+            self._prepare_broken_v1()
+
+    def _rebuild_v1(self) -> None:
+        self._dirty = False
+        self._cal_rows, self._cal_ids, self._cal_offs = self._calibration_entries(self._cal)
+        ok, broken = [], []
+        for pair in self._pairs.values():
+            m, a = pair.main, pair.aux
+            if not pair.broken and (m is None) != (a is None):
+                self._break(pair, "its partner is not in the batch (not admitted, finished or preempted)")
+            if pair.broken:
+                broken.append(pair)
+            elif m is not None and a is not None:
+                ok.append(pair)
+        self._dirty = False
+        self._ok, self._broken = ok, broken
+        if ok:
+            self._pt = _PairTensors.build(ok, self._to_dev)
+            self._m_rows = self._to_dev([p.main.key for p in ok], torch.int64)
+            self._a_rows = self._to_dev([p.aux.key for p in ok], torch.int64)
+        else:
+            self._pt = None
+
+    def _prepare_broken_v1(self) -> None:
+        """Host side of keeping broken pairs apart (rare): which token each present row may not emit now."""
+        ban_rows, ban_toks, same_m, same_a = [], [], [], []
+        for pair in self._broken:
+            om, oa = pair.outs.get("main"), pair.outs.get("aux")
+            for me, mine, other in ((pair.main, om, oa), (pair.aux, oa, om)):
+                if me is None or mine is None or other is None:
+                    continue
+                pos = len(mine)
+                if len(other) > pos:  # the partner already emitted this position: emit something else
+                    ban_rows.append(me.key)
+                    ban_toks.append(int(other[pos]))
+            if pair.main is not None and pair.aux is not None and len(om) == len(oa):
+                same_m.append(pair.main.key)
+                same_a.append(pair.aux.key)
+        if ban_rows:
+            self._ban = (self._to_dev(ban_rows, torch.int64), self._to_dev(ban_toks, torch.int64))
+        if same_m:
+            self._same = (self._to_dev(same_m, torch.int64), self._to_dev(same_a, torch.int64))
+
+    def _apply_v1(self, logits: torch.Tensor) -> torch.Tensor:
+        if self._cal_rows is not None:
+            logits.index_put_((self._cal_rows, self._cal_ids), self._cal_offs.to(logits.dtype), accumulate=True)
+        if self._pt is not None:
+            self._contrast_pairs(logits, self._m_rows, self._a_rows, self._pt, self._steps)
+        if self._ban is not None:
+            rows, toks = self._ban
+            logits.index_put_((rows, toks), torch.full_like(toks, _NEG_INF, dtype=logits.dtype))
+        if self._same is not None:
+            self._force_apart(logits, *self._same)
+        return logits
 
     # -- Model Runner V2 interface -----------------------------------------------------------------------
     def add_request(self, req_idx: int, sampling_params) -> bool:
         """A request enters slot ``req_idx`` (slots are recycled: the previous occupant's state goes)."""
-        self._rows.pop(req_idx, None)
-        prompt_len = 0
-        if self.req_states is not None:
-            try:
-                prompt_len = int(self.req_states.prompt_len.np[req_idx])
-            except Exception:  # noqa: BLE001
-                prompt_len = 0
-        req = self._make(sampling_params, None, prompt_len)
-        if self._active is not None:
-            self._active[req_idx] = req is not None
+        old = self._reqs.pop(req_idx, None)
+        if old is not None:
+            self._detach(old)
+            self._dirty = True
+        rs = self.req_states
+        prompt_len = int(rs.prompt_len.np[req_idx]) if rs is not None else 0
+        resumed = rs is not None and int(rs.prefill_len.np[req_idx]) > prompt_len
+        req = self._make(sampling_params, None, prompt_len, req_idx)
+        self._active[req_idx] = req is not None
+        self._cal_slot[req_idx] = req is not None and req.spec.method == "calibration"
+        self._pair_slot[req_idx] = req is not None and req.spec.method == "debias_sampling"
         if req is None:
             return False
-        self._rows[req_idx] = req
+        self._reqs[req_idx] = req
+        self._attach(req, resumed=resumed)
+        self._dirty = True
         return True
 
     def apply_staged_writes(self) -> None:
-        """Nothing staged: the per-request state lives on the host and is applied in ``apply``."""
+        """Flush the host-side changes of ``add_request`` to the device (once per step)."""
+        if self._dirty:
+            self._rebuild_v2()
+
+    def _rebuild_v2(self) -> None:
+        self._dirty = False
+        cal = [r for r in self._reqs.values() if r.spec.method == "calibration"]
+        self._cal_entry_slot, self._cal_ids, self._cal_offs = self._calibration_entries(cal)
+        self._ok = [p for p in self._pairs.values() if not p.broken]
+        self._broken = [p for p in self._pairs.values() if p.broken]
+        self._pt = _PairTensors.build(self._ok, self._to_dev) if self._ok else None
+        self._ok_main = np.array([p.main.key if p.main is not None else -1 for p in self._ok], dtype=np.int64)
+        self._ok_aux = np.array([p.aux.key if p.aux is not None else -1 for p in self._ok], dtype=np.int64)
+        partner = np.full(len(self._active), -1, dtype=np.int64)
+        for p in self._broken:
+            if p.main is not None and p.aux is not None:
+                partner[p.main.key], partner[p.aux.key] = p.aux.key, p.main.key
+        self._partner = self._to_dev(partner) if self._broken else None
+
+    def _apply_v2(self, logits: torch.Tensor, ctx) -> torch.Tensor:
+        idx = ctx.idx_mapping_np
+        if not np.any(self._active[idx]):
+            return logits
+        if self._dirty:  # add_request without apply_staged_writes (not expected from vLLM)
+            self._rebuild_v2()
+        spec_rows = logits.shape[0] != len(idx)
+        if self._cal_entry_slot is not None and np.any(self._cal_slot[idx]):
+            self._calibrate_v2(logits, ctx)
+        if not np.any(self._pair_slot[idx]):
+            return logits
+        if spec_rows:
+            return self._spec_marker_v2(logits, ctx)
+        rs = self.req_states
+        seq = ctx.seq_lens_upper_bound_np
+        pos_of_slot = self._pos_of_slot
+        pos_of_slot[idx] = np.arange(len(idx))
+        try:
+            if self._ok:
+                self._pairs_step_v2(logits, pos_of_slot, seq, rs)
+            if self._dirty:  # pairs that broke just now are kept apart from this very step on
+                self._rebuild_v2()
+            if self._broken:
+                self._broken_step_v2(logits, ctx, pos_of_slot, seq, rs)
+        finally:
+            pos_of_slot[idx] = -1
+        return logits
+
+    def _row_state(self, slots: np.ndarray, pos_of_slot: np.ndarray, seq: np.ndarray, rs):
+        """(batch row or -1, sampling now?, output index) of each slot (-1 = not registered)."""
+        safe = np.maximum(slots, 0)
+        row = np.where(slots >= 0, pos_of_slot[safe], -1)
+        present = row >= 0
+        seq_len = np.where(present, seq[np.maximum(row, 0)], 0)
+        sampling = present & (seq_len >= rs.prefill_len.np[safe])
+        step = seq_len - rs.prompt_len.np[safe]
+        return row, sampling, step
+
+    def _pairs_step_v2(self, logits, pos_of_slot, seq, rs) -> None:
+        m_row, m_samp, m_step = self._row_state(self._ok_main, pos_of_slot, seq, rs)
+        a_row, a_samp, a_step = self._row_state(self._ok_aux, pos_of_slot, seq, rs)
+        valid = m_samp & a_samp & (m_step == a_step)
+        for j in np.flatnonzero((m_samp | a_samp) & ~valid):  # a row samples without its partner (rare)
+            self._break(self._ok[j], "its partner is not sampling the same step (missing, prefilling or preempted)")
+        sel = np.flatnonzero(valid)
+        if not len(sel):
+            return
+        pt = self._pt
+        if len(sel) != pt.n:
+            pt = _PairTensors.build([self._ok[j] for j in sel], self._to_dev)
+        steps = self._to_dev(m_step[sel].astype(np.int64)) if pt.any_seeded else None
+        self._contrast_pairs(logits, self._to_dev(m_row[sel], torch.int64), self._to_dev(a_row[sel], torch.int64),
+                             pt, steps)
+
+    def _broken_step_v2(self, logits, ctx, pos_of_slot, seq, rs) -> None:
+        """Keep broken pairs apart: a row may not emit the token its partner already emitted at that position
+        (read on the device from ``all_token_ids``); rows at the same position are forced apart."""
+        if self._partner is not None:
+            slots = ctx.expanded_idx_mapping.to(torch.int64)
+            partner = self._partner.index_select(0, slots)
+            has = partner >= 0
+            other = partner.clamp_min(0)
+            prompt_len = rs.prompt_len.gpu.to(torch.int64)
+            my_pos = ctx.pos.to(torch.int64) + 1 - prompt_len.index_select(0, slots)
+            col = prompt_len.index_select(0, other) + my_pos
+            total = rs.total_len.gpu.to(torch.int64).index_select(0, other)
+            known = has & (my_pos >= 0) & (total > col)
+            table = rs.all_token_ids.gpu
+            col = col.clamp(0, table.shape[1] - 1)
+            tok = table[other, col].to(torch.int64).clamp(0, logits.shape[-1] - 1).unsqueeze(-1)
+            cur = logits.gather(1, tok)
+            logits.scatter_(1, tok, torch.where(known.unsqueeze(-1), torch.full_like(cur, _NEG_INF), cur))
+        mains = np.array([p.main.key if p.main is not None else -1 for p in self._broken], dtype=np.int64)
+        auxs = np.array([p.aux.key if p.aux is not None else -1 for p in self._broken], dtype=np.int64)
+        m_row, m_samp, m_step = self._row_state(mains, pos_of_slot, seq, rs)
+        a_row, a_samp, a_step = self._row_state(auxs, pos_of_slot, seq, rs)
+        same = np.flatnonzero(m_samp & a_samp & (m_step == a_step))
+        if len(same):
+            self._force_apart(logits, self._to_dev(m_row[same], torch.int64), self._to_dev(a_row[same], torch.int64))
+
+    def _calibrate_v2(self, logits: torch.Tensor, ctx) -> None:
+        """Offsets on the row that samples each calibration request's first output token (device-only)."""
+        slots = ctx.expanded_idx_mapping.to(torch.int64)
+        n_rows = logits.shape[0]
+        prompt_len = self.req_states.prompt_len.gpu.to(torch.int64)
+        first = ctx.pos.to(torch.int64) + 1 == prompt_len.index_select(0, slots)
+        rows = torch.arange(n_rows, device=logits.device)
+        row_of_slot = torch.full((len(self._active),), n_rows, dtype=torch.int64, device=logits.device)
+        row_of_slot.scatter_reduce_(0, slots, torch.where(first, rows, n_rows), reduce="amin")
+        entry_rows = row_of_slot.index_select(0, self._cal_entry_slot)
+        live = entry_rows < n_rows
+        logits.index_put_((entry_rows.clamp_max(n_rows - 1), self._cal_ids),
+                          torch.where(live, self._cal_offs, 0.0).to(logits.dtype), accumulate=True)
+
+    def _spec_marker_v2(self, logits: torch.Tensor, ctx) -> torch.Tensor:
+        """Speculative decoding (several rows per request): twin rows cannot run. Pairs were marked broken when
+        they entered; their aux rows emit the marker token (the last id), which main rows may not emit, so the
+        two outputs always differ and the pair is reported as not applied."""
+        marker = logits.shape[-1] - 1
+        slots = ctx.expanded_idx_mapping.to(torch.int64)
+        role = self._to_dev(self._spec_roles(), torch.int64).index_select(0, slots)  # 0 none, 1 main, 2 aux
+        col = logits[:, marker].clone()
+        logits[:, marker] = torch.where(role == 1, torch.full_like(col, _NEG_INF), col)
+        aux_rows = (role == 2).unsqueeze(-1)
+        logits.copy_(torch.where(aux_rows, torch.full_like(logits, _NEG_INF), logits))
+        logits[:, marker] = torch.where(role == 2, torch.zeros_like(col), logits[:, marker])
+        return logits
+
+    def _spec_roles(self) -> np.ndarray:
+        roles = np.zeros(len(self._active), dtype=np.int64)
+        for r in self._reqs.values():
+            if r.spec.method == "debias_sampling":
+                roles[r.key] = 1 if r.spec.role == "main" else 2
+        return roles
 
     # -- apply (both) ------------------------------------------------------------------------------------
     def apply(self, logits: torch.Tensor, ctx=None) -> torch.Tensor:
-        if not self._rows:
+        if not self._reqs:
             return logits
         if ctx is None:
-            entries = self._entries_v1(logits)
-        else:
-            entries = self._entries_v2(logits, ctx)
-        if not entries:
-            return logits
-        pairs: dict[str, list[tuple[int, _Req, int]]] = {}
-        cal_rows: list[int] = []
-        cal_ids: list[torch.Tensor] = []
-        cal_offs: list[torch.Tensor] = []
-        for row, req, step in entries:
-            if req.spec.method == "calibration":
-                if step == 0:
-                    cal_rows.append(row)
-                    cal_ids.append(req.ids)
-                    cal_offs.append(req.offsets)
-            else:
-                pairs.setdefault(req.spec.pair, []).append((row, req, step))
-        if cal_rows:
-            self._apply_calibration(logits, cal_rows, cal_ids, cal_offs)
-        if pairs:
-            self._apply_pairs(logits, pairs)
-        return logits
-
-    def _entries_v1(self, logits: torch.Tensor) -> list[tuple[int, _Req, int]]:
-        n = logits.shape[0]
-        return [(row, req, len(req.output_ids)) for row, req in self._rows.items() if row < n]
-
-    def _entries_v2(self, logits: torch.Tensor, ctx) -> list[tuple[int, _Req, int]]:
-        import numpy as np
-
-        idx = ctx.idx_mapping_np
-        if self._active is not None and not np.any(self._active[idx]):
-            return []
-        out: list[tuple[int, _Req, int]] = []
-        rows = self._rows
-        if logits.shape[0] != len(idx):
-            # speculative decoding: one row per draft token. Calibration applies to the row that samples the
-            # first output token; twin rows are not supported (marked broken, left unmodified).
-            slots = ctx.expanded_idx_mapping.cpu().tolist()
-            pos = ctx.pos.cpu().tolist()
-            for row, slot in enumerate(slots):
-                req = rows.get(int(slot))
-                if req is None:
-                    continue
-                if req.spec.method == "calibration":
-                    if pos[row] + 1 == req.prompt_len:
-                        out.append((row, req, 0))
-                elif not req.broken:
-                    req.broken = True
-                    log.warning("vllm_debias: debias_sampling twin rows do not work with speculative decoding")
-            return out
-        seq_lens = ctx.seq_lens_upper_bound_np
-        prefill = self.req_states.prefill_len.np if self.req_states is not None else None
-        for b, slot in enumerate(idx):
-            req = rows.get(int(slot))
-            if req is None:
-                continue
-            seq_len = int(seq_lens[b])
-            if prefill is not None and seq_len < int(prefill[int(slot)]):
-                step = -1  # still (re)prefilling: this row's sample is discarded
-            else:
-                step = seq_len - req.prompt_len
-            out.append((b, req, step))
-        return out
-
-    @staticmethod
-    def _apply_calibration(logits, rows, ids, offs) -> None:
-        r = torch.cat([torch.full_like(i, row) for row, i in zip(rows, ids)])
-        c = torch.cat(ids)
-        o = torch.cat(offs).to(logits.dtype)
-        logits.index_put_((r, c), o, accumulate=True)
-
-    def _apply_pairs(self, logits: torch.Tensor, pairs: dict[str, list[tuple[int, _Req, int]]]) -> None:
-        # which pairs can be combined this step
-        groups: dict[tuple[float, float], list[tuple[int, int, _Req]]] = {}
-        for pair_id, members in pairs.items():
-            if any(req.broken for _, req, _ in members):
-                for _, req, _ in members:
-                    req.broken = True
-                continue
-            mains = [m for m in members if m[1].spec.role == "main"]
-            auxs = [m for m in members if m[1].spec.role == "aux"]
-            ok = len(mains) == 1 and len(auxs) == 1 and mains[0][2] == auxs[0][2] and mains[0][2] >= 0
-            if not ok:
-                if all(step < 0 for _, _, step in members):
-                    continue  # both (or the only present one) still prefilling: nothing sampled yet
-                for _, req, _ in members:
-                    req.broken = True
-                log.warning("vllm_debias: debias_sampling pair %r is out of step (rows as (role, step): %s; "
-                            "partner missing, chunked prefill or preemption); it is left unmodified from now on",
-                            pair_id, [(req.spec.role, step) for _, req, step in members])
-                continue
-            m_row, m_req, _ = mains[0]
-            a_row = auxs[0][0]
-            key = (m_req.spec.alpha, m_req.spec.beta)
-            groups.setdefault(key, []).append((m_row, a_row, m_req))
-        for (alpha, beta), items in groups.items():
-            m_idx = torch.tensor([m for m, _, _ in items], device=logits.device)
-            a_idx = torch.tensor([a for _, a, _ in items], device=logits.device)
-            scores = contrast(logits[m_idx], logits[a_idx], alpha, beta)
-            tokens = scores.argmax(-1)
-            for j, (_, _, req) in enumerate(items):
-                if req.generator is not None:
-                    tokens[j] = _sample(scores[j], req.params, req.generator)
-            rows = torch.cat([m_idx, a_idx])
-            toks = torch.cat([tokens, tokens])
-            logits[rows] = float("-inf")
-            logits[rows, toks] = 0.0
-
-
-def _sample(scores: torch.Tensor, params, generator: torch.Generator) -> int:
-    """One draw from contrasted ``scores`` with the request's temperature / top-k / top-p / min-p."""
-    s = scores.float() / float(params.temperature)
-    top_k = getattr(params, "top_k", 0) or 0
-    if 0 < top_k < s.numel():
-        kth = torch.topk(s, top_k).values[-1]
-        s = s.masked_fill(s < kth, float("-inf"))
-    p = torch.softmax(s, -1)
-    min_p = getattr(params, "min_p", 0.0) or 0.0
-    if min_p > 0:
-        p = p.masked_fill(p < min_p * p.max(), 0.0)
-    top_p = getattr(params, "top_p", 1.0)
-    if top_p is not None and top_p < 1.0:
-        sp, order = torch.sort(p, descending=True)
-        cum = sp.cumsum(-1)
-        drop = cum - sp > top_p  # keep the smallest prefix with mass >= top_p
-        sp = sp.masked_fill(drop, 0.0)
-        p = torch.zeros_like(p).scatter_(0, order, sp)
-    p = p / p.sum()
-    return int(torch.multinomial(p.to(generator.device), 1, generator=generator).item())
+            return self._apply_v1(logits)
+        return self._apply_v2(logits, ctx)

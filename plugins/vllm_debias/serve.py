@@ -46,9 +46,29 @@ def server_command(model: str, *, host: str = "127.0.0.1", port: int = 8000, dty
     return cmd + list(extra)
 
 
-def server_env(base: dict[str, str] | None = None) -> dict[str, str]:
-    """Environment for the server: offline hub; on CPU builds a 1 GiB KV cache unless already set."""
+def vocab_size(model: str) -> int | None:
+    """The model's vocabulary size as vLLM counts it (the text config's ``vocab_size``), or None."""
+    try:
+        from transformers import AutoConfig
+
+        cfg = AutoConfig.from_pretrained(resolve_model(model))
+        text = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+        return int(text.vocab_size)
+    except Exception:  # noqa: BLE001 - unknown layouts: the worker still checks label ids
+        return None
+
+
+def server_env(base: dict[str, str] | None = None, model: str | None = None) -> dict[str, str]:
+    """Environment for the server: offline hub; on CPU builds a 1 GiB KV cache unless already set; and the
+    model's vocabulary size (``VLLM_DEBIAS_VOCAB_SIZE``), so the frontend refuses calibration label ids beyond
+    it with HTTP 400 (vLLM gives a logits processor's admission check no model information)."""
+    from .args import VOCAB_ENV
+
     env = dict(os.environ if base is None else base)
     env.setdefault("HF_HUB_OFFLINE", "1")
     env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    if model is not None and VOCAB_ENV not in env:
+        n = vocab_size(model)
+        if n:
+            env[VOCAB_ENV] = str(n)
     return env
