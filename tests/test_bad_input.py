@@ -706,24 +706,49 @@ def _xargs(xargs: Any, **kw) -> dict:
     return {"prompt": "The nurse said that", "max_tokens": 4, "temperature": 0.0, "vllm_xargs": xargs, **kw}
 
 
+def _ns(cfg: dict) -> dict:
+    """The plugin's namespaced opt-in keys: {"method": m, "k": v} -> {"debias_method": m, "debias_k": v}."""
+    return {(k if k.startswith("debias_") else f"debias_{k}"): v for k, v in cfg.items()}
+
+
+_PAIR = {"debias_pair": "p", "debias_role": "main"}
+_CAL = {"method": "calibration", "prior": "given", "prior_probs": [0.5, 0.5], "labels": ["he", "she"],
+        "debias_label_ids": [17, 18], "debias_label_sizes": [1, 1]}
+
 HTTP_CASES = [
-    HTTP("unknown-method", _xargs({"method": "nope"}), 400, "unknown method 'nope'"),
-    HTTP("method-number", _xargs({"method": 3}), 400, "must be a method name"),
-    HTTP("uddia", _xargs({"method": "uddia"}), 400, "needs gradients"),
+    HTTP("unknown-method", _xargs(_ns({"method": "nope"})), 400, "unknown method 'nope'"),
+    HTTP("method-number", _xargs(_ns({"method": 3})), 400, "must be a method name"),
+    HTTP("uddia", _xargs(_ns({"method": "uddia"})), 400, "needs gradients"),
     HTTP("uddia-chat", {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2,
-                        "vllm_xargs": {"method": "uddia"}}, 400, "needs gradients", "/v1/chat/completions"),
-    HTTP("unknown-field", _xargs({"method": "calibration", "colour": "red"}), 400, "unknown field(s) colour"),
-    HTTP("nbls-per-request", _xargs({"method": "nbls", "k": 4}), 400, "is a prompt transform"),
-    HTTP("calibration-eps-neg", _xargs({"method": "calibration", "eps": -1.0}), 400, "CalibrationConfig.eps=-1.0"),
-    HTTP("calibration-labels-text", _xargs({"method": "calibration", "labels": "he"}), 400, "CalibrationConfig.labels"),
-    HTTP("ds-alpha-neg", _xargs({"method": "debias_sampling", "alpha": -0.5, "debias_pair": "p",
-                                 "debias_role": "main"}), 400, "alpha=-0.5"),
-    HTTP("ds-beta-0", _xargs({"method": "debias_sampling", "beta": 0, "debias_pair": "p", "debias_role": "main"}),
-         400, "beta=0"),
-    HTTP("ds-no-pair", _xargs({"method": "debias_sampling", "alpha": 1.0}), 400, "needs a pair id"),
-    HTTP("calibration-no-label-ids", _xargs({"method": "calibration", "prior": "given", "prior_probs": [0.5, 0.5],
-                                             "labels": ["he", "she"]}), 400, "debias_label_ids"),
-    HTTP("calibration-mode", _xargs({"method": "calibration", "mode": "magic"}), 400, "CalibrationConfig.mode"),
+                        "vllm_xargs": _ns({"method": "uddia"})}, 400, "needs gradients", "/v1/chat/completions"),
+    HTTP("unknown-field", _xargs(_ns({"method": "calibration", "colour": "red"})), 400,
+         "unknown key 'debias_colour'"),
+    HTTP("nbls-per-request", _xargs(_ns({"method": "nbls", "k": 4})), 400, "is a prompt transform"),
+    HTTP("calibration-eps-neg", _xargs(_ns({"method": "calibration", "eps": -1.0})), 400,
+         "CalibrationConfig.eps=-1.0"),
+    HTTP("calibration-labels-text", _xargs(_ns({"method": "calibration", "labels": "he"})), 400,
+         "CalibrationConfig.labels"),
+    HTTP("ds-alpha-neg", _xargs(_ns({"method": "debias_sampling", "alpha": -0.5, **_PAIR})), 400, "alpha=-0.5"),
+    HTTP("ds-beta-0", _xargs(_ns({"method": "debias_sampling", "beta": 0, **_PAIR})), 400, "beta=0"),
+    HTTP("ds-no-pair", _xargs(_ns({"method": "debias_sampling", "alpha": 1.0})), 400, "needs a pair id"),
+    HTTP("calibration-no-label-ids", _xargs(_ns({"method": "calibration", "prior": "given", "prior_probs": [0.5, 0.5],
+                                                 "labels": ["he", "she"]})), 400, "debias_label_ids"),
+    HTTP("calibration-mode", _xargs(_ns({"method": "calibration", "mode": "magic"})), 400, "CalibrationConfig.mode"),
+    # issue 18 item 1: this pair used to overflow to NaN and bring the engine down
+    HTTP("ds-alpha-1e38", _xargs(_ns({"method": "debias_sampling", "alpha": 1e38, **_PAIR}), temperature=0.8), 400,
+         "expected a number in [0, 100]"),
+    HTTP("ds-alpha-inf-text", _xargs(_ns({"method": "debias_sampling", "alpha": "inf", **_PAIR})), 400, "alpha"),
+    # issue 18 item 6: label ids beyond the vocabulary were silently uncalibrated (HTTP 200)
+    HTTP("calibration-label-ids-beyond-vocab",
+         _xargs(_ns({**_CAL, "debias_label_ids": [10**6, 10**6 + 1]})), 400, "beyond the model's vocabulary"),
+    # issue 18 item 7: a bad prior answers a clear message, not a bare 'math domain error'
+    HTTP("calibration-zero-prior-eps-0", _xargs(_ns({**_CAL, "prior_probs": [0.0, 1.0], "eps": 0.0})), 400,
+         "needs eps > 0"),
+    HTTP("calibration-overflowing-prior", _xargs(_ns({**_CAL, "prior_probs": [1e308, 1e308]})), 400,
+         "expected finite probabilities"),
+    # the generic key of earlier versions is refused with the way forward
+    HTTP("old-generic-method-key", _xargs({"method": "debias_sampling", "alpha": 1.0}), 400,
+         "opt-in key is 'debias_method'"),
 ]
 
 
