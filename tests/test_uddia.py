@@ -236,13 +236,16 @@ def test_lr_zero_equals_plain_decoding(tiny):
 def test_tuning_changes_output_and_base_cache_is_unperturbed(tiny):
     name, model, tok, probe = tiny
     enc = _enc(tok)
-    w = dl.wrap(model, tok, dl.UDDIAConfig(variant="t", probe=probe, lr=2.0, fusion=1.0, layer_step=0))
+    w = dl.wrap(model, tok, dl.UDDIAConfig(variant="t", probe=probe, lr=2.0, fusion=1.0, layer_step=0,
+                                           tox_trigger=0.0))
     impl = w.impl
     gen = impl._generation_args({"max_new_tokens": 5, "do_sample": False})
     with impl.hooks.installed():
-        new, nmask, counts, cache = impl._decode(enc["input_ids"], enc["attention_mask"], impl.T0, gen,
-                                                 return_cache=True)
+        new, nmask, counts, tuned, cache = impl._decode(enc["input_ids"], enc["attention_mask"], impl.T0, gen,
+                                                        return_cache=True)
+    # every row triggered at every token: trial + look-ahead + perturbed forward, one backward
     assert counts["forward"] == 3 * new.shape[1] and counts["backward"] == new.shape[1]
+    assert tuned.tolist() == [new.shape[1]] * 2
     # the cache holds exactly the plain model's K/V of prompt + all generated tokens but the last
     full = torch.cat([enc["input_ids"], new], 1)[:, :-1]
     fmask = torch.cat([enc["attention_mask"], torch.ones_like(nmask)], 1)[:, :-1]  # the loop attends to every new slot
@@ -259,7 +262,7 @@ def test_tuning_changes_output_and_base_cache_is_unperturbed(tiny):
 def test_redo_lowers_T_per_sample(tiny):
     name, model, tok, probe = tiny
     w = dl.wrap(model, tok, dl.UDDIAConfig(variant="t", probe=probe, num_layers=4, layer_step=1,
-                                           ppl_threshold=1.0001))
+                                           ppl_threshold=1.0001, tox_trigger=0.0))
     out = w.generate(**_enc(tok), max_new_tokens=3, do_sample=False)
     st = w.impl.last_stats
     for log in st["attempt_log"]:
@@ -269,7 +272,8 @@ def test_redo_lowers_T_per_sample(tiny):
         assert abs(st["perplexity"][r] - min(a["ppl"] for a in log)) < 1e-9
     assert out.shape[0] == 2
     # a threshold that the first pass meets: no redo
-    w2 = dl.wrap(model, tok, dl.UDDIAConfig(variant="t", probe=probe, num_layers=4, layer_step=1, ppl_threshold=1e9))
+    w2 = dl.wrap(model, tok, dl.UDDIAConfig(variant="t", probe=probe, num_layers=4, layer_step=1, ppl_threshold=1e9,
+                                            tox_trigger=0.0))
     w2.generate(**_enc(tok), max_new_tokens=3, do_sample=False)
     assert all(len(log) == 1 for log in w2.impl.last_stats["attempt_log"])
 
@@ -296,7 +300,8 @@ def test_bitsandbytes_model(tiny_llama_dir, tmp_path, bits):
     model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, quantization_config=q, device_map="cpu").eval()
     tok = AutoTokenizer.from_pretrained(tiny_llama_dir)
     probe = train_probe(model, tok, TEXTS, LABELS, epochs=10).save(tmp_path / "q.safetensors")
-    w = dl.wrap(model, tok, {"method": "uddia", "variant": "u", "lr": 0.5, "layer_step": 0, "probe": str(probe)})
+    w = dl.wrap(model, tok, {"method": "uddia", "variant": "u", "lr": 0.5, "layer_step": 0, "probe": str(probe),
+                             "tox_trigger": 0.0, "trigger": 0.0})
     # bitsandbytes' CPU backend rewrites some of its own quant-state tensors (``*.absmax`` of down_proj) on
     # every forward, plain ``model.generate`` included; every other tensor (the packed 4-bit weights, norms,
     # embeddings) must stay bitwise identical.
