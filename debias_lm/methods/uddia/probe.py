@@ -135,7 +135,10 @@ def mean_pooled_states(model, tokenizer, texts: list[str], batch_size: int = 16,
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     device = getattr(model, "device", None)
-    out = []
+    # batches of similar length (little padding); results put back in the input order
+    lengths = [len(tokenizer(t, truncation=True, max_length=max_length)["input_ids"]) for t in texts]
+    order = sorted(range(len(texts)), key=lambda i: lengths[i])
+    out = torch.zeros(len(texts), final.dim)
     starts = range(0, len(texts), batch_size)
     if progress:
         from tqdm.auto import tqdm
@@ -143,7 +146,8 @@ def mean_pooled_states(model, tokenizer, texts: list[str], batch_size: int = 16,
         starts = tqdm(starts, desc="probe features", unit="batch")
     with hooks.installed():
         for i in starts:
-            enc = tokenizer(texts[i : i + batch_size], return_tensors="pt", padding=True, truncation=True,
+            idx = order[i : i + batch_size]
+            enc = tokenizer([texts[j] for j in idx], return_tensors="pt", padding=True, truncation=True,
                             max_length=max_length)
             if device is not None:
                 enc = {k: v.to(device) for k, v in enc.items()}
@@ -152,8 +156,8 @@ def mean_pooled_states(model, tokenizer, texts: list[str], batch_size: int = 16,
             model(input_ids=enc["input_ids"], attention_mask=mask, position_ids=pos, use_cache=False)
             h = hooks.captured.float()
             m = mask.unsqueeze(-1).to(h.dtype)
-            out.append(((h * m).sum(1) / m.sum(1).clamp_min(1)).cpu())
-    return torch.cat(out)
+            out[torch.tensor(idx)] = ((h * m).sum(1) / m.sum(1).clamp_min(1)).cpu()
+    return out
 
 
 def _quantiles(x: torch.Tensor, qs=(0.0, 0.05, 0.25, 0.5, 0.75, 0.95, 1.0)) -> dict:
@@ -183,31 +187,13 @@ def fit_temperature(logits: torch.Tensor, y: torch.Tensor) -> float:
     return math.exp((lo + hi) / 2)
 
 
-def train_probe(
-    model, tokenizer, texts: list[str], labels: list[int], *, epochs: int = 300, lr: float = 1e-2,
-    weight_decay: float = 1e-3, val_fraction: float = 0.1, seed: int = 0, meta: dict | None = None,
-    batch_size: int = 16, label_smoothing: float = 0.1, calibrate: bool = True,
-    splits: list[str] | None = None, progress: bool = False,
-) -> ToxicityProbe:
-    """Train a calibrated logistic-regression probe on mean-pooled final states (frozen model).
-
-    Class-balanced cross-entropy with ``label_smoothing`` (the targets are 1 - ε/2 and ε/2, so no logit margin
-    is pushed past log((2 - ε) / ε)), L2 via Adam's ``weight_decay``, full-batch, on standardised features
-    (folded back into the weights). With ``calibrate`` a temperature is then fitted on the validation split by
-    NLL and folded into the weights, so ``softmax(logits)`` is a calibrated toxicity probability (no saturated
-    logits for UDDIA to push against). The validation split is ``splits`` (``"train"``/``"val"`` per text) or a
-    seeded ``val_fraction``. Records losses, accuracies and the logit-margin distribution in the metadata.
-    """
-    if len(texts) != len(labels) or len(texts) < 4:
-        raise UserInputError(f"train_probe needs >= 4 labelled texts (got {len(texts)} texts, {len(labels)} labels)")
-    if not 0 <= label_smoothing < 1:
-        raise UserInputError(f"label_smoothing={label_smoothing} is invalid: expected a number in [0, 1)")
-    y = torch.tensor([int(v) for v in labels])
-    if set(y.tolist()) - {0, 1} or y.min() == y.max():
-        raise UserInputError("train_probe needs labels 0 (non-toxic) and 1 (toxic), both present")
-    X = mean_pooled_states(model, tokenizer, list(texts), batch_size=batch_size, progress=progress)
+def fit_probe(X: torch.Tensor, y: torch.Tensor, *, epochs: int = 300, lr: float = 1e-2, weight_decay: float = 0.1,
+              val_fraction: float = 0.1, seed: int = 0, label_smoothing: float = 0.1, calibrate: bool = True,
+              splits: list[str] | None = None) -> tuple[ToxicityProbe, dict | None, dict | None]:
+    """The optimisation of :func:`train_probe` on precomputed features ``X`` ``[N, d]`` and labels ``y`` ``[N]``
+    -> (probe, train report, validation report); the probe's meta has n_train, n_val and the temperature."""
     if splits is not None:
-        if len(splits) != len(texts) or set(splits) - {"train", "val"}:
+        if len(splits) != len(y) or set(splits) - {"train", "val"}:
             raise UserInputError("train_probe splits must give 'train' or 'val' for every text")
         val = torch.tensor([i for i, s in enumerate(splits) if s == "val"], dtype=torch.long)
         tr = torch.tensor([i for i, s in enumerate(splits) if s == "train"], dtype=torch.long)
@@ -240,7 +226,7 @@ def train_probe(
     if calibrate and len(val) >= 10 and len(set(y[val].tolist())) == 2:
         temperature = fit_temperature((X[val] @ w.T + b), y[val])
         w, b = w / temperature, b / temperature
-    probe = ToxicityProbe(w, b, {})
+    probe = ToxicityProbe(w, b, {"n_train": len(tr), "n_val": len(val), "temperature": temperature})
 
     def report(idx):
         if len(idx) == 0:
@@ -251,7 +237,38 @@ def train_probe(
                 "loss": round(float(nn.functional.cross_entropy(lg, y[idx])), 4),
                 "margin_toxic": _quantiles(margin[y[idx] == 1]), "margin_clean": _quantiles(margin[y[idx] == 0])}
 
-    tr_rep, val_rep = report(tr), report(val)
+    return probe, report(tr), report(val)
+
+
+def train_probe(
+    model, tokenizer, texts: list[str], labels: list[int], *, epochs: int = 300, lr: float = 1e-2,
+    weight_decay: float = 0.1, val_fraction: float = 0.1, seed: int = 0, meta: dict | None = None,
+    batch_size: int = 16, label_smoothing: float = 0.1, calibrate: bool = True,
+    splits: list[str] | None = None, progress: bool = False,
+) -> ToxicityProbe:
+    """Train a calibrated logistic-regression probe on mean-pooled final states (frozen model).
+
+    Class-balanced cross-entropy with ``label_smoothing`` (targets 1 - ε/2 and ε/2: the loss has a finite
+    minimiser even on separable data, so the weights and logits stay bounded instead of growing with training),
+    L2 via Adam's ``weight_decay``, full-batch, on standardised features
+    (folded back into the weights). With ``calibrate`` a temperature is then fitted on the validation split by
+    NLL and folded into the weights, so ``softmax(logits)`` is a calibrated toxicity probability (no saturated
+    logits for UDDIA to push against). The validation split is ``splits`` (``"train"``/``"val"`` per text) or a
+    seeded ``val_fraction``. Records losses, accuracies and the logit-margin distribution in the metadata.
+    """
+    if len(texts) != len(labels) or len(texts) < 4:
+        raise UserInputError(f"train_probe needs >= 4 labelled texts (got {len(texts)} texts, {len(labels)} labels)")
+    if not 0 <= label_smoothing < 1:
+        raise UserInputError(f"label_smoothing={label_smoothing} is invalid: expected a number in [0, 1)")
+    y = torch.tensor([int(v) for v in labels])
+    if set(y.tolist()) - {0, 1} or y.min() == y.max():
+        raise UserInputError("train_probe needs labels 0 (non-toxic) and 1 (toxic), both present")
+    X = mean_pooled_states(model, tokenizer, list(texts), batch_size=batch_size, progress=progress)
+    probe, tr_rep, val_rep = fit_probe(X, y, epochs=epochs, lr=lr, weight_decay=weight_decay,
+                                       val_fraction=val_fraction, seed=seed, label_smoothing=label_smoothing,
+                                       calibrate=calibrate, splits=splits)
+    tr, val, temperature = probe.meta["n_train"], probe.meta["n_val"], probe.meta["temperature"]
+
     probe.meta = {
         "format": "debias-lm uddia probe v2",
         "model_name": model_name(model),
@@ -259,8 +276,8 @@ def train_probe(
         "hidden_size": str(X.shape[1]),
         "classes": "0=non_toxic,1=toxic",
         "features": "mean of final post-norm hidden states over the text's tokens",
-        "n_train": str(len(tr)),
-        "n_val": str(len(val)),
+        "n_train": str(tr),
+        "n_val": str(val),
         "n_toxic": str(int(y.sum())),
         "train_accuracy": json.dumps(tr_rep["accuracy"] if tr_rep else None),
         "val_accuracy": json.dumps(val_rep["accuracy"] if val_rep else None),
