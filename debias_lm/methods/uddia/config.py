@@ -32,7 +32,7 @@ class UDDIAConfig(MethodConfig):
 
     Fields (see docs/uddia.md for the measurements behind each default):
         variant: ``"t"`` detox only, ``"b"`` debias only, ``"u"`` both (default).
-        lr: step size (0.06). With ``step_scale="rms"`` it is in units of each site's activation RMS (measured
+        lr: step size (0.02). With ``step_scale="rms"`` it is in units of each site's activation RMS (measured
             once per model): one step moves every site's output by ``lr`` times its typical size, on any
             decoder. ``0`` leaves the model untouched (output == plain decoding).
         step_scale: ``"rms"`` (default) or ``"absolute"`` (the paper's: ``lr`` in raw units, tuned for
@@ -45,7 +45,8 @@ class UDDIAConfig(MethodConfig):
         steps: optimisation steps per token (1).
         num_layers: T0, the number of top blocks tuned. A float in (0, 1] is a fraction of the model's depth
             (rounded, halves up, at least 1); an int is a count. Default 0.5.
-        tox_trigger: ``t``/``u`` tune a row only while the probe's toxicity of its context exceeds this.
+        tox_trigger: ``t``/``u`` tune a row only while the probe's toxicity of the look-ahead token (the expected
+            next token, before and after every step) exceeds this (0.5).
         trigger: ``b``/``u`` apply the debias term only while the Hellinger gap exceeds this (0.1, the paper's).
         ppl_threshold: redo while the continuation's perplexity under the base model is above this. ``0``
             (default) derives it per model: ``ppl_factor`` x the median perplexity of the model's own plain
@@ -65,7 +66,7 @@ class UDDIAConfig(MethodConfig):
 
     method: ClassVar[str] = "uddia"
     variant: str = "u"
-    lr: float = 0.06
+    lr: float = 0.02
     step_scale: str = "rms"
     update: str = "adam"
     kl_budget: float = 0.0

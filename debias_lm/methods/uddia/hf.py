@@ -141,6 +141,7 @@ class UDDIAHF(HFMethod):
         self._last_rows: torch.Tensor | None = None
         self._last_logps: tuple | None = None
         self._warned_no_grad = False
+        self._offsets_in_look_ahead = True  # the paper's: the look-ahead runs with the offsets too
         self.embed_scale = _embedding_scale(model)
 
     def describe(self) -> dict:
@@ -240,7 +241,7 @@ class UDDIAHF(HFMethod):
         T = self.T0
         counts = {"forward": 0, "backward": 0, "rows_forward": 0, "rows_backward": 0, "tokens": 0,
                   "row_tokens": 0, "tuned_row_tokens": 0, "gated_row_tokens": 0, "kl_sum": 0.0, "kl_max": 0.0,
-                  "kl_shrunk": 0, "kl_dropped": 0, "ppl_passes": 0, "attempts": 0}
+                  "kl_shrunk": 0, "kl_dropped": 0, "kl_values": [], "ppl_passes": 0, "attempts": 0}
         t0 = time.perf_counter()
         with self.hooks.installed():
             while True:
@@ -314,7 +315,7 @@ class UDDIAHF(HFMethod):
         W_E = model.get_input_embeddings().weight
         counts = {"forward": 0, "backward": 0, "rows_forward": 0, "rows_backward": 0, "tokens": 0, "row_tokens": 0,
                   "tuned_row_tokens": 0, "gated_row_tokens": 0, "kl_sum": 0.0, "kl_max": 0.0, "kl_shrunk": 0,
-                  "kl_dropped": 0}
+                  "kl_dropped": 0, "kl_values": []}
         cache = _make_cache(model)
         mask = attention_mask.clone()
         pos_all = (mask.cumsum(-1) - 1).clamp_min(0)
@@ -359,9 +360,11 @@ class UDDIAHF(HFMethod):
             if tune:
                 # (2) trigger on the untuned context; later checks use the loss's own quantities
                 gate = torch.zeros(B, dtype=torch.bool, device=device)
-                if self.probe is not None:
-                    ctx_h = core.mean_hidden(prefix_sum, prefix_cnt, h_x_base)
-                    gate |= self.probe.toxic_prob(ctx_h) > cfg.tox_trigger
+                if self.probe is not None and bool(live.any()):
+                    lrows = live.nonzero().squeeze(1)
+                    with torch.no_grad():  # the trigger: the probe on the expected next token
+                        h_soft = self._look_ahead(base_logp[lrows].exp(), lrows, cache, mask, cur_pos, counts)
+                    gate[lrows] = self.probe.toxic_prob(h_soft) > cfg.tox_trigger
                 if self.debias is not None:
                     gate |= (self.debias.gaps(base_logp.exp()) > cfg.trigger).any(0)
                 gate &= live
@@ -370,7 +373,7 @@ class UDDIAHF(HFMethod):
                 if len(rows):
                     ctx = {"cache": cache, "cur": cur, "cur_pos": cur_pos, "mask": mask, "prefix_sum": prefix_sum,
                            "prefix_cnt": prefix_cnt, "h_x": h_x_base, "ctx_mean": ctx_sum / ctx_len.unsqueeze(1),
-                           "ctx_len": ctx_len, "W_E": W_E}
+                           "ctx_len": ctx_len}
                     moved, moved_logp = self._tune(rows, deltas0, logits, base_logp, ctx, counts)
                     if len(moved):
                         tuned_logp = base_logp.clone()
@@ -409,7 +412,7 @@ class UDDIAHF(HFMethod):
         """Steps 3-5 for the triggered ``rows``: -> (rows that moved, their tuned log-probs)."""
         cfg = self.config
         hooks = self.hooks
-        cache, W_E = ctx["cache"], ctx["W_E"]
+        cache = ctx["cache"]
         n = len(rows)
         sel = None if n == ctx["cur"].shape[0] else rows
         cur, cur_pos, mask = ctx["cur"][rows], ctx["cur_pos"][rows], ctx["mask"][rows]
@@ -436,17 +439,10 @@ class UDDIAHF(HFMethod):
                 loss = torch.zeros(n, device=p_theta.device)
                 on = torch.zeros(n, dtype=torch.bool, device=p_theta.device)
                 if self.probe is not None:
-                    soft = (p_theta.to(device=W_E.device, dtype=W_E.dtype) @ W_E[: self.vocab_size])
-                    soft = (soft * self.embed_scale).unsqueeze(1)
-                    soft_mask = torch.cat([mask, mask.new_ones(n, 1)], 1)
-                    with hooks.use(deltas), scratch(cache, 0, sel):
-                        self.model(inputs_embeds=soft, attention_mask=soft_mask, position_ids=cur_pos + 1,
-                                   past_key_values=cache, use_cache=True)
-                        h_soft = hooks.captured[:, -1].float().to(p_theta.device)
-                    counts["forward"] += 1
-                    counts["rows_forward"] += n
+                    with hooks.use(deltas if self._offsets_in_look_ahead else None):
+                        h_soft = self._look_ahead(p_theta, rows, cache, ctx["mask"], ctx["cur_pos"], counts)
                     probe_logits = self.probe.logits(core.mean_hidden(prefix_sum, prefix_cnt, h_x, h_soft))
-                    tox_on = torch.softmax(probe_logits.detach(), -1)[:, 1] > cfg.tox_trigger
+                    tox_on = self.probe.toxic_prob(h_soft.detach()) > cfg.tox_trigger
                     loss = loss + core.toxicity_loss(probe_logits) * tox_on
                     on |= tox_on
                 if self.debias is not None:
@@ -510,15 +506,30 @@ class UDDIAHF(HFMethod):
                 tuned[over] = base_m[over]
                 for k in final:
                     final[k][over] = 0
-            counts["kl_sum"] += float(kl[~over].sum())
-            counts["kl_max"] = max(counts["kl_max"], float(kl[~over].max()) if bool((~over).any()) else 0.0)
+            kl = kl[~over]
         else:
             kl = core.kl_rows(tuned, base_m)
-            counts["kl_sum"] += float(kl.sum())
-            counts["kl_max"] = max(counts["kl_max"], float(kl.max()))
+        counts["kl_sum"] += float(kl.sum())
+        counts["kl_max"] = max(counts["kl_max"], float(kl.max()) if len(kl) else 0.0)
+        counts["kl_values"].extend(kl.tolist())
         self._last_rows, self._last_deltas = rows_m, final
         self._last_logps = (tuned, base_m)
         return rows_m, tuned
+
+    def _look_ahead(self, p, rows, cache, mask, cur_pos, counts) -> torch.Tensor:
+        """Final hidden state of the soft token ē = pᵀ W_E (the expected next token) on the base cache through x_t,
+        for ``rows`` (offsets: whatever the hooks hold; differentiable when grad is on)."""
+        W_E = self.model.get_input_embeddings().weight
+        n = len(rows)
+        sel = None if n == mask.shape[0] else rows
+        soft = (p.to(device=W_E.device, dtype=W_E.dtype) @ W_E[: self.vocab_size]) * self.embed_scale
+        with scratch(cache, 0, sel):
+            self.model(inputs_embeds=soft.unsqueeze(1), attention_mask=torch.cat([mask[rows], mask.new_ones(n, 1)], 1),
+                       position_ids=cur_pos[rows] + 1, past_key_values=cache, use_cache=True)
+            h = self.hooks.captured[:, -1].float()
+        counts["forward"] += 1
+        counts["rows_forward"] += n
+        return h.to(p.device)
 
     @torch.no_grad()
     def _perturbed(self, deltas, rows, ctx, counts) -> torch.Tensor:
