@@ -1,5 +1,8 @@
 """UDDIA's debias objective on a concrete model: group directions from word pairs in its input embeddings.
 
+The group token distributions q_a are weighted by token frequencies ``freq`` (the decoding loop passes the
+model's own token prior, ``stats.token_prior``; uniform when None).
+
 Every cosine is taken in the post-processed embedding frame (``core.EmbeddingFrame``: vocabulary mean
 subtracted, top principal directions projected out). ``GroupDebias`` also counts, per group, how many tokens
 each attribute's token distribution q_a keeps (p(a|x) > 0.75) and refuses a group whose two sets differ by more
@@ -63,7 +66,7 @@ class GroupDebias:
     """Per-group direction, token posteriors and group token distributions for one model (fp32)."""
 
     def __init__(self, model, tokenizer, groups: tuple[str, ...], vocab_size: int, max_ratio: float = 3.0,
-                 frame: core.EmbeddingFrame | None = None) -> None:
+                 frame: core.EmbeddingFrame | None = None, freq: torch.Tensor | None = None) -> None:
         weight = model.get_input_embeddings().weight.detach()
         raw = weight[:vocab_size].float()
         self.frame = frame if frame is not None else core.EmbeddingFrame(raw)
@@ -90,7 +93,8 @@ class GroupDebias:
                     f"(of {vocab_size}; allowed ratio {max_ratio:g}). The debias term would push every triggered "
                     "step toward one side. Add or balance word pairs, or set UDDIAConfig.group_balance=0 to "
                     "accept it")
-            self.groups.append(Group(g, v, post, core.group_token_distributions(post), len(a_list), sizes))
+            q = core.group_token_distributions(post, None if freq is None else freq.to(post.device))
+            self.groups.append(Group(g, v, post, q, len(a_list), sizes))
 
     def to(self, device) -> GroupDebias:
         self.emb = self.emb.to(device)

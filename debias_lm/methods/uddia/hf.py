@@ -129,7 +129,8 @@ class UDDIAHF(HFMethod):
             from .debias import GroupDebias
 
             self.debias = GroupDebias(model, self.tokenizer, config.groups, self.vocab_size,
-                                      max_ratio=config.group_balance, frame=stats.embedding_frame(model, self.vocab_size))
+                                      max_ratio=config.group_balance, frame=stats.embedding_frame(model, self.vocab_size),
+                                      freq=stats.token_prior(model, self.tokenizer, self.vocab_size))
         rms = stats.site_rms(model, self.tokenizer, self.sites, self.final_site)
         self.site_rms = {id(s.module): rms[s.name] for s in [*self.sites, self.final_site]}
         self.site_scale = (dict(self.site_rms) if config.step_scale == "rms"

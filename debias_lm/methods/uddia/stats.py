@@ -7,6 +7,9 @@
   with RMS ~0.2 alike).
 * **Embedding frame** (``frame``): the vocabulary mean and top principal directions of the input embeddings
   (``core.EmbeddingFrame``), for the debias term's cosines.
+* **Token prior** (``token_prior``): the model's next-token distribution averaged over the positions of the
+  built-in texts, the token frequencies that weight the debias term's group token distributions q_a (the
+  reference weights them by OpenWebText counts, which are not available offline).
 * **Plain perplexity** (``plain_perplexities``): the conditional perplexity of the model's own plain samples
   on built-in prompts, under the caller's decoding settings (sampling, top-p/k, temperature, length), for the
   derived redo threshold. Kept per settings.
@@ -47,6 +50,7 @@ class ModelStats:
     def __init__(self) -> None:
         self.site_rms: dict[str, float] | None = None
         self.frame: core.EmbeddingFrame | None = None
+        self.prior: torch.Tensor | None = None
         self.plain: dict[tuple, list[float]] = {}
 
 
@@ -96,6 +100,27 @@ def measure_site_rms(model, tokenizer, sites, final) -> dict[str, float]:
             h.remove()
     return {name: math.sqrt(sums[name] / counts[name]) if counts.get(name) else 1.0 for name in
             [s.name for s in [*sites, final]]}
+
+
+@torch.no_grad()
+def measure_token_prior(model, tokenizer, vocab_size: int) -> torch.Tensor:
+    """The model's own token frequencies: its next-token distribution averaged over every real position of the
+    calibration texts and reference prompts ``[V]`` (the offline stand-in for the reference's OpenWebText counts)."""
+    device = getattr(model, "device", None)
+    enc = _encode(tokenizer, [*CALIBRATION_TEXTS, *REFERENCE_PROMPTS], device)
+    mask = enc["attention_mask"]
+    pos = (mask.cumsum(-1) - 1).clamp_min(0)
+    logits = model(input_ids=enc["input_ids"], attention_mask=mask, position_ids=pos, use_cache=False).logits
+    p = torch.softmax(logits[..., :vocab_size].float(), -1)
+    m = mask.unsqueeze(-1).to(p.dtype)
+    return ((p * m).sum((0, 1)) / m.sum()).cpu()
+
+
+def token_prior(model, tokenizer, vocab_size: int) -> torch.Tensor:
+    st = model_stats(model)
+    if st.prior is None:
+        st.prior = measure_token_prior(model, tokenizer, vocab_size)
+    return st.prior
 
 
 def site_rms(model, tokenizer, sites, final) -> dict[str, float]:
