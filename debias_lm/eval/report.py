@@ -90,6 +90,7 @@ def scatter_plot(results: Sequence[OccupationalResult], path: Path) -> Path | No
     except ImportError:
         return None
     probes = list(dict.fromkeys(r.probe for r in results))
+    shown = {(row["probe"], row["method"]): row for row in comparison_rows(results)}  # the table's numbers
     fig, axes = plt.subplots(1, len(probes), figsize=(5.2 * len(probes), 5), squeeze=False)
     colors = {"none": "tab:red", "nbls_instructions": "tab:orange", "nbls_shuffled": "tab:gray", "nbls": "tab:blue"}
     for ax, probe in zip(axes[0], probes):
@@ -98,8 +99,9 @@ def scatter_plot(results: Sequence[OccupationalResult], path: Path) -> Path | No
                    if o["p_female"] is not None and not math.isnan(o["p_female"])]
             if pts:
                 xs, ys = zip(*pts)
+                row = shown[(r.probe, r.method)]
                 ax.scatter(xs, ys, s=18, alpha=0.75, color=colors.get(r.method), label=(
-                    f"{r.method} (MAE {_fmt(r.metrics['mae_pp'], 1)} pp, r {_fmt(r.metrics['pearson_r'])})"))
+                    f"{r.method} (MAE {_fmt(row['mae_pp'], 1)} pp, r {_fmt(row['pearson_r'])})"))
         ax.plot([0, 100], [0, 100], color="gray", lw=1, ls="--", label="BLS (y = x)")
         ax.axhline(50, color="lightgray", lw=0.8)
         ax.set_xlim(0, 100)
