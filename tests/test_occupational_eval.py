@@ -16,9 +16,9 @@ from debias_lm.eval.occupational import (
 )
 
 
-@pytest.mark.parametrize("which", ["tiny_llama", "tiny_gpt2"])
+@pytest.mark.parametrize("which", ["tiny_llama", "tiny_llama_gqa", "tiny_gpt2"])
 def test_prefix_cached_scoring_equals_cache_free_forward(request, which):
-    model, tok = request.getfixturevalue(which)
+    model, tok = _model(request, which)
     shared = "Some long shared grounding text about occupations and workers. " * 3
     texts = [shared + s for s in ("The nurse said that", "A pilot", "The chief executive of the firm said that")]
     enc = [tok(t)["input_ids"] for t in texts]
@@ -185,13 +185,21 @@ def test_out_dir_of_an_earlier_run_is_replaced_and_a_foreign_one_refused(tmp_pat
         check_out_dir(tmp_path / "afile")
 
 
-@pytest.mark.parametrize("which", ["tiny_llama", "tiny_gpt2"])
+def _model(request, which):
+    if which == "tiny_llama_gqa":  # grouped-query attention (4 query heads share 2 KV heads), like SmolLM2
+        from debias_lm.testing import build_tiny_llama
+
+        return build_tiny_llama(hidden_size=128, num_heads=4, num_kv_heads=2, seed=1)
+    return request.getfixturevalue(which)
+
+
+@pytest.mark.parametrize("which", ["tiny_llama", "tiny_llama_gqa", "tiny_gpt2"])
 def test_shared_prefix_sampling_equals_a_cache_free_loop(request, which):
     """sample_after_prefix keeps the prefix once and drops finished rows: token for token what full forwards of
     prefix + suffix + generated give (greedy with a row stopping early; seeded sampling with the same draws)."""
     from debias_lm.hf.prefix_cache import sample_after_prefix, supports_shared_prefix
 
-    model, tok = request.getfixturevalue(which)
+    model, tok = _model(request, which)
     assert supports_shared_prefix(model)
     prefix = tok("Grounding: nurses 88 percent women, pilots 9 percent women, cooks 38 percent women.")["input_ids"]
     sufs = [tok(t, add_special_tokens=False)["input_ids"] for t in (" The nurse said that", " A pilot", " The cook")]
@@ -215,7 +223,7 @@ def test_shared_prefix_sampling_equals_a_cache_free_loop(request, which):
     # an EOS that some row first emits at a later step: it stops there (EOS kept), the others go on unchanged
     # (tiny GPT-2 repeats one token greedily, so only the Llama model has such a token)
     cands = [(r, i) for r in range(len(sufs)) for i in range(1, n) if ref_new[r][i] not in ref_new[r][:i]]
-    assert cands or which == "tiny_gpt2"
+    assert cands or which != "tiny_llama"
     for row, step in cands[:1]:
         eos = ref_new[row][step]
         early = sample_after_prefix(model, prefix, sufs, max_new_tokens=n, pad_id=0, eos_ids=[eos], do_sample=False)
