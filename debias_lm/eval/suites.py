@@ -370,9 +370,21 @@ def run_occupational(ctx: Context) -> dict:
                 ctx.store.add(new)
                 done = [r for r in ctx.store.select("occupational", method) if r.get("probe") == probe and r["id"].split(":", 1)[1] in names]
             done.sort(key=lambda r: names.index(r["id"].split(":", 1)[1]))
-            p = [r["p_female"] if r["p_female"] is not None else math.nan for r in done]
-            res[probe] = occupational_metrics(p, [r["bls_women"] for r in done])
+            res[probe] = done
         results[method] = res
+    # every method of a probe is scored on the occupations all of them resolved (counts per method kept)
+    for probe in s.occupational_probes:
+        arms = [m for m in results if isinstance(results[m].get(probe), list)]
+        common = set(names)
+        for m in arms:
+            common &= {r["id"].split(":", 1)[1] for r in results[m][probe] if r["p_female"] is not None}
+        for m in arms:
+            done = results[m][probe]
+            rows = [r for r in done if r["id"].split(":", 1)[1] in common]
+            metrics = occupational_metrics([r["p_female"] for r in rows], [r["bls_women"] for r in rows])
+            resolved = sum(r["p_female"] is not None for r in done)
+            results[m][probe] = {**metrics, "n_resolved": resolved, "n_unresolved": len(done) - resolved,
+                                 "compared_on": "occupations every method resolved"}
     return results
 
 
