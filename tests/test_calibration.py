@@ -133,7 +133,7 @@ def _append_tokens(inputs, new):
 @pytest.mark.parametrize("temperature", [0.7, 1.5])
 @pytest.mark.parametrize("reduce", ["sum", "max"])
 def test_calibration_processor_is_exact_after_the_temperature_warper(temperature, reduce):
-    from debias_lm.hf.calibration import CalibrationLogitsProcessor
+    from debias_lm.methods.calibration.processor import CalibrationLogitsProcessor
 
     torch.manual_seed(0)
     scores = torch.randn(3, 10) * 2
@@ -190,7 +190,7 @@ def test_wrap_generate_samples_the_calibrated_distribution_at_any_temperature(te
 
 
 def test_calibration_processor_reused_on_a_longer_prompt_still_calibrates():
-    from debias_lm.hf.calibration import CalibrationLogitsProcessor
+    from debias_lm.methods.calibration.processor import CalibrationLogitsProcessor
 
     name = "llava"
     model, proc = built(name)

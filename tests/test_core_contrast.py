@@ -143,7 +143,7 @@ def test_contrast_per_row_alpha_beta_tensors_equal_per_row_calls():
 
 def test_hf_twin_rows_processor_falls_back_and_counts(caplog):
     """The HF path: a row whose counterfactual logits are unusable (NaN) is decoded plainly, counted and logged."""
-    from debias_lm.hf.twin_rows import TwinRowContrastProcessor
+    from debias_lm.methods.debias_sampling.twin_rows import TwinRowContrastProcessor
 
     proc = TwinRowContrastProcessor(2, alpha=1.0, beta=0.1)
     scores = torch.randn(4, 30)

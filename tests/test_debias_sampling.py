@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from debias_lm.hf.debias_sampling import DebiasSamplingLogitsProcessor
+from debias_lm.methods.debias_sampling.processor import DebiasSamplingLogitsProcessor
 
 
 def _reference(model, cond, uncond, alpha, beta, n, eos=None, penalty=1.0, ngram=0):

@@ -7,7 +7,7 @@ import re
 import pytest
 
 import debias_lm as dl
-from debias_lm.nbls import NBLSGrounding, is_aggregate_name, load_bls_table
+from debias_lm.methods.nbls import NBLSGrounding, is_aggregate_name, load_bls_table
 
 
 def _reference_rows(path):
@@ -255,7 +255,7 @@ def test_hf_generate_with_shared_prefix_cache_equals_plain_generate(family, requ
 
 
 # ------------------------------------------------------------------------------------------ leakage
-from debias_lm.nbls.related import head_nouns, related_rows  # noqa: E402
+from debias_lm.methods.nbls.related import head_nouns, related_rows  # noqa: E402
 
 SECRETARIES = "Secretaries and administrative assistants, except legal, medical, and executive"
 

@@ -3,7 +3,7 @@ preempts rows, a short ``max_model_len``, and a generation config with an extra 
 
 One engine serves the module: the tiny random Llama with ``max_model_len=128``, 32-token KV blocks and 9 of
 them (one kept aside by vLLM: 256 tokens, two full-length rows), and ``generation_config.json`` naming a second EOS id. References are
-HF ``generate`` with :class:`debias_lm.hf.debias_sampling.DebiasSamplingLogitsProcessor` (its own cache) and the
+HF ``generate`` with :class:`debias_lm.methods.debias_sampling.processor.DebiasSamplingLogitsProcessor` (its own cache) and the
 same EOS ids, one prompt at a time.
 """
 
@@ -24,8 +24,8 @@ from vllm import LLM, SamplingParams  # noqa: E402
 from vllm_debias import DebiasLogitsProcessor  # noqa: E402
 
 import debias_lm as dl  # noqa: E402
-from debias_lm.hf.debias_sampling import DebiasSamplingLogitsProcessor  # noqa: E402
-from debias_lm.methods.debias_sampling import counterfactual_texts  # noqa: E402
+from debias_lm.methods.debias_sampling.counterfactual import counterfactual_texts  # noqa: E402
+from debias_lm.methods.debias_sampling.processor import DebiasSamplingLogitsProcessor  # noqa: E402
 
 pytestmark = pytest.mark.vllm
 

@@ -31,9 +31,9 @@ from vllm_debias.calibration import label_priors_http  # noqa: E402
 
 import debias_lm as dl  # noqa: E402
 from debias_lm.core.contrast import calibration_offsets  # noqa: E402
-from debias_lm.hf.debias_sampling import DebiasSamplingLogitsProcessor  # noqa: E402
 from debias_lm.labels import label_token_ids  # noqa: E402
-from debias_lm.methods.debias_sampling import counterfactual_texts  # noqa: E402
+from debias_lm.methods.debias_sampling.counterfactual import counterfactual_texts  # noqa: E402
+from debias_lm.methods.debias_sampling.processor import DebiasSamplingLogitsProcessor  # noqa: E402
 
 pytestmark = [pytest.mark.vllm, pytest.mark.server]
 

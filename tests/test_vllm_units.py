@@ -26,10 +26,10 @@ from vllm.v1.sample.logits_processor import BatchUpdate, MoveDirectionality  # n
 from vllm.v1.worker.gpu.sample.logits_processor import LogitsContext, LogitsProcRequestState  # noqa: E402
 from vllm_debias import DebiasLogitsProcessor, request_args  # noqa: E402
 from vllm_debias.args import DebiasArgsError, parse  # noqa: E402
-from vllm_debias.sampling import pick_tokens, seeded_uniform  # noqa: E402
 
 import debias_lm as dl  # noqa: E402
 from debias_lm.core.contrast import calibration_offsets, contrast  # noqa: E402
+from debias_lm.core.sampling import pick_tokens, seeded_uniform  # noqa: E402
 
 VOCAB = 40
 FQCN = "vllm_debias:DebiasLogitsProcessor"

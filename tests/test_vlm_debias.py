@@ -9,8 +9,8 @@ import pytest
 import torch
 
 import debias_lm as dl
-from debias_lm.hf.debias_sampling import DebiasSamplingLogitsProcessor
 from debias_lm.hf.image_free import image_free_inputs, image_spans
+from debias_lm.methods.debias_sampling.processor import DebiasSamplingLogitsProcessor
 from debias_lm.testing import (
     build_tiny_idefics3,
     build_tiny_llava,

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from ..config import IdentityConfig
-from ..hf.base import HFMethod
+from ...config import IdentityConfig
+from ...hf.base import HFMethod
 
 
 class IdentityHF(HFMethod):

@@ -3,7 +3,7 @@
 This is the project's own operationalisation of Gorti et al. (2024), "Unboxing Occupational Bias:
 Grounded Debiasing of LLMs with U.S. Labor Data" (no official code exists): k = 32 grounding lines drawn
 from detailed occupations, never from an occupation being evaluated nor a close relative of one
-(:mod:`debias_lm.nbls.related`), inserted as a system message for chat input or as a text preamble for plain
+(:mod:`debias_lm.methods.nbls.related`), inserted as a system message for chat input or as a text preamble for plain
 prompts.
 
 Two controls isolate what the real figures add (``control=``): ``"instructions"`` keeps only the grounding's
@@ -20,7 +20,7 @@ import string
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from ..errors import UserInputError
+from ...errors import UserInputError
 from .related import related_rows
 from .table import ATTRIBUTE_LABELS, ATTRIBUTES, BLSOccupation, BLSTable, load_bls_table
 
@@ -51,7 +51,7 @@ class NBLSGrounding:
         exclude: occupations that must never appear (official names or surface forms, case-insensitive);
             pass the occupations you evaluate so the model is never told the answer it is scored on.
         exclude_related: also leave out every occupation related to an excluded one (a shared head noun or
-            synonym family, :func:`debias_lm.nbls.related.related`: "Registered nurses" excludes "Licensed
+            synonym family, :func:`debias_lm.methods.nbls.related.related`: "Registered nurses" excludes "Licensed
             practical and licensed vocational nurses" and "Nurse practitioners"); listed in ``excluded_related``.
         control: ``""`` (the real grounding), ``"instructions"`` (the header alone, no statistics) or
             ``"shuffled"`` (the same k lines, each with the figures of another selected occupation).

@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import torch
 
-from ..core.contrast import contrast
-from .debias_sampling import _note_fallback
+from ...core.contrast import contrast
+from .processor import _note_fallback
 
 try:
     from transformers import LogitsProcessor
@@ -97,28 +97,6 @@ class TwinRowContrastProcessor(LogitsProcessor):
         rows = torch.arange((k + 1) * b, device=scores.device)
         out[rows, tokens.repeat(k + 1)] = 0.0
         return out
-
-
-def join_rows(main: dict, unconds: list[dict], pad_id: int) -> dict:
-    """``main`` (the real inputs) and the text-only ``unconds`` (``input_ids``/``attention_mask`` each) as one
-    left-padded batch of ``(1 + len(unconds)) * B`` rows; image inputs stay those of the main rows;
-    ``mm_token_type_ids`` are zero for the added rows."""
-    pad = torch.nn.functional.pad
-    ids_m = main["input_ids"]
-    mask_m = main.get("attention_mask")
-    mask_m = torch.ones_like(ids_m) if mask_m is None else mask_m
-    parts = [(ids_m, mask_m)] + [(u["input_ids"].to(ids_m.device), u["attention_mask"].to(ids_m.device))
-                                 for u in unconds]
-    width = max(i.shape[1] for i, _ in parts)
-    ids = torch.cat([pad(i, (width - i.shape[1], 0), value=pad_id) for i, _ in parts])
-    mask = torch.cat([pad(m, (width - m.shape[1], 0), value=0) for _, m in parts])
-    joint = {k: v for k, v in main.items() if k not in ("input_ids", "attention_mask")}
-    joint.update(input_ids=ids, attention_mask=mask)
-    if "mm_token_type_ids" in main:
-        t = main["mm_token_type_ids"]
-        extra = torch.zeros((ids.shape[0] - t.shape[0], width), dtype=t.dtype, device=t.device)
-        joint["mm_token_type_ids"] = torch.cat([pad(t, (width - t.shape[1], 0), value=0), extra])
-    return joint
 
 
 def slice_output(out, b: int, extra_pad: int = 0):

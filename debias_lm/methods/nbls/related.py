@@ -96,7 +96,7 @@ def _keys(name: str, surface: str) -> tuple[set[str], set[str]]:
 
 
 def related(a, b) -> bool:
-    """Whether two table rows (:class:`~debias_lm.nbls.table.BLSOccupation`) are related (module docstring)."""
+    """Whether two table rows (:class:`~debias_lm.methods.nbls.table.BLSOccupation`) are related (module docstring)."""
     heads_a, words_a = _keys(a.name, a.surface)
     heads_b, words_b = _keys(b.name, b.surface)
     return bool(heads_a & words_b) or bool(heads_b & words_a)

@@ -1,4 +1,4 @@
-"""NBLS grounding on the server side: a chat template that inserts the grounding as the system message.
+"""The vLLM form of ``nbls``: a prompt transform on the client, or on the server a grounding chat template.
 
 A logits processor cannot change prompts, so server-side NBLS is a chat template (``--chat-template``):
 the model's own template, preceded by a Jinja prelude that does what
@@ -11,6 +11,15 @@ chat template; ground those on the client (``NBLSConfig().grounding().apply(prom
 from __future__ import annotations
 
 from pathlib import Path
+
+from ...registry import VLLMMapping
+
+REFUSAL = (
+    "method 'nbls' is a prompt transform, not a logits adjustment: ground the prompt on the client "
+    "(vllm_debias.generate(llm, prompts, NBLSConfig()) or NBLSConfig().grounding().apply(prompt_or_messages)) "
+    "or serve with 'debias-lm serve --model M --nbls' (a grounding chat template), and send the request "
+    "without vllm_xargs"
+)
 
 
 def _prelude(text: str) -> str:
@@ -37,7 +46,7 @@ def nbls_chat_template(tokenizer_or_template, config=None) -> str:
 
     ``tokenizer_or_template``: the model's tokenizer (its ``chat_template`` is wrapped) or a template string.
     """
-    from debias_lm.methods.nbls import NBLSConfig
+    from .config import NBLSConfig
 
     config = config or NBLSConfig()
     base = tokenizer_or_template if isinstance(tokenizer_or_template, str) else getattr(
@@ -57,3 +66,11 @@ def write_nbls_chat_template(model: str, path: str | Path, config=None) -> Path:
     path = Path(path)
     path.write_text(nbls_chat_template(tok, config), encoding="utf-8")
     return path
+
+
+def grounding_transform(config):
+    """``vllm_debias.generate``'s client-side transform: the grounding applied to a prompt or a chat."""
+    return config.grounding().apply
+
+
+MAPPING = VLLMMapping(behaviour="prompt", transform=grounding_transform, refusal=REFUSAL)

@@ -1,76 +1,11 @@
-"""The ``nbls`` method: ground prompts in U.S. BLS occupation statistics (a prompt transform)."""
+"""HF implementation of ``nbls``: the grounding applied to text prompts, chat messages or token ids."""
 
 from __future__ import annotations
 
-import dataclasses
 from functools import cached_property
-from typing import ClassVar
 
-from ..config import MethodConfig
-from ..errors import UserInputError
-from ..hf.base import HFMethod
-from ..nbls.grounding import CONTROLS, NBLSGrounding
-from ..nbls.table import ATTRIBUTES
-
-
-@dataclasses.dataclass(frozen=True)
-class NBLSConfig(MethodConfig):
-    """Config of NBLS grounding (see :class:`debias_lm.NBLSGrounding` for the meaning of each field).
-
-    ``template`` / ``header``: ``""`` keeps the defaults. ``bls_table``: path of an official Table 11
-    export to ground on instead of the shipped 2022 table. ``exclude_related`` (default true): also leave out
-    every occupation related to an excluded one. ``control``: ``""`` (the method), ``"instructions"`` (the
-    grounding's wording without the statistics) or ``"shuffled"`` (the same lines with the figures permuted
-    across the occupations): the controls of an evaluation (``debias-lm eval occupational --method
-    none,nbls_instructions,nbls_shuffled,nbls``).
-    """
-
-    method: ClassVar[str] = "nbls"
-    k: int = 32
-    attributes: tuple[str, ...] = ATTRIBUTES
-    exclude: tuple[str, ...] = ()
-    seed: int = 0
-    template: str = ""
-    header: str = ""
-    bls_table: str = ""
-    exclude_related: bool = True
-    control: str = ""
-
-    def validate(self) -> None:
-        self._check_number("k", lo=1, integer=True)
-        self._check_number("seed", lo=0, integer=True)
-        if not isinstance(self.attributes, tuple) or not self.attributes:
-            raise UserInputError(
-                f"NBLSConfig.attributes={self.attributes!r} is invalid: expected a non-empty tuple of "
-                + ", ".join(ATTRIBUTES)
-            )
-        bad = [a for a in self.attributes if a not in ATTRIBUTES]
-        if bad:
-            raise UserInputError(f"NBLSConfig.attributes has {bad!r}; allowed values: {', '.join(ATTRIBUTES)}")
-        if not isinstance(self.exclude, tuple) or not all(isinstance(x, str) for x in self.exclude):
-            raise UserInputError(f"NBLSConfig.exclude={self.exclude!r} is invalid: expected a tuple of occupation names")
-        if not isinstance(self.exclude_related, bool):
-            raise UserInputError(f"NBLSConfig.exclude_related={self.exclude_related!r} is invalid: expected true or false")
-        self._check_choice("control", CONTROLS)
-
-    def preflight(self) -> None:
-        self.grounding()  # k too large, unknown exclusions, bad template or table: fail before loading a model
-
-    def grounding(self) -> NBLSGrounding:
-        """Build the :class:`NBLSGrounding` this config describes (validates exclusions and k)."""
-        from ..nbls.table import load_bls_table
-
-        return NBLSGrounding(
-            k=self.k,
-            attributes=self.attributes,
-            exclude=self.exclude,
-            seed=self.seed,
-            template=self.template or None,
-            header=self.header or None,
-            table=load_bls_table(self.bls_table) if self.bls_table else None,
-            exclude_related=self.exclude_related,
-            control=self.control,
-        )
+from ...hf.base import HFMethod
+from .config import NBLSConfig
 
 
 class NBLSHF(HFMethod):
@@ -89,7 +24,7 @@ class NBLSHF(HFMethod):
         """The grounding as the system message, in front of the system prompt the model would use anyway: an
         explicit first system message, or else the chat template's default one (e.g. SmolLM2's "You are a
         helpful AI assistant ..."), so grounded and plain chats differ by the grounding alone."""
-        from ..hf.base import default_system_prompt
+        from ...hf.base import default_system_prompt
 
         msgs = list(messages)
         if msgs and isinstance(msgs[0], dict) and msgs[0].get("role") != "system":
@@ -140,7 +75,7 @@ class NBLSHF(HFMethod):
         """
         import torch
 
-        from ..hf.prefix_cache import MIN_SHARED_PREFIX, common_prefix_length, expand_cache, split_layout
+        from ...hf.prefix_cache import MIN_SHARED_PREFIX, common_prefix_length, expand_cache, split_layout
 
         input_ids = args[0] if args else kwargs.get("input_ids")
         if (not self.prefix_cache or input_ids is None or kwargs.get("past_key_values") is not None
@@ -160,7 +95,7 @@ class NBLSHF(HFMethod):
             return self.model.generate(input_ids=input_ids, attention_mask=mask, **kwargs)
         key = tuple(rows[0][:shared])
         if getattr(self, "_cached_prefix", (None, None))[0] != key:
-            from ..hf.prefix_cache import prefix_cache
+            from ...hf.prefix_cache import prefix_cache
 
             self._cached_prefix = (key, prefix_cache(self.model, list(key)))
         if not hasattr(self._cached_prefix[1], "batch_repeat_interleave"):  # a cache type that cannot be copied per row

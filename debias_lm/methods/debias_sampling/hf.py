@@ -1,148 +1,16 @@
-"""The ``debias_sampling`` method (visual debias decoding / contrastive decoding): config and HF implementation.
-
-VLMs: the unconditional branch is the same prompt with the image removed (``variant="none"``), replaced by
-one UNK token (``"unk"``), or a noised image (``"noise"``, VCD style); ``"none+unk"`` etc. average several
-branches. Text LLMs: the unconditional branch is a counterfactual context: the prompt behind a biasing
-``counterfactual_prefix``, or with gendered terms swapped (``counterfactual_swap="gender"``), or contexts the
-caller passes to ``generate(counterfactual=...)``.
-"""
+"""HF implementation of ``debias_sampling``: the fused twin-row path where it applies, else the two-forward processor."""
 
 from __future__ import annotations
 
-import dataclasses
-from typing import ClassVar
-
-from ..config import MethodConfig
-from ..errors import UserInputError
-
-IMAGE_FREE_VARIANTS = ("none", "unk", "noise")
-# Documented ranges. alpha: above ~100 the contrast is already the alpha -> inf limit (argmax of l_c - l_u among the
-# plausible tokens), and far larger values overflow float32 scores to inf - inf = NaN. seed: what torch.Generator takes.
-ALPHA_MAX = 100
-SEED_MAX = 2**63 - 1
-SWAPS = ("", "gender")
-
-
-def parse_variants(variant: str) -> tuple[str, ...]:
-    """``"none+unk"`` -> ``("none", "unk")``; raises on unknown or repeated parts."""
-    parts = tuple(p.strip() for p in str(variant).split("+"))
-    bad = [p for p in parts if p not in IMAGE_FREE_VARIANTS]
-    if not parts or bad or len(set(parts)) != len(parts):
-        raise UserInputError(
-            f"variant={variant!r} is invalid: expected one of {', '.join(IMAGE_FREE_VARIANTS)} or several joined "
-            "with '+' (e.g. 'none+unk': the branches' logits are averaged)"
-        )
-    return parts
-
-
-@dataclasses.dataclass(frozen=True)
-class DebiasSamplingConfig(MethodConfig):
-    """Config of debias sampling (VDD).
-
-    Attributes:
-        alpha: contrast strength α ∈ [0, 100]; scores are ``(1+α)·l_c − α·l_u`` (1.0, the paper's POPE setting;
-            the reference sampler's internal fallback is 0.5). Beyond ~100 nothing changes any more (the choice is
-            already the argmax of ``l_c − l_u`` among plausible tokens) and huge values overflow float32.
-        beta: adaptive plausibility cutoff β ∈ (0, 1]: tokens with p_c < β·max p_c are never chosen (0.1).
-        variant: image-free branch(es) for VLMs: ``none`` (image tokens removed), ``unk`` (one UNK token in
-            their place), ``noise`` (the image with diffusion noise at step ``noise_step``), or several joined
-            by ``+`` whose logits are averaged.
-        noise_step: diffusion step of the ``noise`` variant (VCD uses 500 of 1000).
-        counterfactual_prefix: text LLMs: the counterfactual context is this text followed by the prompt.
-        counterfactual_swap: text LLMs: ``"gender"`` builds the counterfactual by swapping gendered terms.
-        seed: seed of the ``noise`` variant's noise, in [0, 2**63 - 1]. (Sampling randomness comes from
-            ``generate``'s own seed / RNG, on every backend.)
-        fused: ``wrap(...).generate`` runs both branches in one forward of stacked rows where it can (LLaVA and
-            Qwen2-VL families and text LLMs; variants ``none``/``unk``; temperature / top-k / top-p sampling):
-            faster on small batches. ``False`` always uses the two-forward logits processor.
-    """
-
-    method: ClassVar[str] = "debias_sampling"
-    alpha: float = 1.0
-    beta: float = 0.1
-    variant: str = "none"
-    noise_step: int = 500
-    counterfactual_prefix: str = ""
-    counterfactual_swap: str = ""
-    seed: int = 0
-    fused: bool = True
-
-    def validate(self) -> None:
-        self._check_number("alpha", lo=0, hi=ALPHA_MAX)
-        if not isinstance(self.fused, bool):
-            raise UserInputError(f"DebiasSamplingConfig.fused={self.fused!r} is invalid: expected true or false")
-        self._check_number("beta", lo=0, hi=1, lo_open=True)
-        if not isinstance(self.variant, str):
-            raise UserInputError(f"DebiasSamplingConfig.variant={self.variant!r} is invalid: expected a string")
-        parse_variants(self.variant)
-        self._check_number("noise_step", lo=1, hi=999, integer=True)
-        if not isinstance(self.counterfactual_prefix, str):
-            raise UserInputError("DebiasSamplingConfig.counterfactual_prefix must be a string")
-        self._check_choice("counterfactual_swap", SWAPS)
-        if self.counterfactual_prefix and self.counterfactual_swap:
-            raise UserInputError(
-                "DebiasSamplingConfig: set counterfactual_prefix or counterfactual_swap, not both"
-            )
-        self._check_number("seed", lo=0, hi=SEED_MAX, integer=True)
-
-    @property
-    def variants(self) -> tuple[str, ...]:
-        return parse_variants(self.variant)
-
-
-def counterfactual_texts(config: DebiasSamplingConfig, prompts: list[str]) -> list[str]:
-    """Text LLMs: the counterfactual context of each prompt that ``config`` describes.
-
-    ``counterfactual_prefix`` -> prefix + prompt; ``counterfactual_swap="gender"`` -> gendered terms swapped.
-    Raises when the config names neither (then the caller must pass the contexts explicitly), or when
-    swapping leaves a prompt unchanged (there is nothing to contrast against).
-    """
-    if config.counterfactual_prefix:
-        return [config.counterfactual_prefix + p for p in prompts]
-    if config.counterfactual_swap:
-        from ..words import swap_terms
-
-        out = [swap_terms(p, config.counterfactual_swap) for p in prompts]
-        same = [i for i, (a, b) in enumerate(zip(prompts, out)) if a == b]
-        if same:
-            raise UserInputError(
-                f"counterfactual_swap={config.counterfactual_swap!r} left prompt(s) {same[:5]} unchanged (no "
-                f"{config.counterfactual_swap} terms); pass explicit counterfactual contexts for them"
-            )
-        return out
-    raise UserInputError(
-        "text debias sampling needs a counterfactual context: set DebiasSamplingConfig.counterfactual_prefix or "
-        "counterfactual_swap='gender', or pass counterfactual=[...] (one text per prompt)"
-    )
-
-
-from ..hf.base import HFMethod  # noqa: E402
+from ...errors import UserInputError
+from ...hf.base import HFMethod
+from .counterfactual import counterfactual_texts, swap_messages
 
 _GENERATE_ONLY = ("streamer", "generation_config", "stopping_criteria", "prefix_allowed_tokens_fn")
 
 
 def _is_vlm(model) -> bool:
     return hasattr(getattr(model, "config", None), "vision_config")
-
-
-def _swap_messages(messages: list[dict], config: DebiasSamplingConfig) -> list[dict]:
-    """Counterfactual chat: the prefix goes before the last user message's text; swaps apply to every text."""
-    from ..words import swap_terms
-
-    out = [dict(m) for m in messages]
-    last_user = max((i for i, m in enumerate(out) if m.get("role") == "user"), default=None)
-    if last_user is None:
-        raise UserInputError("counterfactual chat needs at least one user message")
-    for i, m in enumerate(out):
-        if not isinstance(m.get("content"), str):
-            raise UserInputError("text debias sampling with messages= needs string message contents")
-        if config.counterfactual_swap:
-            m["content"] = swap_terms(m["content"], config.counterfactual_swap)
-        elif i == last_user:
-            m["content"] = config.counterfactual_prefix + m["content"]
-    if config.counterfactual_swap and out == messages:
-        raise UserInputError("counterfactual_swap left the chat unchanged (no gendered terms to swap)")
-    return out
 
 
 class DebiasSamplingHF(HFMethod):
@@ -164,8 +32,8 @@ class DebiasSamplingHF(HFMethod):
     def generate(self, *args, chat: bool | None = None, counterfactual=None, **kwargs):
         import torch
 
-        from ..hf.base import PROMPT_KWARGS
-        from ..hf.debias_sampling import DebiasSamplingLogitsProcessor
+        from ...hf.base import PROMPT_KWARGS
+        from .processor import DebiasSamplingLogitsProcessor
 
         cfg = self.config
         if kwargs.get("num_beams", 1) != 1 or kwargs.get("num_return_sequences", 1) != 1:
@@ -218,7 +86,7 @@ class DebiasSamplingHF(HFMethod):
         return self.model.generate(logits_processor=procs + [proc], **kwargs)
 
     def _fused_vlm(self, inputs: dict, kwargs: dict, procs: list):
-        from ..hf.image_free import arch_spec, check_has_images, image_free_inputs
+        from ...hf.image_free import arch_spec, check_has_images, image_free_inputs
 
         cfg = self.config
         if not cfg.fused or "noise" in cfg.variants or arch_spec(self.model).family not in ("llava", "qwen2_vl"):
@@ -228,13 +96,13 @@ class DebiasSamplingHF(HFMethod):
         return self._generate_twin(kwargs, unconds, procs)
 
     def _generate_twin(self, kwargs: dict, unconds: list[dict], procs: list):
-        """Both branches in one forward (see :mod:`debias_lm.hf.twin_rows`); ``None`` if not applicable."""
-        from ..hf.twin_rows import (
+        """Both branches in one forward (see :mod:`debias_lm.methods.debias_sampling.twin_rows`); ``None`` if not applicable."""
+        from ...hf.padding import join_rows
+        from .twin_rows import (
             SAMPLING_KEYS,
             UNFUSABLE_KEYS,
             LastLogits,
             TwinRowContrastProcessor,
-            join_rows,
             repetition_controls,
             sampling_warpers,
             shifted_lengths,
@@ -278,14 +146,13 @@ class DebiasSamplingHF(HFMethod):
         if "messages" in text_args:
             msgs = text_args["messages"]
             chats = [msgs] if msgs and isinstance(msgs[0], dict) else list(msgs)
-            return self.encode(messages=[_swap_messages(c, cfg) for c in chats])
+            return self.encode(messages=[swap_messages(c, cfg) for c in chats])
         prompts = text_args.get("prompts", text_args.get("prompt"))
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         return self.encode(prompts=counterfactual_texts(cfg, prompts), chat=chat)
 
     def _counterfactual_from_ids(self, ids, mask, counterfactual, chat):
-
-        from ..hf.base import encode_left_padded
+        from ...hf.padding import encode_left_padded, left_pad_rows
 
         tok = self.tokenizer
         if counterfactual is not None:
@@ -306,7 +173,7 @@ class DebiasSamplingHF(HFMethod):
                     k += 1
                 out_rows.append(r[:k] + pre + r[k:])
         elif cfg.counterfactual_swap:
-            from ..words import swap_terms
+            from ...words import swap_terms
 
             for r in rows:
                 text = tok.decode(r, skip_special_tokens=False)
@@ -316,7 +183,5 @@ class DebiasSamplingHF(HFMethod):
                 out_rows.append(tok.encode(swapped, add_special_tokens=False))
         else:
             counterfactual_texts(cfg, [""])  # raises the "needs a counterfactual context" error
-        from ..hf.image_free import left_pad_rows
-
         cf_ids, cf_mask = left_pad_rows(out_rows, tok.pad_token_id or 0, ids.device)
         return {"input_ids": cf_ids, "attention_mask": cf_mask}

@@ -1,4 +1,4 @@
-"""The ``calibration`` method: post-hoc calibration of answer labels against an image-free / content-free prior."""
+"""Config of the ``calibration`` method: post-hoc calibration of answer labels against an image-free / content-free prior."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ import dataclasses
 import math
 from typing import ClassVar
 
-from ..config import MethodConfig
-from ..core.contrast import CALIBRATION_MODES
-from ..errors import UserInputError
-from .debias_sampling import parse_variants
+from ...config import MethodConfig
+from ...core.contrast import CALIBRATION_MODES
+from ...errors import UserInputError
+from ...hf.image_free import parse_variants
 
 PRIORS = ("image_free", "dataset", "batch", "given")
 REDUCTIONS = ("sum", "max")
@@ -82,64 +82,3 @@ class CalibrationConfig(MethodConfig):
             raise UserInputError("CalibrationConfig: mode='batch' goes with prior='batch'")
         if self.prior == "batch" and self.mode != "batch":
             raise UserInputError("CalibrationConfig: prior='batch' goes with mode='batch'")
-
-
-from ..hf.base import HFMethod  # noqa: E402
-
-
-def _sampling_temperature(model, kwargs: dict) -> float:
-    """The temperature ``generate`` will divide the first-step logits by (1.0 when it does not sample)."""
-    import copy
-
-    from transformers import GenerationConfig
-
-    gc = kwargs.get("generation_config")
-    gc = copy.deepcopy(gc if gc is not None else getattr(model, "generation_config", None) or GenerationConfig())
-    gc.update(**{k: kwargs[k] for k in ("do_sample", "temperature") if k in kwargs})
-    if not gc.do_sample or gc.temperature is None:
-        return 1.0
-    return float(gc.temperature)
-
-
-class CalibrationHF(HFMethod):
-    """``wrap(model, processor, CalibrationConfig(...)).generate(**inputs)``: the first generated token is
-    chosen with calibrated label scores (see :class:`debias_lm.hf.calibration.CalibrationLogitsProcessor`);
-    per-question image-free priors are computed in one batched forward before generation. ``mode`` must be
-    ``diagonal`` or ``batch`` here (``identity`` is not a logit offset: use :class:`debias_lm.AnswerCalibrator`).
-    ``wrap(...).calibrator`` is the matching :class:`~debias_lm.AnswerCalibrator` for label distributions."""
-
-    def __init__(self, model, tokenizer_or_processor, config: CalibrationConfig) -> None:
-        super().__init__(model, tokenizer_or_processor, config)
-        from ..hf.calibration import AnswerCalibrator
-
-        if config.mode == "identity":
-            raise UserInputError(
-                "CalibrationConfig(mode='identity') cannot be applied inside generate (it is not a logit offset); "
-                "use mode='diagonal', or dl.AnswerCalibrator for label distributions"
-            )
-        self.calibrator = AnswerCalibrator(model, tokenizer_or_processor, config=config)
-
-    def _generate(self, *args, **kwargs):
-        import torch
-
-        from ..hf.calibration import CalibrationLogitsProcessor
-
-        if args:
-            raise UserInputError("pass generate inputs as keywords (input_ids=..., pixel_values=...)")
-        if kwargs.get("num_beams", 1) != 1 or kwargs.get("num_return_sequences", 1) != 1:
-            raise UserInputError("calibration supports num_beams=1 and num_return_sequences=1")
-        cfg = self.config
-        if cfg.prior == "given":
-            prior = torch.tensor(cfg.prior_probs, dtype=torch.float64)
-        elif cfg.prior == "batch":
-            prior = None
-        else:
-            inputs = {k: v for k, v in kwargs.items() if isinstance(v, torch.Tensor)}
-            _, uncond = self.calibrator._logits_with_priors(inputs)
-            prior = torch.stack([self.calibrator.label_probs_from_logits(u) for u in uncond]).mean(0)
-            if cfg.prior == "dataset":
-                prior = prior.mean(0)
-        proc = CalibrationLogitsProcessor(self.calibrator.label_ids, prior, cfg.eps, cfg.reduce,
-                                          temperature=_sampling_temperature(self.model, kwargs))
-        procs = list(kwargs.pop("logits_processor", None) or [])
-        return self.model.generate(*args, logits_processor=procs + [proc], **kwargs)

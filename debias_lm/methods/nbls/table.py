@@ -28,7 +28,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from ..errors import MissingDependencyError, UserInputError
+from ...errors import MissingDependencyError, UserInputError
 
 ATTRIBUTES = ("women", "white", "black", "asian", "hispanic")
 ATTRIBUTE_LABELS = {

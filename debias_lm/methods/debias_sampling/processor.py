@@ -20,9 +20,10 @@ from typing import Any
 
 import torch
 
-from ..core.contrast import contrast
-from ..errors import UserInputError
-from .base import encode_left_padded
+from ...core.contrast import contrast
+from ...errors import UserInputError
+from ...hf.padding import encode_left_padded, stack_left_padded
+from .config import ALPHA_MAX
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +45,6 @@ except ImportError:  # pragma: no cover
 
 
 def _check_alpha_beta(alpha: float, beta: float) -> None:
-    from ..methods.debias_sampling import ALPHA_MAX
-
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 <= alpha <= ALPHA_MAX:
         raise UserInputError(f"alpha={alpha!r} is invalid: expected a number in [0, {ALPHA_MAX:g}] (1.0 is the "
                              "method's default)")
@@ -116,17 +115,6 @@ class _Branch:
         return logits.view(self.repeat, -1, logits.shape[-1])
 
 
-def _stack_text_rows(parts: list[tuple[torch.Tensor, torch.Tensor]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stack several left-padded [B, S_i] batches into one left-padded [k*B, max S_i] batch."""
-    width = max(ids.shape[1] for ids, _ in parts)
-    out_ids, out_mask = [], []
-    for ids, mask in parts:
-        gap = width - ids.shape[1]
-        out_ids.append(torch.nn.functional.pad(ids, (gap, 0), value=pad_id))
-        out_mask.append(torch.nn.functional.pad(mask, (gap, 0), value=0))
-    return torch.cat(out_ids), torch.cat(out_mask)
-
-
 class DebiasSamplingLogitsProcessor(LogitsProcessor):
     """Contrast each step's logits against an unconditional (counterfactual / image-free) branch.
 
@@ -178,7 +166,7 @@ class DebiasSamplingLogitsProcessor(LogitsProcessor):
         other = [b for b in norm if not set(b) <= {"input_ids", "attention_mask"}]
         self._branches: list[_Branch] = []
         if text_only:
-            ids, mask = _stack_text_rows([(b["input_ids"], b["attention_mask"]) for b in text_only], pad_token_id)
+            ids, mask = stack_left_padded([(b["input_ids"], b["attention_mask"]) for b in text_only], pad_token_id)
             self._branches.append(_Branch({"input_ids": ids, "attention_mask": mask}, len(text_only), mrope, model))
         for b in other:
             self._branches.append(_Branch(dict(b), 1, mrope, model))
@@ -213,9 +201,8 @@ class DebiasSamplingLogitsProcessor(LogitsProcessor):
         Idefics3/SmolVLM, Gemma3); other architectures, inputs without image tokens and right-padded batches
         raise a ``ValueError`` here, before generation.
         """
-        from ..methods.debias_sampling import parse_variants
-        from .base import get_tokenizer
-        from .image_free import arch_spec, image_free_inputs
+        from ...hf.base import get_tokenizer
+        from ...hf.image_free import arch_spec, image_free_inputs, parse_variants
 
         _check_alpha_beta(alpha, beta)
         spec = arch_spec(model)
