@@ -12,7 +12,7 @@ from debias_lm.core import calibrate, calibration_offsets
 from debias_lm.hf.image_free import image_free_inputs
 from debias_lm.labels import label_token_ids
 from debias_lm.metrics.pope import expected_calibration_error, parse_yes_no, pope_metrics
-from tests.test_vlm_debias import built, make_inputs
+from tests.methods.debias_sampling.test_vlm_debias import built, make_inputs
 
 
 def test_calibration_offsets_equal_diagonal_calibration():
@@ -245,7 +245,7 @@ def test_right_padded_batch_scores_like_left_padded_and_unpadded(name, prior):
     """batch / given priors need no image-free branch, so right padding reaches them: each row's label scores
     must come from its last real token, not from a pad position."""
     from debias_lm.testing import tiny_image
-    from tests.test_vlm_debias import prompt
+    from tests.methods.debias_sampling.test_vlm_debias import prompt
 
     model, proc = built(name)
     texts = ["Is there a cat?", "Is there a small red square in the upper left part of this picture?"]
