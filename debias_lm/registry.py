@@ -194,10 +194,17 @@ def unregister_method(name: str) -> None:
         _ALIASES.pop(alias, None)
 
 
+_BUILTINS_LOADED = False
+
+
 def _ensure_builtins() -> None:
+    global _BUILTINS_LOADED
+    if _BUILTINS_LOADED:
+        return
     from .methods import load_builtin_methods  # lazy: each method package imports this module to register
 
     load_builtin_methods()
+    _BUILTINS_LOADED = True
 
 
 def get_method(name: str) -> MethodSpec:
