@@ -1,4 +1,12 @@
-"""The token choice of a debias-sampling pair: batched, on the device, without host syncs.
+"""Choosing the next token from scores: the one place sampling is written.
+
+Two semantics, because each backend must match its engine exactly: :func:`filter_scores` + :func:`draw` are HF
+``generate``'s (temperature -> top-k -> top-p warpers, then ``torch.multinomial``), used by the project's own HF
+decoding loops (UDDIA, the shared-prefix sampler, the fused twin rows of debias sampling); :func:`pick_tokens`
+is vLLM's sampler, used by the vLLM plugin's twin-row processor and the lockstep client.
+
+**vLLM semantics** (:func:`pick_tokens`): the token choice of a debias-sampling pair, batched, on the device,
+without host syncs.
 
 One definition for every vLLM path: the twin-row logits processor (all pairs of a step at once, full vocabulary)
 and the lockstep driver (main's top-k candidates, in token-id order). Both feed it the scores of
@@ -94,4 +102,33 @@ def pick_tokens(scores: torch.Tensor, temperature: torch.Tensor, u: torch.Tensor
     return torch.where(temp.squeeze(-1) < GREEDY_EPS, scores.argmax(-1), drawn)
 
 
-__all__ = ["GREEDY_EPS", "pick_tokens", "seeded_uniform"]
+def top_p_mask(logits: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Nucleus filtering as HF's ``TopPLogitsWarper`` (keeps at least one token): masked -> -inf."""
+    if top_p >= 1.0:
+        return logits
+    sorted_logits, sorted_idx = torch.sort(logits, descending=False, dim=-1)
+    cum = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+    remove_sorted = cum <= (1 - top_p)
+    remove_sorted[..., -1:] = False
+    remove = remove_sorted.scatter(-1, sorted_idx, remove_sorted)
+    return logits.masked_fill(remove, float("-inf"))
+
+
+def filter_scores(scores: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
+    """HF ``generate``'s sampling warpers in HF's order: ``scores / temperature``, then top-k (0 = off; tokens
+    below the k-th score -> -inf), then top-p (:func:`top_p_mask`)."""
+    if temperature != 1.0:
+        scores = scores / temperature
+    if top_k and top_k < scores.shape[-1]:
+        kth = torch.topk(scores, top_k, dim=-1).values[..., -1:]
+        scores = scores.masked_fill(scores < kth, float("-inf"))
+    return top_p_mask(scores, top_p)
+
+
+def draw(scores: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One token per row from ``softmax(scores)`` with ``torch.multinomial`` (what HF ``generate`` samples with):
+    int64 ``[N]``."""
+    return torch.multinomial(torch.softmax(scores, -1), 1, generator=generator).squeeze(1)
+
+
+__all__ = ["GREEDY_EPS", "draw", "filter_scores", "pick_tokens", "seeded_uniform", "top_p_mask"]

@@ -283,18 +283,6 @@ def fuse_log_probs(logp_tuned: torch.Tensor, logp_base: torch.Tensor, gamma: flo
     return torch.log_softmax(tuned + base, dim=-1)
 
 
-def top_p_mask(logits: torch.Tensor, top_p: float) -> torch.Tensor:
-    """Nucleus filtering as HF's ``TopPLogitsWarper`` (keeps at least one token): masked -> -inf."""
-    if top_p >= 1.0:
-        return logits
-    sorted_logits, sorted_idx = torch.sort(logits, descending=False, dim=-1)
-    cum = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
-    remove_sorted = cum <= (1 - top_p)
-    remove_sorted[..., -1:] = False
-    remove = remove_sorted.scatter(-1, sorted_idx, remove_sorted)
-    return logits.masked_fill(remove, float("-inf"))
-
-
 def conditional_perplexity(token_nll: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """exp(mean NLL over the masked continuation tokens) per row; ``inf`` for an empty continuation."""
     n = mask.sum(-1)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import torch
 
 from ...core.contrast import contrast
+from ...core.sampling import draw
 from .processor import _note_fallback
 
 try:
@@ -90,7 +91,7 @@ class TwinRowContrastProcessor(LogitsProcessor):
         if self.do_sample:
             for w in self.warpers:
                 s = w(history, s)
-            tokens = torch.multinomial(torch.softmax(s, -1), num_samples=1).squeeze(1)
+            tokens = draw(s)
         else:
             tokens = s.argmax(-1)
         out = torch.full_like(scores, float("-inf"))

@@ -10,6 +10,7 @@ import torch
 
 import debias_lm as dl
 from debias_lm.core import uddia as core
+from debias_lm.core.sampling import top_p_mask
 from debias_lm.errors import UserInputError
 
 PROMPTS = ["The nurse said that", "He and she went to the store and the teacher asked"]
@@ -143,7 +144,7 @@ def test_top_p_matches_hf_warper():
 
     logits = torch.randn(4, 50, generator=torch.Generator().manual_seed(4))
     ref = TopPLogitsWarper(0.7)(None, logits.clone())
-    assert torch.equal(core.top_p_mask(logits, 0.7), ref)
+    assert torch.equal(top_p_mask(logits, 0.7), ref)
 
 
 def test_conditional_perplexity_and_depth():
