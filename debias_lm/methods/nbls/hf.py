@@ -44,6 +44,8 @@ class NBLSHF(HFMethod):
         """
         import torch
 
+        from ...hf.padding import left_pad_rows
+
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         bos = self.tokenizer.bos_token_id
@@ -55,13 +57,8 @@ class NBLSHF(HFMethod):
                 rows.append([bos, *self._prefix_ids, *real[1:]])
             else:
                 rows.append([*self._prefix_ids, *real])
-        width = max(len(r) for r in rows)
-        new_ids = torch.full((len(rows), width), pad, dtype=input_ids.dtype, device=input_ids.device)
-        new_mask = torch.zeros((len(rows), width), dtype=attention_mask.dtype, device=input_ids.device)
-        for i, r in enumerate(rows):
-            new_ids[i, width - len(r) :] = torch.tensor(r, dtype=input_ids.dtype)
-            new_mask[i, width - len(r) :] = 1
-        return new_ids, new_mask
+        new_ids, new_mask = left_pad_rows(rows, pad, input_ids.device, dtype=input_ids.dtype)
+        return new_ids, new_mask.to(attention_mask.dtype)
 
     # -- generation with the grounding prefilled once -------------------------------------------------
     prefix_cache = True  # set False to prefill the grounding for every row (the plain HF path)

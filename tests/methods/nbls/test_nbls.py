@@ -377,3 +377,23 @@ def test_grounding_keeps_the_chat_templates_default_system_prompt(tiny_llama):
     msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
     out = dl.wrap(model, tok, cfg).impl.transform_messages(msgs)
     assert out[0]["content"] == g.text + "\n\nBe brief." and default not in out[0]["content"]
+
+
+def test_token_id_input_gets_the_grounding_after_bos_and_is_left_padded_again(tiny_llama):
+    """``generate(input_ids=...)``: every row is BOS + grounding tokens + its own tokens, re-padded on the left
+    (expected rows built by hand from the tokenizer)."""
+    import torch
+
+    model, tok = tiny_llama
+    impl = dl.wrap(model, tok, dl.NBLSConfig(k=2)).impl
+    pre = tok(impl.grounding.text + "\n\n", add_special_tokens=False)["input_ids"]
+    bos, pad = tok.bos_token_id, tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    rows = [[bos, 11, 12, 13], [14, 15]]  # the second row has no BOS: the grounding goes first
+    ids = torch.tensor([rows[0], [pad, pad] + rows[1]])
+    mask = torch.tensor([[1, 1, 1, 1], [0, 0, 1, 1]])
+    new_ids, new_mask = impl.transform_input_ids(ids, mask)
+    want = [[bos, *pre, 11, 12, 13], [*pre, 14, 15]]
+    width = max(map(len, want))
+    assert new_ids.tolist() == [[pad] * (width - len(r)) + r for r in want]
+    assert new_mask.tolist() == [[0] * (width - len(r)) + [1] * len(r) for r in want]
+    assert new_ids.dtype == ids.dtype and new_mask.dtype == mask.dtype
