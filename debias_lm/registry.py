@@ -1,7 +1,8 @@
 """Method registry: name -> config class -> HF implementation -> vLLM support.
 
 The CLI, :func:`debias_lm.wrap`, the vLLM plugin and the evaluation harness look methods up here, so a
-new method is one module plus one :func:`register_method` call.
+new method is one package plus one :func:`register_method` call (in the package's ``__init__``, as the
+built-in ones under ``debias_lm/methods/`` do).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import dataclasses
 import importlib
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from .config import MethodConfig
@@ -81,6 +82,66 @@ def _load(target: Any) -> Any:
     return target
 
 
+# -- the vLLM form of a method: what a method package's ``vllm.py`` declares as ``MAPPING`` ----------------------
+VLLM_BEHAVIOURS = ("none", "prompt", "label_bias", "pair")
+VLLM_PREFIX = "debias_"  # every request key the vLLM plugin reads starts with it (``debias_method``, ``debias_<field>``)
+
+
+@dataclasses.dataclass(frozen=True)
+class VLLMRequest:
+    """What the vLLM plugin's processor does for one opted-in request (parsed once, when it enters the batch).
+
+    ``behaviour`` ``"label_bias"``: add ``label_offsets`` to the logits of ``label_ids`` at the first generated
+    token. ``"pair"``: contrast the ``role`` ``"main"`` row with the ``"aux"`` row of the same ``pair`` id,
+    ``(1+alpha)·l_main − alpha·l_aux`` under the ``beta`` cutoff, and force both rows to the chosen token;
+    ``sampling`` is the pair's own ``(temperature, top_k, top_p, min_p, seed)`` or ``None`` (the request's).
+    """
+
+    method: str
+    behaviour: str
+    label_ids: tuple[int, ...] = ()
+    label_offsets: tuple[float, ...] = ()
+    pair: str = ""
+    role: str = ""
+    alpha: float = 1.0
+    beta: float = 0.1
+    sampling: tuple | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class VLLMMapping:
+    """How one method runs with the vLLM plugin (torch-free: it runs in vLLM's frontend and in every worker).
+
+    Attributes:
+        behaviour: ``"none"`` (plain generation), ``"prompt"`` (the client transforms prompts; requests cannot opt
+            in per request), ``"label_bias"`` (step-0 label offsets) or ``"pair"`` (twin-row contrast).
+        wire_fields: config fields a request carries as ``debias_<field>`` (the rest are client-side settings).
+        plugin_keys: the other ``debias_*`` keys the method reads (label ids, pair id, ...).
+        parse: ``parse(config, keys, *, vocab_size, sampling_params) -> VLLMRequest``: checks the request's
+            ``plugin_keys`` (``keys``) against the validated config; raises ``UserInputError``.
+        request_keys: ``request_keys(config, tokenizer) -> dict``: the plugin keys a client adds for a config
+            (e.g. the labels' token ids), or ``None``.
+        transform: behaviour ``"prompt"``: ``transform(config) -> (prompt or chat -> prompt or chat)``.
+        refusal: behaviour ``"prompt"``: why a request cannot carry the method, and what to do instead.
+    """
+
+    behaviour: str
+    wire_fields: tuple[str, ...] = ()
+    plugin_keys: tuple[str, ...] = ()
+    parse: Callable[..., VLLMRequest] | None = None
+    request_keys: Callable[..., dict] | None = None
+    transform: Callable[..., Callable] | None = None
+    refusal: str = ""
+
+    def __post_init__(self) -> None:
+        if self.behaviour not in VLLM_BEHAVIOURS:
+            raise ValueError(f"behaviour must be one of {VLLM_BEHAVIOURS}, got {self.behaviour!r}")
+        if self.behaviour in ("label_bias", "pair") and self.parse is None:
+            raise ValueError(f"a {self.behaviour!r} mapping needs parse=")
+        if self.behaviour == "prompt" and (self.transform is None or not self.refusal):
+            raise ValueError("a 'prompt' mapping needs transform= and refusal=")
+
+
 _REGISTRY: dict[str, MethodSpec] = {}
 _ALIASES: dict[str, str] = {}
 
@@ -133,8 +194,17 @@ def unregister_method(name: str) -> None:
         _ALIASES.pop(alias, None)
 
 
+_BUILTINS_LOADED = False
+
+
 def _ensure_builtins() -> None:
-    from . import methods  # noqa: F401  (registers the built-in methods)
+    global _BUILTINS_LOADED
+    if _BUILTINS_LOADED:
+        return
+    from .methods import load_builtin_methods  # lazy: each method package imports this module to register
+
+    load_builtin_methods()
+    _BUILTINS_LOADED = True
 
 
 def get_method(name: str) -> MethodSpec:

@@ -1005,7 +1005,8 @@ LOGITS = st.lists(st.floats(-1e4, 1e4, allow_nan=False) | st.just(-math.inf), mi
 @PROPS
 @given(a=LOGITS, gamma=st.floats(0.0, 1.0), top_p=st.floats(1e-6, 1.0))
 def test_property_uddia_fusion_and_top_p_keep_a_distribution(a, gamma, top_p):
-    from debias_lm.core.uddia import fuse_log_probs, top_p_mask
+    from debias_lm.core.sampling import top_p_mask
+    from debias_lm.core.uddia import fuse_log_probs
 
     la = torch.log_softmax(torch.tensor([a], dtype=torch.float64), -1)
     lb = torch.log_softmax(torch.tensor([list(reversed(a))], dtype=torch.float64), -1)

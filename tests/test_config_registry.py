@@ -129,7 +129,7 @@ def test_calibration_prior_errors_are_clear(kwargs, needle):
 
 
 def test_hf_processor_rejects_overflowing_alpha(tiny_llama):
-    from debias_lm.hf.debias_sampling import DebiasSamplingLogitsProcessor
+    from debias_lm.methods.debias_sampling.processor import DebiasSamplingLogitsProcessor
 
     model, tok = tiny_llama
     with pytest.raises(UserInputError, match=r"alpha=1e\+38 is invalid"):

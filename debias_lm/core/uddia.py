@@ -266,12 +266,12 @@ def kl_budget_scale(kl: torch.Tensor, budget: float, safety: float = 0.9) -> tor
 
 def redo_threshold(plain_ppls, factor: float) -> float:
     """The redo threshold: ``factor`` x the median of the model's own plain-sample perplexities (finite ones)."""
-    from ..metrics.fluency import median_perplexity
+    import statistics
 
-    med = median_perplexity([float(p) for p in plain_ppls if p is not None and math.isfinite(float(p))])
-    if math.isnan(med):
+    finite = [float(p) for p in plain_ppls if p is not None and math.isfinite(float(p))]
+    if not finite:
         raise ValueError("redo_threshold needs at least one finite perplexity")
-    return factor * med
+    return factor * statistics.median(finite)
 
 
 # -- decoding -------------------------------------------------------------------------------------------
@@ -281,18 +281,6 @@ def fuse_log_probs(logp_tuned: torch.Tensor, logp_base: torch.Tensor, gamma: flo
     tuned = gamma * logp_tuned if gamma != 0 else torch.zeros_like(logp_tuned)
     base = (1.0 - gamma) * logp_base if gamma != 1 else torch.zeros_like(logp_base)
     return torch.log_softmax(tuned + base, dim=-1)
-
-
-def top_p_mask(logits: torch.Tensor, top_p: float) -> torch.Tensor:
-    """Nucleus filtering as HF's ``TopPLogitsWarper`` (keeps at least one token): masked -> -inf."""
-    if top_p >= 1.0:
-        return logits
-    sorted_logits, sorted_idx = torch.sort(logits, descending=False, dim=-1)
-    cum = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
-    remove_sorted = cum <= (1 - top_p)
-    remove_sorted[..., -1:] = False
-    remove = remove_sorted.scatter(-1, sorted_idx, remove_sorted)
-    return logits.masked_fill(remove, float("-inf"))
 
 
 def conditional_perplexity(token_nll: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -32,8 +32,8 @@ from typing import Any
 
 from ..config import MethodConfig
 from ..errors import UserInputError
+from ..methods.nbls.table import BLSOccupation, BLSTable, load_bls_table
 from ..metrics.occupational import occupational_metrics
-from ..nbls.table import BLSOccupation, BLSTable, load_bls_table
 
 log = logging.getLogger(__name__)
 

@@ -253,8 +253,8 @@ def evaluate(model, processor, examples: list[Example], *, alpha: float = 1.0, b
     from tqdm.auto import tqdm
 
     from ..core.contrast import calibrate, contrast
-    from ..hf.calibration import AnswerCalibrator
     from ..hf.wrap import wrap
+    from ..methods.calibration.calibrator import AnswerCalibrator
     from ..methods.debias_sampling import DebiasSamplingConfig
     from ..metrics.pope import expected_calibration_error, parse_yes_no, pope_metrics
 

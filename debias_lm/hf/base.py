@@ -9,6 +9,7 @@ from typing import Any
 from ..config import MethodConfig
 from ..errors import UserInputError
 from ..utils.files import check_utf8_text
+from .padding import encode_left_padded  # noqa: F401  (also the name callers import from here)
 
 log = logging.getLogger(__name__)
 
@@ -210,19 +211,6 @@ class HFMethod:
 
     def _generate(self, *args, **kwargs):
         return self.model.generate(*args, **kwargs)
-
-
-def encode_left_padded(tokenizer, texts: list[str], *, add_special_tokens: bool = True, device=None) -> dict:
-    """Tokenise a batch with left padding (what decoder-only generation needs), leaving the tokenizer as it was."""
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    old_side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
-    try:
-        enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=add_special_tokens)
-    finally:
-        tokenizer.padding_side = old_side
-    return {k: v.to(device) for k, v in enc.items()} if device is not None else dict(enc)
 
 
 def new_tokens(sequences, prompt_length: int, tokenizer, skip_special_tokens: bool = True) -> list[str]:

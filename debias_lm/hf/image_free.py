@@ -19,10 +19,22 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
-import torch
-
 from ..errors import UserInputError
-from ..methods.debias_sampling import parse_variants
+from .padding import left_pad_rows
+
+IMAGE_FREE_VARIANTS = ("none", "unk", "noise")
+
+
+def parse_variants(variant: str) -> tuple[str, ...]:
+    """``"none+unk"`` -> ``("none", "unk")``; raises on unknown or repeated parts."""
+    parts = tuple(p.strip() for p in str(variant).split("+"))
+    bad = [p for p in parts if p not in IMAGE_FREE_VARIANTS]
+    if not parts or bad or len(set(parts)) != len(parts):
+        raise UserInputError(
+            f"variant={variant!r} is invalid: expected one of {', '.join(IMAGE_FREE_VARIANTS)} or several joined "
+            "with '+' (e.g. 'none+unk': the branches' logits are averaged)"
+        )
+    return parts
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,7 +144,9 @@ def _delimited(ids: list[int], start: int | None, end: int | None) -> list[tuple
     return spans
 
 
-def _rows(inputs: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+def _rows(inputs: Mapping[str, Any]):
+    import torch
+
     if "input_ids" not in inputs or not isinstance(inputs["input_ids"], torch.Tensor):
         raise UserInputError("inputs must contain `input_ids` (the processor's output with return_tensors='pt')")
     ids = inputs["input_ids"]
@@ -144,18 +158,6 @@ def _rows(inputs: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
     if (mask[:, -1] == 0).any():
         raise UserInputError("inputs must be left-padded for generation (processor.tokenizer.padding_side='left')")
     return ids, mask
-
-
-def left_pad_rows(rows: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token-id rows as a left-padded ``[B, max len]`` batch: ``(input_ids, attention_mask)``."""
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        if r:
-            ids[i, width - len(r):] = torch.tensor(r)
-            mask[i, width - len(r):] = 1
-    return ids.to(device), mask.to(device)
 
 
 def check_has_images(model, tokenizer, inputs: Mapping[str, Any]) -> list[list[tuple[int, int]]]:
@@ -189,6 +191,8 @@ def image_free_inputs(model, processor, inputs: Mapping[str, Any], variant: str 
     ids, mask = _rows(inputs)
     spans = check_has_images(model, tokenizer, inputs)
     if variant == "noise":
+        import torch
+
         from ..core.vision import diffusion_noise
 
         present = [k for k in spec.pixel_keys if inputs.get(k) is not None]

@@ -52,17 +52,11 @@ def split_layout(rows: Sequence[Sequence[int]], prefix_len: int, pad_id: int):
     """``(input_ids, attention_mask)`` laid out ``prefix | padding | suffix`` (the prefix being shared)."""
     import torch
 
-    width = max(len(r) - prefix_len for r in rows)
-    x = torch.full((len(rows), prefix_len + width), pad_id, dtype=torch.long)
-    mask = torch.zeros_like(x)
-    for i, r in enumerate(rows):
-        suffix = list(r[prefix_len:])
-        x[i, :prefix_len] = torch.tensor(list(r[:prefix_len]), dtype=torch.long)
-        mask[i, :prefix_len] = 1
-        if suffix:
-            x[i, prefix_len + width - len(suffix) :] = torch.tensor(suffix, dtype=torch.long)
-            mask[i, prefix_len + width - len(suffix) :] = 1
-    return x, mask
+    from .padding import left_pad_rows
+
+    suffix, suffix_mask = left_pad_rows([list(r[prefix_len:]) for r in rows], pad_id)
+    prefix = torch.tensor([list(r[:prefix_len]) for r in rows], dtype=torch.long).view(len(rows), prefix_len)
+    return torch.cat([prefix, suffix], 1), torch.cat([torch.ones_like(prefix), suffix_mask], 1)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -223,13 +217,11 @@ def sample_after_prefix(model, prefix_ids: Sequence[int], suffixes: Sequence[Seq
 
     import torch
 
+    from ..core.sampling import draw
+    from .padding import left_pad_rows
+
     ctx = SharedPrefix(model, prefix_ids) if shared is None else contextlib.nullcontext(shared)
-    width = max(len(s) for s in suffixes)
-    ids = torch.full((len(suffixes), width), pad_id, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for i, s in enumerate(suffixes):
-        ids[i, width - len(s) :] = torch.tensor(list(s), dtype=torch.long)
-        mask[i, width - len(s) :] = 1
+    ids, mask = left_pad_rows(suffixes, pad_id)
     reps = [1] * len(suffixes) if repeats is None else list(repeats)
     if len(reps) != len(suffixes) or any(r < 0 for r in reps):
         raise ValueError("repeats needs one count >= 0 per suffix")
@@ -249,7 +241,7 @@ def sample_after_prefix(model, prefix_ids: Sequence[int], suffixes: Sequence[Seq
         for _ in range(max_new_tokens):
             last = logits[:, -1].float()
             if do_sample:
-                nxt = torch.multinomial(torch.softmax(last, -1), 1, generator=generator).squeeze(1).cpu()
+                nxt = draw(last, generator).cpu()
             else:
                 nxt = last.argmax(-1).cpu()
             for i, t in zip(active.tolist(), nxt.tolist()):

@@ -1,58 +1,22 @@
-"""Built-in methods. Importing this package registers them in :mod:`debias_lm.registry`."""
+"""Built-in methods, one package each (``methods/<name>/``: config, HF implementation, processors, vLLM mapping).
 
-from ..config import IdentityConfig
-from ..registry import _REGISTRY, register_method
-from .calibration import CalibrationConfig
-from .debias_sampling import DebiasSamplingConfig
-from .nbls import NBLSConfig
-from .uddia import UDDIAConfig
+Each package registers itself in its own ``__init__`` with :func:`debias_lm.registry.register_method`, the
+way peft's tuners call ``register_peft_method``; :func:`load_builtin_methods` imports every package here, which
+is what :func:`debias_lm.registry.get_method` does on first use. Importing this package alone registers
+nothing and stays light.
+"""
 
-if "identity" not in _REGISTRY:
-    register_method(
-        IdentityConfig,
-        "debias_lm.methods.identity:IdentityHF",
-        kind="none",
-        vllm="yes",
-        aliases=("none",),
-        description="no-op baseline: the model's own generate, bit-identical",
-    )
-if "nbls" not in _REGISTRY:
-    register_method(
-        NBLSConfig,
-        "debias_lm.methods.nbls:NBLSHF",
-        kind="prompt",
-        vllm="yes",
-        description="ground prompts in U.S. BLS occupation statistics (k=32 instances, system message)",
-    )
+from __future__ import annotations
 
-if "debias_sampling" not in _REGISTRY:
-    register_method(
-        DebiasSamplingConfig,
-        "debias_lm.methods.debias_sampling:DebiasSamplingHF",
-        kind="decoding",
-        vllm="partial",
-        unsupported={"vllm": "VLM image-free branches run in HF only; text counterfactual pairs run per request in vLLM"},
-        modalities=("text", "vision"),
-        description="contrastive decoding against an image-free (VLM) or counterfactual (LLM) context (VDD)",
-    )
-if "calibration" not in _REGISTRY:
-    register_method(
-        CalibrationConfig,
-        "debias_lm.methods.calibration:CalibrationHF",
-        kind="answer",
-        vllm="yes",
-        modalities=("text", "vision"),
-        description="post-hoc calibration of answer labels against an image-free / content-free prior",
-    )
+import importlib
+import pkgutil
 
-if "uddia" not in _REGISTRY:
-    register_method(
-        UDDIAConfig,
-        "debias_lm.methods.uddia.hf:UDDIAHF",
-        kind="decoding",
-        vllm="no",
-        unsupported={"vllm": "UDDIA takes a gradient step per token; serve its distilled offsets with 'steer'"},
-        description="UDDIA: per-token gradient steps on bias-site offsets (detox probe + group debias), HF only",
-    )
 
-__all__ = ["CalibrationConfig", "DebiasSamplingConfig", "IdentityConfig", "NBLSConfig", "UDDIAConfig"]
+def load_builtin_methods() -> None:
+    """Import (and so register) every method package under ``debias_lm.methods``."""
+    for info in pkgutil.iter_modules(__path__):
+        if info.ispkg:
+            importlib.import_module(f"{__name__}.{info.name}")
+
+
+__all__ = ["load_builtin_methods"]

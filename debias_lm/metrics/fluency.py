@@ -59,10 +59,8 @@ def mean_repetition_rate(texts: Sequence[str], n: int = 2) -> float:
 
 def perplexity_is_circular(method_config, scorer_is_generator: bool) -> bool:
     """True when the perplexity scorer is the generating model itself and the method picks continuations by
-    that model's perplexity (UDDIA with redo on and a non-zero step)."""
-    if not scorer_is_generator or method_config is None or getattr(method_config, "method", None) != "uddia":
-        return False
-    return bool(getattr(method_config, "layer_step", 0)) and float(getattr(method_config, "lr", 0)) > 0
+    that model's perplexity (the config's ``selects_by_perplexity``: UDDIA with redo on and a non-zero step)."""
+    return bool(scorer_is_generator and getattr(method_config, "selects_by_perplexity", False))
 
 
 def mean_dist_n(samples_by_prompt: Sequence[Sequence[str]], n: int) -> float:

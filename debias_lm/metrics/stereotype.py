@@ -115,8 +115,7 @@ def sentence_logliks(model, tokenizer, texts: Sequence[str], batch_size: int = 1
     in any batch. Texts are batched in order of length to limit padding; results come back in input order.
     """
     import torch
-
-    from ..hf.image_free import left_pad_rows
+    from torch.nn.utils.rnn import pad_sequence
 
     if isinstance(texts, str):
         raise UserInputError("texts must be a list of strings, got one string: wrap it in a list")
@@ -139,7 +138,9 @@ def sentence_logliks(model, tokenizer, texts: Sequence[str], batch_size: int = 1
     with torch.inference_mode():
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
-            ids, mask = left_pad_rows([rows[i] for i in idx], pad, device)
+            batch = [torch.tensor(rows[i]) for i in idx]
+            ids = pad_sequence(batch, batch_first=True, padding_value=pad, padding_side="left").to(device)
+            mask = pad_sequence([torch.ones_like(r) for r in batch], batch_first=True, padding_side="left").to(device)
             pos = (mask.cumsum(-1) - 1).clamp_min(0)
             logits = model(input_ids=ids, attention_mask=mask, position_ids=pos).logits.float()
             logp = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)

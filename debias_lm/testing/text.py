@@ -44,7 +44,7 @@ def _train_tokenizer(vocab_size: int, extra_special: tuple[str, ...]):
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    from debias_lm.nbls import load_bls_table
+    from debias_lm.methods.nbls import load_bls_table
 
     corpus = list(_CORPUS) * 4 + [f"The {r.surface} said that he or she" for r in load_bls_table()]
     tok.train_from_iterator(corpus, trainer=trainer)

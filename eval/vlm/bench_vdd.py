@@ -22,7 +22,7 @@ import torch
 
 import debias_lm as dl
 from debias_lm.eval.pope_synthetic import _encode_batch, build_model, load_biased_vlm, make_split
-from debias_lm.hf.debias_sampling import DebiasSamplingLogitsProcessor
+from debias_lm.methods.debias_sampling.processor import DebiasSamplingLogitsProcessor
 
 
 def main(argv=None) -> int:

@@ -23,7 +23,7 @@ from typing import Any
 _LAZY = {
     "DebiasLogitsProcessor": "vllm_debias.processor",
     "request_args": "vllm_debias.args",
-    "label_args": "vllm_debias.args",
+    "label_args": "debias_lm.methods.calibration.vllm",
     "DebiasArgsError": "vllm_debias.args",
     "generate": "vllm_debias.offline",
     "PairCheckError": "vllm_debias.offline",
@@ -34,7 +34,7 @@ _LAZY = {
     "LockstepClient": "vllm_debias.lockstep",
     "lockstep_decode": "vllm_debias.lockstep",
     "PairJob": "vllm_debias.lockstep",
-    "nbls_chat_template": "vllm_debias.nbls",
+    "nbls_chat_template": "debias_lm.methods.nbls.vllm",
     "server_command": "vllm_debias.serve",
 }
 

@@ -3,13 +3,13 @@
 Each step sends the main context (prompt + tokens so far) with ``max_tokens=1, logprobs=K`` and the
 counterfactual context with ``max_tokens=1, logprob_token_ids=<main's candidates>``, combines the two with the
 same functions as the twin-row processor (:func:`debias_lm.core.contrast.contrast` over the candidates in
-token-id order, then :func:`vllm_debias.sampling.pick_tokens`), appends the token to both contexts, and stops
+token-id order, then :func:`debias_lm.core.sampling.pick_tokens`), appends the token to both contexts, and stops
 by the engine's rules. It needs no logits processor, so it works against any vLLM server (prefix caching makes
 each step cost about one token of prefill), and it is the fallback of :func:`vllm_debias.generate` for twin-row
 pairs that drifted apart.
 
 Same semantics as twin rows: greedy or temperature / min-p / top-k / top-p sampling; a request ``seed`` gives
-the same draws as the twin rows (the counter-based draw of :mod:`vllm_debias.sampling`), an unseeded pair
+the same draws as the twin rows (the counter-based draw of :mod:`debias_lm.core.sampling`), an unseeded pair
 draws independently; ``min_tokens`` keeps stop tokens out; EOS (unless ``ignore_eos``), ``stop_token_ids``
 and the model's generation-config EOS ids stop; ``stop`` strings stop (checked on the decoded text after
 ``min_tokens``, the text cut before them unless ``include_stop_str_in_output``); ``max_tokens=None`` means up
@@ -93,8 +93,7 @@ def lockstep_decode(top_fn: TopFn, score_fn: ScoreFn, jobs: Sequence[PairJob], *
     import torch
 
     from debias_lm.core.contrast import contrast
-
-    from .sampling import GREEDY_EPS, pick_tokens, seeded_uniform
+    from debias_lm.core.sampling import GREEDY_EPS, pick_tokens, seeded_uniform
 
     k = max(1, min(int(k), MAX_CANDIDATES))
     if rng is None:
@@ -347,7 +346,7 @@ class LockstepClient:
         twin-row processor gives a request with that seed. ``counterfactual``: one context per prompt (default:
         built from the config, e.g. gender swap).
         """
-        from debias_lm.methods.debias_sampling import counterfactual_texts
+        from debias_lm.methods.debias_sampling.vllm import counterfactual_texts
 
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         config.validate()

@@ -71,17 +71,19 @@ def _label(outputs, status: str, reasons: Sequence[str] | None = None) -> list:
 
 
 def _resolve(config):
+    """``(config, its vLLM mapping)``; a method without a vLLM form is refused before its config is built."""
     from collections.abc import Mapping
 
-    from debias_lm.hf.wrap import resolve_config
+    from debias_lm.registry import resolve_config
 
-    from .args import UDDIA_MESSAGE, DebiasArgsError
+    from .args import method_mapping
 
     name = config if isinstance(config, str) else (
         config.get("method") if isinstance(config, Mapping) else getattr(config, "method", None))
-    if name == "uddia":
-        raise DebiasArgsError("vllm_debias: " + UDDIA_MESSAGE)
-    return resolve_config(config)
+    if isinstance(name, str):
+        method_mapping(name)  # raises the plugin's message (e.g. uddia needs gradients) before anything else
+    cfg = resolve_config(config)
+    return cfg, method_mapping(cfg.method)[1]
 
 
 def _is_chat(p: Any) -> bool:
@@ -180,7 +182,7 @@ def generate(llm, prompts, config=None, sampling_params=None, *, counterfactual:
     """
     if fallback not in FALLBACKS:
         raise ValueError(f"fallback={fallback!r} is invalid: expected one of {', '.join(FALLBACKS)}")
-    cfg = _resolve(config)
+    cfg, mapping = _resolve(config)
     single = isinstance(prompts, str) or _is_chat(prompts) or isinstance(prompts, dict)
     items = [prompts] if single else list(prompts)
     if not items:
@@ -193,25 +195,19 @@ def generate(llm, prompts, config=None, sampling_params=None, *, counterfactual:
             raise ValueError("vllm_debias.generate needs n=1 per prompt (repeat the prompt for more samples)")
     tok = llm.get_tokenizer()
     method = cfg.method
-    if method not in ("identity", "nbls") and not _has_processor(llm):
+    if mapping.behaviour not in ("none", "prompt") and not _has_processor(llm):
         raise ValueError(
             f"method {method!r} needs the logits processor: LLM(..., logits_processors=["
             "'vllm_debias:DebiasLogitsProcessor'])"
         )
-    if method == "identity":
+    if mapping.behaviour == "prompt":  # the method rewrites prompts on the client (e.g. nbls grounding)
+        apply = mapping.transform(cfg)
+        items = [apply(p) if isinstance(p, str) or _is_chat(p) else _unsupported(p, method) for p in items]
+    if mapping.behaviour in ("none", "prompt"):
         return _label(llm.generate([_to_prompt(tok, p) for p in items], sps, use_tqdm=use_tqdm), "applied")
-    if method == "nbls":
-        g = cfg.grounding()
-        grounded = [g.apply(p) if isinstance(p, str) or _is_chat(p) else _unsupported(p, "nbls") for p in items]
-        return _label(llm.generate([_to_prompt(tok, p) for p in grounded], sps, use_tqdm=use_tqdm), "applied")
-    if method == "calibration":
+    if mapping.behaviour == "label_bias":
         return _label(_calibration(llm, tok, items, cfg, sps, prior_prompts, use_tqdm), "applied")
-    if method == "debias_sampling":
-        return _debias_sampling(llm, tok, items, cfg, sps, counterfactual, fallback, lockstep_k, use_tqdm)
-    from .args import build_config
-
-    build_config(method, {})  # raises the plugin's message (uddia, unsupported)
-    raise ValueError(f"method {method!r} is not supported by vllm_debias.generate")
+    return _debias_sampling(llm, tok, items, cfg, sps, counterfactual, fallback, lockstep_k, use_tqdm)
 
 
 def _unsupported(p, method):
@@ -220,8 +216,6 @@ def _unsupported(p, method):
 
 # -- calibration -------------------------------------------------------------------------------------------
 def _calibration(llm, tok, items, cfg, sps, prior_prompts, use_tqdm):
-    from debias_lm.methods.calibration import CalibrationConfig
-
     from .calibration import label_priors, resolve_prior
 
     if cfg.mode == "identity":
@@ -236,8 +230,7 @@ def _calibration(llm, tok, items, cfg, sps, prior_prompts, use_tqdm):
     per_prompt = prior if isinstance(prior[0], (list, tuple)) else [prior] * len(prompts)
     reqs = []
     for pp, sp in zip(per_prompt, sps):
-        given = CalibrationConfig(labels=cfg.labels, mode="diagonal", prior="given", reduce=cfg.reduce,
-                                  eps=cfg.eps, prior_probs=tuple(float(x) for x in pp), variant=cfg.variant)
+        given = cfg.replace(mode="diagonal", prior="given", prior_probs=tuple(float(x) for x in pp))
         reqs.append(_with_args(sp, request_args(given, tok)))
     return llm.generate(prompts, reqs, use_tqdm=use_tqdm)
 
@@ -334,7 +327,7 @@ def _plan(llm, tok, items, cf, sps) -> list[_Pair]:
 
 
 def _debias_sampling(llm, tok, items, cfg, sps, counterfactual, fallback, lockstep_k, use_tqdm):
-    from debias_lm.methods.debias_sampling import counterfactual_texts
+    from debias_lm.methods.debias_sampling.vllm import counterfactual_texts
 
     if counterfactual is None:
         if not all(isinstance(p, str) for p in items):

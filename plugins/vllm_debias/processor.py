@@ -24,7 +24,7 @@ Methods:
   :func:`debias_lm.core.contrast.calibration_offsets`) to the logits of every token variant of each label.
 * ``debias_sampling`` (twin rows): for every main row and its counterfactual ("aux") row that are both in the
   batch at the same generation step, the scores are ``debias_lm.core.contrast(l_main, l_aux, alpha, beta)``;
-  the token is chosen by :func:`vllm_debias.sampling.pick_tokens` (argmax, or the request's temperature /
+  the token is chosen by :func:`debias_lm.core.sampling.pick_tokens` (argmax, or the request's temperature /
   min-p / top-k / top-p with one draw per pair: seeded requests from their seed, others from the engine's
   generator) for all pairs at once, and **both** rows are forced to it (one-hot logits), so the aux context
   follows the main continuation.
@@ -49,9 +49,9 @@ import numpy as np
 import torch
 
 from debias_lm.core.contrast import contrast
+from debias_lm.core.sampling import GREEDY_EPS, pick_tokens, seeded_uniform
 
 from .args import _SEEN_VOCAB, DebiasArgsError, RequestSpec, parse, validate
-from .sampling import GREEDY_EPS, pick_tokens, seeded_uniform
 
 try:
     from vllm.v1.sample.logits_processor import BatchUpdate, MoveDirectionality
@@ -252,7 +252,7 @@ class DebiasLogitsProcessor(*_bases()):  # type: ignore[misc]
     def _attach(self, req: _Req, resumed: bool) -> None:
         """Register an entering request. A row resumed after preemption re-joins its pair: if its partner
         sampled without it meanwhile, the pair is already broken; if both come back together, they continue."""
-        if req.spec.method == "calibration":
+        if req.spec.behaviour == "label_bias":
             if not resumed:
                 self._cal.append(req)
             return
@@ -279,7 +279,7 @@ class DebiasLogitsProcessor(*_bases()):  # type: ignore[misc]
     def _detach(self, req: _Req | None) -> None:
         if req is None:
             return
-        if req.spec.method == "calibration":
+        if req.spec.behaviour == "label_bias":
             if req in self._cal:
                 self._cal.remove(req)
             return
@@ -475,8 +475,8 @@ class DebiasLogitsProcessor(*_bases()):  # type: ignore[misc]
         resumed = rs is not None and int(rs.prefill_len.np[req_idx]) > prompt_len
         req = self._make(sampling_params, None, prompt_len, req_idx)
         self._active[req_idx] = req is not None
-        self._cal_slot[req_idx] = req is not None and req.spec.method == "calibration"
-        self._pair_slot[req_idx] = req is not None and req.spec.method == "debias_sampling"
+        self._cal_slot[req_idx] = req is not None and req.spec.behaviour == "label_bias"
+        self._pair_slot[req_idx] = req is not None and req.spec.behaviour == "pair"
         if req is None:
             return False
         self._reqs[req_idx] = req
@@ -491,7 +491,7 @@ class DebiasLogitsProcessor(*_bases()):  # type: ignore[misc]
 
     def _rebuild_v2(self) -> None:
         self._dirty = False
-        cal = [r for r in self._reqs.values() if r.spec.method == "calibration"]
+        cal = [r for r in self._reqs.values() if r.spec.behaviour == "label_bias"]
         self._cal_entry_slot, self._cal_ids, self._cal_offs = self._calibration_entries(cal)
         self._ok = [p for p in self._pairs.values() if not p.broken]
         self._broken = [p for p in self._pairs.values() if p.broken]
@@ -615,7 +615,7 @@ class DebiasLogitsProcessor(*_bases()):  # type: ignore[misc]
     def _spec_roles(self) -> np.ndarray:
         roles = np.zeros(len(self._active), dtype=np.int64)
         for r in self._reqs.values():
-            if r.spec.method == "debias_sampling":
+            if r.spec.behaviour == "pair":
                 roles[r.key] = 1 if r.spec.role == "main" else 2
         return roles
 

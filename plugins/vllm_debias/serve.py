@@ -38,7 +38,7 @@ def server_command(model: str, *, host: str = "127.0.0.1", port: int = 8000, dty
     if max_model_len:
         cmd += ["--max-model-len", str(max_model_len)]
     if nbls or nbls_config is not None:
-        from .nbls import write_nbls_chat_template
+        from debias_lm.methods.nbls.vllm import write_nbls_chat_template
 
         d = chat_template_dir or tempfile.mkdtemp(prefix="debias-lm-serve-")
         path = write_nbls_chat_template(model, os.path.join(d, "nbls_chat_template.jinja"), nbls_config)

@@ -9,7 +9,21 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from ...registry import _REGISTRY, register_method
 from .config import VARIANTS, UDDIAConfig
+
+if UDDIAConfig.method not in _REGISTRY:
+    register_method(
+        UDDIAConfig,
+        "debias_lm.methods.uddia.hf:UDDIAHF",
+        kind="decoding",
+        vllm="no",
+        unsupported={"vllm": (
+            "it needs gradients (a backward pass through the model at every decoding step), and vLLM logits "
+            "processors only see logits. Use the HF path instead: "
+            "debias_lm.wrap(model, tokenizer, debias_lm.UDDIAConfig(...)).generate(...)")},
+        description="UDDIA: per-token gradient steps on bias-site offsets (detox probe + group debias), HF only",
+    )
 
 _LAZY = {
     "UDDIAHF": ".hf",

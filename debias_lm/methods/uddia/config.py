@@ -83,6 +83,13 @@ class UDDIAConfig(MethodConfig):
     group_balance: float = 3.0
     probe: str = ""
 
+    @property
+    def selects_by_perplexity(self) -> bool:
+        """Whether decoding picks continuations by the model's own perplexity (redo on and a non-zero step): a
+        perplexity measured with the generating model is then circular (:func:`debias_lm.metrics.fluency.
+        perplexity_is_circular`)."""
+        return bool(self.layer_step) and float(self.lr) > 0
+
     def validate(self) -> None:
         self._check_choice("variant", VARIANTS)
         self._check_number("lr", lo=0.0)

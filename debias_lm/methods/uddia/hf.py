@@ -548,9 +548,6 @@ class UDDIAHF(HFMethod):
     def _pick(logp: torch.Tensor, gen: dict) -> torch.Tensor:
         if not gen["do_sample"]:
             return logp.argmax(-1)
-        scores = logp / gen["temperature"]
-        if gen["top_k"] and gen["top_k"] < scores.shape[-1]:
-            kth = torch.topk(scores, gen["top_k"], dim=-1).values[..., -1:]
-            scores = scores.masked_fill(scores < kth, -math.inf)
-        scores = core.top_p_mask(scores, gen["top_p"])
-        return torch.multinomial(torch.softmax(scores, -1), 1).squeeze(1)
+        from ...core.sampling import draw, filter_scores
+
+        return draw(filter_scores(logp / gen["temperature"], 1.0, gen["top_k"], gen["top_p"]))
