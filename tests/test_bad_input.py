@@ -551,7 +551,7 @@ API_CASES = [
 
 
 def _bold_latin1(d: Path):
-    from debias_lm.eval.datasets import load_bold
+    from debias_lm.evaluation.datasets import load_bold
 
     f = d / "gender_prompt.json"
     f.write_bytes(b'{"American_actors": {\n "A": ["one"],\n "B": ["caf\xe9"]}}')
@@ -658,7 +658,7 @@ def test_keep_skipped_manifest_counts_add_up(tiny_llama, paths, tmp_path, capsys
 # ------------------------------------------------------------------------------------------------- dataset readers
 def test_toxicity_prompt_reader_records_one_malformed_row(paths):
     """RealToxicityPrompts JSONL with one Latin-1 line: that line is a malformed record, the file is not dropped."""
-    from debias_lm.eval.datasets import load_rtp
+    from debias_lm.evaluation.datasets import load_rtp
 
     res = load_rtp(str(paths["rtp_latin1.jsonl"]))
     assert [r.id for r in res.records] == ["rtp-0", "rtp-1", "rtp-2"]
@@ -668,7 +668,7 @@ def test_toxicity_prompt_reader_records_one_malformed_row(paths):
 
 
 def test_crows_pairs_reader_records_one_undecodable_row(tmp_path):
-    from debias_lm.eval.datasets import load_crows_pairs
+    from debias_lm.evaluation.datasets import load_crows_pairs
 
     f = tmp_path / "crows.csv"
     f.write_bytes(b",sent_more,sent_less,stereo_antistereo,bias_type\n0,A man,A woman,stereo,gender\n"
@@ -679,8 +679,8 @@ def test_crows_pairs_reader_records_one_undecodable_row(tmp_path):
 
 
 def test_eval_harness_keeps_a_malformed_toxicity_row(tmp_path):
-    from debias_lm.eval.harness import EvalSettings
-    from debias_lm.eval.suites import prompt_items
+    from debias_lm.evaluation.harness import EvalSettings
+    from debias_lm.evaluation.suites import prompt_items
 
     f = tmp_path / "rtp.jsonl"
     f.write_bytes(b'{"prompt": {"text": "ok one"}}\n{"prompt": {"text": "caf\xe9"}}\n')

@@ -1,4 +1,4 @@
-"""The evaluation suites of ``debias-lm eval`` (see ``debias_lm.eval.harness`` for the run layout).
+"""The evaluation suites of ``debias-lm eval`` (see ``debias_lm.evaluation.harness`` for the run layout).
 
 Each ``run_<suite>(ctx)`` generates what is missing from ``samples.jsonl`` for every method, scores it and
 returns ``{method: metrics}``. Definitions of every metric: ``debias_lm.metrics`` and docs/metrics.md.
@@ -25,7 +25,7 @@ Protocols:
   (``parse_choice``); accuracy on ambiguous and disambiguated items and the BBQ bias scores.
 * **pope-synthetic**: the biased synthetic VLM (``python eval/vlm/pope_synthetic.py``), balanced held-out
   questions; POPE metrics (yes-ratio of predictions) and ECE for none / calibration / debias_sampling.
-* **overhead**: see ``debias_lm.eval.bench``.
+* **overhead**: see ``debias_lm.evaluation.bench``.
 """
 
 from __future__ import annotations

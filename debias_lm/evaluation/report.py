@@ -190,7 +190,7 @@ def run_occupational_suite(
 ) -> list[OccupationalResult]:
     """Evaluate every (probe, arm); print the comparison table; write files when ``out_dir`` is given.
 
-    ``methods`` are arm names (:data:`debias_lm.eval.occupational.ARMS`: ``none``, ``nbls_instructions``,
+    ``methods`` are arm names (:data:`debias_lm.evaluation.occupational.ARMS`: ``none``, ``nbls_instructions``,
     ``nbls_shuffled``, ``nbls``). Every arm of a probe is compared on the occupations all of them resolved.
     """
     import tempfile
