@@ -14,7 +14,7 @@ import shutil
 from pathlib import Path
 
 from debias_lm.evaluation.bench import markdown as bench_markdown
-from debias_lm.evaluation.summary import suite_table
+from debias_lm.evaluation.report import suite_table
 
 HERE = Path(__file__).resolve().parent
 COMMAND = "bash eval/results.sh"

@@ -35,7 +35,7 @@ def main() -> None:
         processor = AutoProcessor.from_pretrained(args.model)
         suffix = " Please answer this question with one word."
     else:
-        from debias_lm.evaluation.pope_synthetic import load_biased_vlm
+        from debias_lm.evaluation.suites.pope_synthetic import load_biased_vlm
 
         path = Path("results/pope_synthetic/model")
         if not (path / "config.json").exists():

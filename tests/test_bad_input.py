@@ -679,8 +679,8 @@ def test_crows_pairs_reader_records_one_undecodable_row(tmp_path):
 
 
 def test_eval_harness_keeps_a_malformed_toxicity_row(tmp_path):
-    from debias_lm.evaluation.harness import EvalSettings
-    from debias_lm.evaluation.suites import prompt_items
+    from debias_lm.evaluation.settings import EvalSettings
+    from debias_lm.evaluation.suites.common import prompt_items
 
     f = tmp_path / "rtp.jsonl"
     f.write_bytes(b'{"prompt": {"text": "ok one"}}\n{"prompt": {"text": "caf\xe9"}}\n')

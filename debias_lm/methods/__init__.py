@@ -3,7 +3,7 @@
 from ..config import IdentityConfig
 from ..registry import _REGISTRY, register_method
 from .calibration import CalibrationConfig
-from .debias_sampling import DebiasSamplingConfig
+from .debias_sampling import EVAL_COUNTERFACTUAL_PREFIX, DebiasSamplingConfig
 from .nbls import NBLSConfig
 from .uddia import UDDIAConfig
 
@@ -33,6 +33,7 @@ if "debias_sampling" not in _REGISTRY:
         vllm="partial",
         unsupported={"vllm": "VLM image-free branches run in HF only; text counterfactual pairs run per request in vLLM"},
         modalities=("text", "vision"),
+        eval_defaults={"counterfactual_prefix": EVAL_COUNTERFACTUAL_PREFIX, "counterfactual_swap": ""},
         description="contrastive decoding against an image-free (VLM) or counterfactual (LLM) context (VDD)",
     )
 if "calibration" not in _REGISTRY:

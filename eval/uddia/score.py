@@ -91,7 +91,7 @@ def main() -> None:
         import debias_lm as dl
 
         model, tok = dl.load_default_model()
-    from debias_lm.evaluation.occupational import FEMALE_WORDS, MALE_WORDS
+    from debias_lm.evaluation.suites.occupational import FEMALE_WORDS, MALE_WORDS
     from debias_lm.metrics.counterfactual import uses_words
     from debias_lm.metrics.fluency import conditional_perplexities
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 import debias_lm as dl
-from debias_lm.evaluation.pope_synthetic import _encode_batch, build_model, load_biased_vlm, make_split
+from debias_lm.evaluation.suites.pope_synthetic import _encode_batch, build_model, load_biased_vlm, make_split
 from debias_lm.hf.debias_sampling import DebiasSamplingLogitsProcessor
 
 

@@ -3,7 +3,7 @@
     python eval/vlm/pope_synthetic.py --out results/pope_synthetic [--steps 1500] [--n-test 600] [--retrain]
 
 Writes ``model/`` (the trained VLM, reused on the next run), ``results.json`` and ``results.md``. The task, the
-deliberate "yes" prior and the model are described in ``debias_lm.evaluation.pope_synthetic``; metrics in
+deliberate "yes" prior and the model are described in ``debias_lm.evaluation.suites.pope_synthetic``; metrics in
 ``debias_lm.metrics.pope`` (yes-ratio = share of *predicted* "yes").
 """
 
@@ -14,7 +14,7 @@ import json
 import time
 from pathlib import Path
 
-from debias_lm.evaluation.pope_synthetic import evaluate, load_biased_vlm, make_split, train_biased_vlm
+from debias_lm.evaluation.suites.pope_synthetic import evaluate, load_biased_vlm, make_split, train_biased_vlm
 
 ORDER = ("plain", "calibration", "vdd", "vdd+calibration")
 
