@@ -63,7 +63,9 @@ def suite_table(suite, by_method: dict, payload: dict) -> str:
     cols = columns(suite, payload)
     base_name = _baseline(by_method)
     base = by_method.get(base_name, {}) if base_name else {}
-    lines = ["| method | " + " | ".join(c[0] for c in cols) + " |", "|---|" + "---|" * len(cols)]
+    arrow = {True: " ↑", False: " ↓", None: ""}
+    lines = ["| method | " + " | ".join(c[0] + arrow[c[2].higher_is_better] for c in cols) + " |",
+             "|---|" + "---|" * len(cols)]
     flagged = False
     for method, res in by_method.items():
         cells = []
@@ -103,7 +105,8 @@ def write_report(out: Path, payload: dict, store) -> Path:
         f"- git commit {payload['git_commit']}; created {payload['created']}",
         f"- rows {payload['counts']['rows']}, malformed dataset rows {payload['counts']['malformed_rows']}, "
         f"scorer errors {payload['counts']['scorer_errors']}",
-        "", "Cells: value (change vs `none`, relative change). Definitions: docs/metrics.md.", "",
+        "", "Cells: value (change vs `none`, relative change); ↑ higher is better, ↓ lower is better. "
+        "Definitions: docs/metrics.md.", "",
     ]
     for suite, by_method in res.items():
         lines += [f"## {suite}", ""]

@@ -227,6 +227,8 @@ def _write_results(ctx, suites, results: dict, timing: dict) -> dict:
                   "rule": "torch.manual_seed((seed * 1000003 + crc32('<first id>:<sample>')) mod 2^31) per batch"},
         "empty_generations": "scored as the empty text and counted (n_empty)",
         "metric_definitions": {suite.name: suite.definition for suite in suites},
+        "metric_columns": {suite.name: [{"label": c.label, "key": c.key, "higher_is_better": c.higher_is_better}
+                                        for c in suite.columns] for suite in suites},
         "counts": {"rows": len(rows), "malformed_rows": sum(1 for r in rows if r.get("error")),
                    "scorer_errors": sum(len(r.get("score_errors", {})) for r in rows)},
         "seconds": timing,
