@@ -96,11 +96,18 @@ def validate(settings: EvalSettings) -> list:
     return suites
 
 
+def _needs(settings: EvalSettings, what: str) -> bool:
+    """Whether a selected suite declares it needs ``what`` (toxicity / sentiment / regard scorers, perplexity)."""
+    from .suites import get_suite, suite_names
+
+    return any(what in get_suite(n).needs for n in suite_names() if n in settings.suites)
+
+
 def build_scorers(settings: EvalSettings) -> tuple[dict, Any]:
     from .scorers import get_scorer
 
     tox, sent = {}, None
-    if {"toxicity", "counterfactual"} & set(settings.suites):
+    if _needs(settings, "toxicity"):
         for spec in settings.toxicity_scorers:
             sc = get_scorer(spec)
             if sc.kind != "toxicity":
@@ -108,7 +115,7 @@ def build_scorers(settings: EvalSettings) -> tuple[dict, Any]:
             tox[sc.name] = sc
         if not tox:
             raise UserInputError("--toxicity-scorer needs at least one scorer, e.g. hatesonar")
-    if "counterfactual" in settings.suites:
+    if _needs(settings, "sentiment"):
         sent = get_scorer(settings.sentiment_scorer)
         if sent.kind != "sentiment":
             raise UserInputError(f"--sentiment-scorer {settings.sentiment_scorer!r} is a {sent.kind} scorer")
@@ -116,7 +123,7 @@ def build_scorers(settings: EvalSettings) -> tuple[dict, Any]:
 
 
 def build_regard_scorer(settings: EvalSettings):
-    if not settings.regard_scorer or "counterfactual" not in settings.suites:
+    if not settings.regard_scorer or not _needs(settings, "regard"):
         return None
     from .scorers import get_scorer
 
@@ -171,7 +178,7 @@ def run_eval(settings: EvalSettings) -> dict:
         if settings.backend == "vllm":
             ctx.model_path = vllm_model_path(settings.model)
         ctx.generator = make_generator(settings, ctx.model, ctx.tokenizer)
-        if "fluency" in settings.suites:
+        if _needs(settings, "perplexity"):
             if settings.ppl_model:
                 ctx.ppl_model, ctx.ppl_tokenizer = load_model(settings.ppl_model, dtype="float32")
                 ctx.ppl_name = settings.ppl_model

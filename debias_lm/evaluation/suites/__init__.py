@@ -8,7 +8,8 @@ return ``{method: metrics}``), its metric ``columns`` (with higher-is-better) an
 The runner and the report iterate the registry; adding a suite is one module plus :func:`register_suite`.
 
 Built-in suites (run in this order: fluency reuses the toxicity suite's samples when both run):
-toxicity, counterfactual, occupational, bbq-gender, pope-synthetic, fluency, overhead.
+toxicity, counterfactual, occupational, bbq-gender, pope-synthetic, fluency, overhead; and on files the user
+provides in the datasets' published formats: crows-pairs, stereoset, bold.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from ...errors import UserInputError
 from ..settings import EvalSettings
 from ..store import SampleStore
 
-BUILTIN = ("toxicity", "counterfactual", "occupational", "bbq_gender", "pope_synthetic", "fluency", "overhead")
+BUILTIN = ("toxicity", "counterfactual", "occupational", "bbq_gender", "pope_synthetic", "fluency", "overhead",
+           "crows_pairs", "stereoset", "bold")
 
 
 @dataclass(frozen=True)
@@ -80,6 +82,7 @@ class Suite:
     combos: bool = False                                      # takes "a+b" method combinations
     text_model: bool = True                                   # loads the evaluated text model
     backends: tuple[str, ...] = ("hf",)
+    needs: frozenset[str] = frozenset()                       # "toxicity" / "sentiment" / "regard" scorers, "perplexity"
     validate: Callable[[EvalSettings], None] | None = None
     prompts: Callable[[Context], Sequence[tuple[list[str], bool]]] | None = None
     table: Callable[[dict, dict], str] | None = None          # replaces the column table (by_method, payload)

@@ -152,3 +152,44 @@ def save_figure(fig, path: Path, plt) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+# ------------------------------------------------------------------------------------------------------
+# Suites on a file the user provides (CrowS-Pairs, StereoSet, BOLD)
+# ------------------------------------------------------------------------------------------------------
+def user_dataset(settings: EvalSettings, suite: str, loader: str, where: str):
+    """The records of ``--dataset SUITE=FILE`` (the dataset's published format); without one, a clear refusal
+    naming where to get the file (these sets are not shipped with the package)."""
+    from ..datasets import load_dataset_spec
+
+    spec = settings.datasets.get(suite)
+    if not spec:
+        raise UserInputError(f"the {suite} suite runs on a file you provide: pass --dataset {suite}=FILE ({where})")
+    source = spec.split(":", 1)[1] if spec.lower().startswith(loader + ":") else spec
+    return load_dataset_spec(f"{loader}:{source}")
+
+
+def likelihood_method(spec) -> bool:
+    """Likelihood suites score fixed sentences: the baseline and prompt methods (which only change the text the
+    sentence is read after); decoding methods change nothing a likelihood reads."""
+    return spec.kind == "prompt"
+
+
+def sentence_scores(ctx: Context, method: str, texts: list[str]) -> list[float]:
+    """Summed log-likelihood of each text under the evaluated model, read after the method's prompt transform
+    (a prefix shared by every sentence, so it cancels in every comparison the suites make)."""
+    from ...metrics.stereotype import sentence_logliks
+    from ..backends import hf_runner
+    from ..settings import method_config
+
+    impl = hf_runner(ctx.model, ctx.tokenizer, method_config(method, ctx.settings.method_overrides.get(method))).impl
+    full = [impl.transform_prompt(t) for t in texts]
+    ll_full = sentence_logliks(ctx.model, ctx.tokenizer, full, batch_size=ctx.settings.batch_size)
+    prefixes = {f[: len(f) - len(t)] for f, t in zip(full, texts) if f.endswith(t)}
+    if len(prefixes) != 1 or not all(f.endswith(t) for f, t in zip(full, texts)):
+        return ll_full  # not a shared prefix: comparisons between sentences are still on equal terms
+    prefix = prefixes.pop()
+    if not prefix.strip():
+        return ll_full
+    ll_prefix = sentence_logliks(ctx.model, ctx.tokenizer, [prefix], batch_size=1)[0]
+    return [v - ll_prefix for v in ll_full]  # LL(sentence | prefix) = LL(prefix + sentence) - LL(prefix)

@@ -70,6 +70,7 @@ SUITE = register_suite(Suite(
     validate=validate,
     prompts=prompts,
     backends=("hf", "vllm"),
+    needs=frozenset({"toxicity", "sentiment", "regard"}),
     columns=(Column("tox. gap [{scorer}]", "toxicity_gap[{scorer}]", False),
              Column("sentiment gap [{sent}]", "sentiment_gap[{sent}]", False),
              Column("sentiment W1 [{sent}]", "counterfactual_sentiment_w1[{sent}]", False),

@@ -75,6 +75,7 @@ SUITE = register_suite(Suite(
     validate=validate,
     prompts=prompts,
     backends=("hf", "vllm"),
+    needs=frozenset({"perplexity"}),
     columns=(Column("perplexity (mean)", "perplexity", False, flag="perplexity_circular"),
              Column("perplexity (median)", "perplexity_median", False, flag="perplexity_circular"),
              Column("dist-1", "dist_1", True), Column("dist-2", "dist_2", True), Column("dist-3", "dist_3", True),

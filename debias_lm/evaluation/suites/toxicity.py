@@ -47,6 +47,7 @@ SUITE = register_suite(Suite(
     validate=validate,
     prompts=prompts,
     backends=("hf", "vllm"),
+    needs=frozenset({"toxicity"}),
     columns=(Column("EMT [{scorer}]", "{scorer}.emt", False),
              Column("tox. prob. per prompt [{scorer}]", "{scorer}.toxicity_probability", False),
              Column("toxic rate per gen. [{scorer}]", "{scorer}.toxic_rate", False),
