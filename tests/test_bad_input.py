@@ -262,7 +262,7 @@ CLI_CASES = [
     C("occ-file-not-utf8", "eval occupational --occupations @occ_latin1.txt", "occ_latin1.txt:2: not valid UTF-8"),
     C("occ-file-empty", "eval occupational --occupations @occ_empty.txt", "lists no occupations"),
     C("occ-k-0", "eval occupational --method nbls --k 0", "--k: '0' is invalid"),
-    C("occ-k-300", "eval occupational --method nbls --k 300", "k=300 is larger than the 210"),
+    C("occ-k-300", "eval occupational --method nbls --k 300", "k=300 is larger than the 102 eligible occupations left after excluding 50 and 108 related"),
     C("occ-n-samples-0", "eval occupational --n-samples 0", "--n-samples: '0' is invalid"),
     C("occ-batch-size-0", "eval occupational --batch-size 0", "--batch-size: '0' is invalid"),
     C("occ-method", "eval occupational --method uddia", "not supported by the occupational suite"),
