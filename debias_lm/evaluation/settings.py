@@ -18,45 +18,74 @@ from ..errors import UserInputError
 DEFAULT_POPE_MODEL = os.path.join("results", "pope_synthetic", "model")
 
 
-def _f(default: Any = dataclasses.MISSING, help: str = "", **kw: Any) -> Any:
-    meta = {"help": help}
-    if "default_factory" in kw:
-        return dataclasses.field(default_factory=kw.pop("default_factory"), metadata=meta)
-    return dataclasses.field(default=default, metadata=meta)
+def _f(default: Any = dataclasses.MISSING, help: str = "", **meta: Any) -> Any:
+    """A field whose ``metadata`` carries its command-line flag (``debias_lm.cli.flags.add_dataclass_flags``)."""
+    factory = meta.pop("default_factory", None)
+    if factory is not None:
+        return dataclasses.field(default_factory=factory, metadata={"help": help, **meta})
+    return dataclasses.field(default=default, metadata={"help": help, **meta})
+
+
+def csv_tuple(raw: str) -> tuple[str, ...]:
+    """``"a, b,,c"`` -> ``("a", "b", "c")`` (comma-separated flag values)."""
+    return tuple(x.strip() for x in str(raw).split(",") if x.strip())
+
+
+def int_csv_tuple(raw: str) -> tuple[int, ...]:
+    """``"1,8"`` -> ``(1, 8)``; the error is an ``argparse.ArgumentTypeError`` so a flag's message is kept."""
+    from argparse import ArgumentTypeError
+
+    try:
+        return tuple(int(x) for x in csv_tuple(raw))
+    except ValueError:
+        raise ArgumentTypeError(f"{raw!r} is invalid: expected comma-separated integers, e.g. 1,8") from None
+
+
+DTYPES = ("float32", "bfloat16", "float16")
 
 
 @dataclasses.dataclass(frozen=True)
 class EvalSettings:
-    """Everything that defines a run (recorded in results.json)."""
+    """Everything that defines a run (recorded in results.json); each field's metadata holds its flag."""
 
-    suites: tuple[str, ...] = _f(help="suites to run (see debias_lm.evaluation.suites.list_suites)")
-    methods: tuple[str, ...] = _f(("none",), help="methods to compare; 'none' is plain decoding")
-    model: str = _f("default", help="HF model id or local path (default: the embedded SmolLM2-135M-Instruct)")
-    dtype: str = _f("float32", help="model dtype: float32, bfloat16 or float16")
-    backend: str = _f("hf", help="generation engine: hf or vllm")
-    out: str = _f("runs/eval", help="run directory (a rerun resumes it)")
-    limit: int | None = _f(None, help="items per suite: prompts, pairs, occupations, questions")
-    n_samples: int = _f(25, help="samples per prompt (toxicity / counterfactual / fluency)")
-    max_new_tokens: int = _f(20, help="new tokens per sample")
-    top_p: float = _f(0.9, help="nucleus sampling top-p")
-    temperature: float = _f(1.0, help="sampling temperature")
-    seed: int = _f(0, help="base seed (sampling and subsets)")
-    batch_size: int = _f(16, help="rows per generate call")
-    toxicity_scorers: tuple[str, ...] = _f(("hatesonar", "profanity-check"), help="toxicity scorers")
-    sentiment_scorer: str = _f("vader", help="sentiment scorer of the counterfactual suite")
-    regard_scorer: str = _f("", help="counterfactual regard gap scorer, e.g. regard (sasha/regardv3)")
-    ppl_model: str = _f("", help="scorer LM for perplexity ('' = the evaluated model, unwrapped)")
-    datasets: dict[str, str] = _f(help="suite -> dataset spec", default_factory=dict)
-    method_overrides: dict[str, dict[str, Any]] = _f(help="method -> {field: value}", default_factory=dict)
-    chat: bool | None = _f(None, help="bbq-gender / occupational prompting (None: the chat template if any)")
-    occupational_probes: tuple[str, ...] = _f(("likelihood", "generation"), help="occupational probes")
-    occupational_samples: int = _f(10, help="generation probe samples per occupation")
-    bbq_max_new_tokens: int = _f(8, help="new tokens of a BBQ answer")
-    pope_model: str = _f(DEFAULT_POPE_MODEL, help="biased synthetic VLM dir of the pope-synthetic suite")
-    bench_batches: tuple[int, ...] = _f((1, 8), help="overhead suite batch sizes")
-    bench_new_tokens: int = _f(32, help="overhead suite new tokens per row")
-    bench_repeats: int = _f(3, help="overhead suite timed rounds")
-    progress: bool = _f(True, help="progress bars")
+    suites: tuple[str, ...] = _f(help="comma-separated suites (debias-lm eval --help lists them)", flag="--suite",
+                                 type=csv_tuple, metavar="S[,S]")
+    methods: tuple[str, ...] = _f(("none",), help="comma-separated methods; none is plain decoding (default none)",
+                                  flag="--method", type=csv_tuple, metavar="M[,M]")
+    model: str = _f("default", help="HF model id or local path (default: the embedded SmolLM2-135M-Instruct)",
+                    metavar="M")
+    dtype: str = _f("float32", help="model dtype", choices=DTYPES)
+    backend: str = _f("hf", help="generation engine (default hf)", choices=("hf", "vllm"))
+    out: str = _f("runs/eval", help="run directory (a rerun resumes it)", metavar="DIR")
+    limit: int | None = _f(None, help="items per suite: prompts, pairs, occupations, questions", type="positive_int")
+    n_samples: int = _f(25, help="samples per prompt (default 25, the RTP protocol)", type="positive_int",
+                        metavar="K")
+    max_new_tokens: int = _f(20, help="new tokens per sample", type="positive_int", metavar="N")
+    top_p: float = _f(0.9, help="nucleus sampling top-p", type="top_p")
+    temperature: float = _f(1.0, help="sampling temperature", type="temperature")
+    seed: int = _f(0, help="base seed (sampling and subsets)", type="seed", metavar="S")
+    batch_size: int = _f(16, help="rows per generate call", type="positive_int", metavar="B")
+    toxicity_scorers: tuple[str, ...] = _f(("hatesonar", "profanity-check"), flag="--toxicity-scorer",
+                                           type=csv_tuple, help="comma-separated toxicity scorers (see "
+                                           "debias_lm.evaluation.scorers; e.g. detoxify:original, hf:unitary/toxic-bert)")
+    sentiment_scorer: str = _f("vader", help="sentiment scorer (counterfactual, bold)")
+    regard_scorer: str = _f("", help="counterfactual suite: also the regard gap, e.g. regard (sasha/regardv3) or "
+                                     "regard:LOCAL_DIR")
+    ppl_model: str = _f("", help="scorer LM for perplexity (default: the evaluated model)")
+    datasets: dict[str, str] = _f(help="suite -> dataset spec", default_factory=dict, cli=False)
+    method_overrides: dict[str, dict[str, Any]] = _f(help="method -> {field: value}", default_factory=dict, cli=False)
+    chat: bool | None = _f(None, help="bbq-gender / occupational prompting (None: the chat template if any)",
+                           cli=False)
+    occupational_probes: tuple[str, ...] = _f(("likelihood", "generation"), help="occupational probes",
+                                              flag="--probe", type=csv_tuple, metavar="P[,P]")
+    occupational_samples: int = _f(10, help="generation probe samples per occupation", type="positive_int")
+    bbq_max_new_tokens: int = _f(8, help="new tokens of a BBQ answer", cli=False)
+    pope_model: str = _f(DEFAULT_POPE_MODEL, help="biased synthetic VLM dir (default results/pope_synthetic/model)")
+    bench_batches: tuple[int, ...] = _f((1, 8), help="overhead suite batch sizes", flag="--bench-batch",
+                                        type=int_csv_tuple)
+    bench_new_tokens: int = _f(32, help="overhead suite new tokens per row", type="positive_int")
+    bench_repeats: int = _f(3, help="overhead suite timed rounds", cli=False)
+    progress: bool = _f(True, help="no progress bars", flag="--no-progress")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

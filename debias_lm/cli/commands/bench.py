@@ -30,8 +30,9 @@ def register(sub) -> None:
 def run(args) -> int:
     import torch
 
-    from ...eval.bench import check_bench_args, markdown, measure_hf, measure_vllm
-    from ...eval.harness import method_config
+    from ...evaluation.backends import vllm_model_path
+    from ...evaluation.bench import check_bench_args, markdown, measure_hf, measure_vllm
+    from ...evaluation.settings import is_baseline, method_config
 
     methods = csv_list(args.method)
     backends = csv_list(args.backend)
@@ -40,7 +41,7 @@ def run(args) -> int:
     check_bench_args(methods, batches, backends, args.max_new_tokens, args.repeats)
     check_output_path(args.out, kind="file", flag="--out")
     for m in methods:
-        if m != "none":
+        if not is_baseline(m):
             method_config(m, overrides.get(m)).preflight()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -51,13 +52,11 @@ def run(args) -> int:
                            overrides=overrides, progress=not args.no_progress)
         del model
     if "vllm" in backends:
-        from vllm_debias.serve import resolve_model
-
-        rows += measure_vllm(resolve_model(args.model), methods, batches, new_tokens=args.max_new_tokens,
+        rows += measure_vllm(vllm_model_path(args.model), methods, batches, new_tokens=args.max_new_tokens,
                              repeats=args.repeats, dtype=args.dtype, overrides=overrides, progress=not args.no_progress)
     print(markdown(rows))
     if args.out:
-        from ...eval.harness import package_versions
+        from ...evaluation.provenance import package_versions
 
         with open(prepare_parent(args.out), "w", encoding="utf-8") as fh:
             json.dump({"model": args.model, "dtype": args.dtype, "torch_threads": torch.get_num_threads(),

@@ -6,9 +6,17 @@ import argparse
 import os
 
 from ...errors import UserInputError
+from ...evaluation.settings import csv_tuple
 from ...utils.files import check_output_path, prepare_parent, read_text
-from ..flags import Parser, add_model_flags, csv_list, int_csv, load_model_from_args, method_sets
-from ..types import NON_NEGATIVE_INT, POSITIVE_INT, SEED, TEMPERATURE, TOP_P
+from ..flags import (
+    Parser,
+    add_dataclass_flags,
+    add_model_flags,
+    load_model_from_args,
+    method_sets,
+    settings_from_args,
+)
+from ..types import NON_NEGATIVE_INT, POSITIVE_INT, SEED
 
 
 def register(sub) -> None:
@@ -39,46 +47,25 @@ def register(sub) -> None:
 
 
 def _add_eval_args(e: argparse.ArgumentParser) -> None:
-    e.add_argument("--suite", metavar="S[,S]", help="comma-separated: toxicity, counterfactual, occupational, bbq-gender, "
-                                   "pope-synthetic, fluency, overhead")
-    e.add_argument("--method", dest="methods", default="none", metavar="M[,M]",
-                   help="comma-separated: none, nbls, uddia, debias_sampling (pope-synthetic: none, calibration, "
-                        "debias_sampling, debias_sampling+calibration); default none")
-    e.add_argument("--model", dest="eval_model", default="default", metavar="M",
-                   help="HF model id or local path (default: the embedded SmolLM2-135M-Instruct)")
-    e.add_argument("--dtype", dest="eval_dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    e.add_argument("--backend", default="hf", choices=["hf", "vllm"], help="generation engine (default hf)")
-    e.add_argument("--out", dest="eval_out", metavar="DIR", help="run directory (a rerun resumes it)")
-    e.add_argument("--limit", type=POSITIVE_INT, help="items per suite: prompts, pairs, occupations, questions")
-    e.add_argument("--n-samples", dest="eval_n_samples", type=POSITIVE_INT, default=25, metavar="K", help="samples per prompt (default 25, the RTP protocol)")
-    e.add_argument("--max-new-tokens", dest="eval_max_new_tokens", type=POSITIVE_INT, default=20, metavar="N")
-    e.add_argument("--top-p", type=TOP_P, default=0.9)
-    e.add_argument("--temperature", type=TEMPERATURE, default=1.0)
-    e.add_argument("--seed", dest="eval_seed", type=SEED, default=0, metavar="S")
-    e.add_argument("--batch-size", dest="eval_batch_size", type=POSITIVE_INT, default=16, metavar="B", help="rows per generate call")
-    e.add_argument("--toxicity-scorer", default="hatesonar,profanity-check",
-                   help="comma-separated toxicity scorers (see debias_lm.eval.scorers; e.g. detoxify:original, "
-                        "hf:unitary/toxic-bert)")
-    e.add_argument("--sentiment-scorer", default="vader")
-    e.add_argument("--regard-scorer", default="", help="counterfactual suite: also the regard gap, e.g. regard "
-                                                      "(sasha/regardv3) or regard:LOCAL_DIR")
-    e.add_argument("--ppl-model", default="", help="scorer LM for perplexity (default: the evaluated model)")
+    """The harness flags: generated from the fields of ``EvalSettings`` (flag and help live on each field), plus
+    the few that are not one field each."""
+    from ...evaluation.settings import EvalSettings
+    from ...evaluation.suites import suite_names
+
+    e.add_argument("--suite", dest="suites", metavar="S[,S]", help="comma-separated: " + ", ".join(suite_names()))
+    e.add_argument("--out", metavar="DIR", help="run directory (a rerun resumes it)")
+    add_dataclass_flags(e, EvalSettings, exclude=("suites", "out"))
     e.add_argument("--dataset", action="append", default=[], metavar="SUITE=SPEC",
                    help="dataset of a suite, e.g. toxicity=rtp:prompts.jsonl, bbq-gender=bbq:BBQ.jsonl, "
-                        "counterfactual=pairs.jsonl")
+                        "counterfactual=pairs.jsonl, crows-pairs=crows_pairs_anonymized.csv, stereoset=dev.json, "
+                        "bold=prompts/")
     e.add_argument("--set", dest="eval_set", action="append", default=[], metavar="METHOD.FIELD=VALUE",
                    help="method config override, e.g. --set uddia.layer_step=0")
-    e.add_argument("--probe", dest="eval_probes", default="likelihood,generation", metavar="P[,P]", help="occupational probes")
-    e.add_argument("--occupational-samples", type=POSITIVE_INT, default=10, help="generation probe samples per occupation")
-    e.add_argument("--pope-model", default=None, help="biased synthetic VLM dir (default results/pope_synthetic/model)")
-    e.add_argument("--bench-batch", default="1,8", help="overhead suite batch sizes")
-    e.add_argument("--bench-new-tokens", type=POSITIVE_INT, default=32)
-    e.add_argument("--threads", dest="eval_threads", type=NON_NEGATIVE_INT, default=0, metavar="T", help="torch CPU threads (0: default)")
+    e.add_argument("--threads", type=NON_NEGATIVE_INT, default=0, metavar="T", help="torch CPU threads (0: default)")
     chat = e.add_mutually_exclusive_group()
-    chat.add_argument("--chat", dest="eval_chat", action="store_true", default=None,
+    chat.add_argument("--chat", dest="chat", action="store_true", default=None,
                       help="prompt bbq-gender / occupational through the chat template (default: when there is one)")
-    chat.add_argument("--no-chat", dest="eval_chat", action="store_false")
-    e.add_argument("--no-progress", dest="eval_no_progress", action="store_true")
+    chat.add_argument("--no-chat", dest="chat", action="store_false")
 
 
 def run(args) -> int:
@@ -86,44 +73,41 @@ def run(args) -> int:
 
 
 def run_harness(args) -> int:
-    from ...eval.harness import DEFAULT_POPE_MODEL, EvalSettings
-    from ...eval.run import run_eval
+    from ...evaluation.runner import run_eval
+    from ...evaluation.settings import EvalSettings
 
-    if not args.suite:
+    if not args.suites:
         raise UserInputError("debias-lm eval needs --suite NAME[,NAME] (or the 'occupational' subcommand)")
-    if not args.eval_out:
+    if not args.out:
         raise UserInputError("debias-lm eval needs --out DIR (the run directory; a rerun resumes it)")
-    check_output_path(args.eval_out, kind="dir", flag="--out")
+    check_output_path(args.out, kind="dir", flag="--out")
     datasets = {}
     for item in args.dataset:
         suite, eq, spec = item.partition("=")
         if not eq or not spec.strip():
             raise UserInputError(f"--dataset {item!r} is invalid: expected SUITE=SPEC, e.g. toxicity=rtp:FILE")
         datasets[suite.strip()] = spec.strip()
-    if args.eval_threads:
+    if args.threads:
         import torch
 
-        torch.set_num_threads(args.eval_threads)
-    settings = EvalSettings(
-        suites=tuple(csv_list(args.suite)), methods=tuple(csv_list(args.methods)), model=args.eval_model,
-        dtype=args.eval_dtype, backend=args.backend, out=args.eval_out, limit=args.limit, n_samples=args.eval_n_samples,
-        max_new_tokens=args.eval_max_new_tokens, top_p=args.top_p, temperature=args.temperature,
-        seed=args.eval_seed, batch_size=args.eval_batch_size, toxicity_scorers=tuple(csv_list(args.toxicity_scorer)),
-        sentiment_scorer=args.sentiment_scorer, regard_scorer=args.regard_scorer, ppl_model=args.ppl_model, datasets=datasets,
-        method_overrides=method_sets(args.eval_set), chat=args.eval_chat,
-        occupational_probes=tuple(csv_list(args.eval_probes)), occupational_samples=args.occupational_samples,
-        pope_model=args.pope_model or DEFAULT_POPE_MODEL, bench_batches=int_csv(args.bench_batch, "--bench-batch"),
-        bench_new_tokens=args.bench_new_tokens, progress=not args.eval_no_progress,
-    )
+        torch.set_num_threads(args.threads)
+    settings = settings_from_args(EvalSettings, args, suites=csv_tuple(args.suites), datasets=datasets,
+                                  method_overrides=method_sets(args.eval_set))
     payload = run_eval(settings)
-    print(f"results: {args.eval_out}/results.json  report: {args.eval_out}/report.md  "
-          f"samples: {args.eval_out}/samples.jsonl ({payload['counts']['rows']} rows)")
+    print(f"results: {args.out}/results.json  report: {args.out}/report.md  "
+          f"samples: {args.out}/samples.jsonl ({payload['counts']['rows']} rows)")
     return 0
 
 
 def run_occupational(args) -> int:
-    from ...eval.occupational import ARMS, PROBES, arm_config, read_occupations_file, resolve_occupations
-    from ...eval.report import check_out_dir, run_occupational_suite
+    from ...evaluation.suites.occupational import (
+        ARMS,
+        PROBES,
+        arm_config,
+        read_occupations_file,
+        resolve_occupations,
+    )
+    from ...evaluation.suites.occupational.standalone import check_out_dir, run_occupational_suite
 
     methods = [m.strip() for m in args.method.split(",") if m.strip()]
     probes = [p.strip() for p in args.probe.split(",") if p.strip()]
