@@ -11,8 +11,9 @@ from ..types import NON_NEGATIVE_INT, POSITIVE_INT
 
 def register(sub) -> None:
     b = sub.add_parser("bench", help="decoding overhead of every method vs plain decoding, side by side")
-    b.add_argument("--method", default="nbls,uddia,debias_sampling",
-                   help="comma-separated methods compared with plain decoding (default nbls,uddia,debias_sampling)")
+    b.add_argument("--method", default=None,
+                   help="comma-separated methods compared with plain decoding (default: every registered method that "
+                        "generates text)")
     b.add_argument("--model", default="default", help="HF model id or local path (default: the embedded model)")
     b.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     b.add_argument("--backend", default="hf,vllm", help="comma-separated: hf, vllm (default both)")
@@ -32,9 +33,9 @@ def run(args) -> int:
 
     from ...evaluation.backends import vllm_model_path
     from ...evaluation.bench import check_bench_args, markdown, measure_hf, measure_vllm
-    from ...evaluation.settings import is_baseline, method_config
+    from ...evaluation.settings import is_baseline, method_config, text_methods
 
-    methods = csv_list(args.method)
+    methods = text_methods() if args.method is None else csv_list(args.method)
     backends = csv_list(args.backend)
     batches = int_csv(args.batch, "--batch")
     overrides = method_sets(args.set)
