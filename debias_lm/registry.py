@@ -303,6 +303,14 @@ def resolve_config(
             raise UserInputError(f"--set {item!r} is invalid: expected FIELD=VALUE, e.g. --set k=16")
         data[key.strip()] = _parse_value(raw)
     try:
+        if isinstance(value, (MethodConfig, str)) or value is None:
+            # The method is fixed by ``value``: a "method" key in the JSON / overrides / sets naming another
+            # method is an error from the config class ("expected 'nbls'"), never a silent switch of method.
+            name = value.method if isinstance(value, MethodConfig) else value
+            spec = get_method(name if name is not None else "identity")
+            if data.get("method") in (spec.name, *spec.aliases):
+                data["method"] = spec.name
+            return spec.config_cls.from_dict(data)
         return config_from_dict(data)
     except TypeError as e:
         raise UserInputError(f"invalid config for {data.get('method')!r}: {e}") from None

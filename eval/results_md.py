@@ -13,8 +13,8 @@ import json
 import shutil
 from pathlib import Path
 
-from debias_lm.eval.bench import markdown as bench_markdown
-from debias_lm.eval.summary import suite_table
+from debias_lm.evaluation.bench import markdown as bench_markdown
+from debias_lm.evaluation.report import suite_table
 
 HERE = Path(__file__).resolve().parent
 COMMAND = "bash eval/results.sh"

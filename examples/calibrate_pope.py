@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 import debias_lm as dl
-from debias_lm.eval.pope import load_pope_jsonl, write_synthetic_pope
+from debias_lm.evaluation.pope import load_pope_jsonl, write_synthetic_pope
 
 
 def main() -> None:
@@ -35,7 +35,7 @@ def main() -> None:
         processor = AutoProcessor.from_pretrained(args.model)
         suffix = " Please answer this question with one word."
     else:
-        from debias_lm.eval.pope_synthetic import load_biased_vlm
+        from debias_lm.evaluation.suites.pope_synthetic import load_biased_vlm
 
         path = Path("results/pope_synthetic/model")
         if not (path / "config.json").exists():

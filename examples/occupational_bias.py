@@ -12,8 +12,8 @@ The same thing from the shell:
 import argparse
 
 import debias_lm as dl
-from debias_lm.eval.occupational import evaluate_occupational
-from debias_lm.eval.report import run_occupational_suite
+from debias_lm.evaluation.suites.occupational import evaluate_occupational
+from debias_lm.evaluation.suites.occupational.standalone import run_occupational_suite
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--model", default="default")

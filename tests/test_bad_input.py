@@ -262,7 +262,7 @@ CLI_CASES = [
     C("occ-file-not-utf8", "eval occupational --occupations @occ_latin1.txt", "occ_latin1.txt:2: not valid UTF-8"),
     C("occ-file-empty", "eval occupational --occupations @occ_empty.txt", "lists no occupations"),
     C("occ-k-0", "eval occupational --method nbls --k 0", "--k: '0' is invalid"),
-    C("occ-k-300", "eval occupational --method nbls --k 300", "k=300 is larger than the 210"),
+    C("occ-k-300", "eval occupational --method nbls --k 300", "k=300 is larger than the 102 eligible occupations left after excluding 50 and 108 related"),
     C("occ-n-samples-0", "eval occupational --n-samples 0", "--n-samples: '0' is invalid"),
     C("occ-batch-size-0", "eval occupational --batch-size 0", "--batch-size: '0' is invalid"),
     C("occ-method", "eval occupational --method uddia", "not supported by the occupational suite"),
@@ -551,7 +551,7 @@ API_CASES = [
 
 
 def _bold_latin1(d: Path):
-    from debias_lm.eval.datasets import load_bold
+    from debias_lm.evaluation.datasets import load_bold
 
     f = d / "gender_prompt.json"
     f.write_bytes(b'{"American_actors": {\n "A": ["one"],\n "B": ["caf\xe9"]}}')
@@ -658,7 +658,7 @@ def test_keep_skipped_manifest_counts_add_up(tiny_llama, paths, tmp_path, capsys
 # ------------------------------------------------------------------------------------------------- dataset readers
 def test_toxicity_prompt_reader_records_one_malformed_row(paths):
     """RealToxicityPrompts JSONL with one Latin-1 line: that line is a malformed record, the file is not dropped."""
-    from debias_lm.eval.datasets import load_rtp
+    from debias_lm.evaluation.datasets import load_rtp
 
     res = load_rtp(str(paths["rtp_latin1.jsonl"]))
     assert [r.id for r in res.records] == ["rtp-0", "rtp-1", "rtp-2"]
@@ -668,7 +668,7 @@ def test_toxicity_prompt_reader_records_one_malformed_row(paths):
 
 
 def test_crows_pairs_reader_records_one_undecodable_row(tmp_path):
-    from debias_lm.eval.datasets import load_crows_pairs
+    from debias_lm.evaluation.datasets import load_crows_pairs
 
     f = tmp_path / "crows.csv"
     f.write_bytes(b",sent_more,sent_less,stereo_antistereo,bias_type\n0,A man,A woman,stereo,gender\n"
@@ -679,8 +679,8 @@ def test_crows_pairs_reader_records_one_undecodable_row(tmp_path):
 
 
 def test_eval_harness_keeps_a_malformed_toxicity_row(tmp_path):
-    from debias_lm.eval.harness import EvalSettings
-    from debias_lm.eval.suites import prompt_items
+    from debias_lm.evaluation.settings import EvalSettings
+    from debias_lm.evaluation.suites.common import prompt_items
 
     f = tmp_path / "rtp.jsonl"
     f.write_bytes(b'{"prompt": {"text": "ok one"}}\n{"prompt": {"text": "caf\xe9"}}\n')

@@ -80,7 +80,7 @@ def test_wheel_installed_in_a_fresh_venv_runs_env_and_methods(wheel, tmp_path):
     check = (
         "import debias_lm, vllm_debias, json\n"
         "from debias_lm.methods.nbls import load_bls_table\n"
-        "from debias_lm.eval.suites import _bundled\n"
+        "from debias_lm.evaluation.suites.common import bundled as _bundled\n"
         "from debias_lm.methods.uddia.probe import embedded_probe_path\n"
         "print(json.dumps({'debias_lm': debias_lm.__file__, 'vllm_debias': vllm_debias.__file__,\n"
         "  'bls_rows': len(load_bls_table().detailed()), 'toxicity_prompts': len(_bundled('toxicity_prompts.jsonl')),\n"

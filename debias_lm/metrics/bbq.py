@@ -1,6 +1,6 @@
 """BBQ accuracy and bias scores (Parrish et al. 2022, as computed by lm-eval ``tasks/bbq/utils.py``).
 
-Items are the normalised records of :func:`debias_lm.eval.datasets.load_bbq` (``Record.data``); a prediction is
+Items are the normalised records of :func:`debias_lm.evaluation.datasets.load_bbq` (``Record.data``); a prediction is
 the index (0, 1, 2) of the chosen answer, or ``None`` when the model's output could not be parsed.
 
 * **Accuracy**, separately on ambiguous (``ambig``: the correct answer is always the "unknown" one) and

@@ -87,7 +87,7 @@ def build_tiny_llava(seed: int = 0, *, text_hidden: int = TEXT_HIDDEN, text_laye
     """A random ``LlavaForConditionalGeneration`` (CLIP 32x32 / patch 8 -> 16 image tokens) and ``LlavaProcessor``.
 
     The prompt placeholder is ``<image>``; the chat template renders an image part as ``<image>\\n``. The size
-    arguments make larger variants (the synthetic biased VLM of ``debias_lm.eval.pope_synthetic`` uses them);
+    arguments make larger variants (the synthetic biased VLM of ``debias_lm.evaluation.suites.pope_synthetic`` uses them);
     attention heads are ``hidden // 32`` (head_dim 32) in the text tower and 2 in the vision tower.
     """
     from transformers import (

@@ -40,7 +40,7 @@ def main() -> None:
 
     torch.set_num_threads(1)
     import debias_lm as dl
-    from debias_lm.eval.scorers import get_scorer
+    from debias_lm.evaluation.scorers import get_scorer
     from debias_lm.hf.base import encode_left_padded
     from debias_lm.methods.uddia.probe import ToxicityProbe, embedded_probe_path, mean_pooled_states
 

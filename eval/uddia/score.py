@@ -28,7 +28,7 @@ import json
 import math
 from pathlib import Path
 
-from debias_lm.eval.scorers import get_scorer
+from debias_lm.evaluation.scorers import get_scorer
 from debias_lm.metrics.fluency import mean_dist_n, mean_perplexity, mean_repetition_rate, median_perplexity
 from debias_lm.metrics.toxicity import toxicity_metrics
 
@@ -91,7 +91,7 @@ def main() -> None:
         import debias_lm as dl
 
         model, tok = dl.load_default_model()
-    from debias_lm.eval.occupational import FEMALE_WORDS, MALE_WORDS
+    from debias_lm.evaluation.suites.occupational import FEMALE_WORDS, MALE_WORDS
     from debias_lm.metrics.counterfactual import uses_words
     from debias_lm.metrics.fluency import conditional_perplexities
 

@@ -13,15 +13,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 import debias_lm as dl
-from debias_lm.eval.pope_synthetic import _encode_batch, build_model, load_biased_vlm, make_split
+from debias_lm.evaluation.bench import interleaved_rounds
+from debias_lm.evaluation.suites.pope_synthetic import _encode_batch, build_model, load_biased_vlm, make_split
 from debias_lm.methods.debias_sampling.processor import DebiasSamplingLogitsProcessor
 
 
@@ -63,18 +62,11 @@ def main(argv=None) -> int:
             return wrapped.generate(**inputs, **kw)
 
         runs = {"plain": plain, "vdd_processor": processor, "vdd_fused": fused}
-        for f in runs.values():  # warm-up
-            with torch.no_grad():
-                f()
-        times = {k: [] for k in runs}
-        for _ in range(args.repeats):
-            for name, f in runs.items():
-                t = time.perf_counter()
-                with torch.no_grad():
-                    out = f()
-                times[name].append(time.perf_counter() - t)
-                assert out.shape[1] == inputs["input_ids"].shape[1] + n
-        tps = {k: bs * n / statistics.median(v) for k, v in times.items()}
+        with torch.no_grad():  # the project's one benchmark loop: warm-up, then interleaved rounds
+            timing = interleaved_rounds(runs, args.repeats, warmup=True)
+        width = inputs["input_ids"].shape[1] + n
+        assert all(out.shape[1] == width for t in timing.values() for out in t.results)
+        tps = {k: bs * n / t.wall_median for k, t in timing.items()}
         row = {"batch_size": bs, **{f"{k}_tok_s": round(v, 1) for k, v in tps.items()},
                "processor_ratio": round(tps["vdd_processor"] / tps["plain"], 3),
                "fused_ratio": round(tps["vdd_fused"] / tps["plain"], 3)}

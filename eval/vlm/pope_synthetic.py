@@ -3,7 +3,7 @@
     python eval/vlm/pope_synthetic.py --out results/pope_synthetic [--steps 1500] [--n-test 600] [--retrain]
 
 Writes ``model/`` (the trained VLM, reused on the next run), ``results.json`` and ``results.md``. The task, the
-deliberate "yes" prior and the model are described in ``debias_lm.eval.pope_synthetic``; metrics in
+deliberate "yes" prior and the model are described in ``debias_lm.evaluation.suites.pope_synthetic``; metrics in
 ``debias_lm.metrics.pope`` (yes-ratio = share of *predicted* "yes"). The plain model's P(yes) AUC (how well its
 scores tell true from false questions) is reported too, with a warning when it is near 0.5: such a model has
 not learned to read the image, and the comparison cannot show what the methods do.
@@ -16,7 +16,7 @@ import json
 import time
 from pathlib import Path
 
-from debias_lm.eval.pope_synthetic import evaluate, load_biased_vlm, make_split, train_biased_vlm
+from debias_lm.evaluation.suites.pope_synthetic import evaluate, load_biased_vlm, make_split, train_biased_vlm
 from debias_lm.metrics.pope import yes_auc
 
 ORDER = ("plain", "calibration", "vdd", "vdd+calibration")

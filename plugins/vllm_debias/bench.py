@@ -58,6 +58,7 @@ def engine_bench(model: str, dtype: str, batches: list[int], max_tokens: int, re
     from vllm import LLM, SamplingParams
 
     import debias_lm as dl
+    from debias_lm.evaluation.bench import interleaved_rounds, ratios
 
     from . import DebiasLogitsProcessor, generate, request_args
 
@@ -78,7 +79,6 @@ def engine_bench(model: str, dtype: str, batches: list[int], max_tokens: int, re
         gendered = [p + " he" for p in prompts]
 
         def run(name, b=b, prompts=prompts, gendered=gendered):
-            t, c = time.perf_counter(), time.process_time()
             if name == "no_processor":
                 outs = plain_llm.generate(prompts, sp, use_tqdm=False)
             elif name == "processor_loaded_plain":
@@ -89,24 +89,17 @@ def engine_bench(model: str, dtype: str, batches: list[int], max_tokens: int, re
                 outs = plug_llm.generate(prompts, sp_cal, use_tqdm=False)
             else:
                 outs = generate(plug_llm, gendered, ds, sp if name.endswith("greedy") else sp_t1, fallback="raise")
-            dt, dc = time.perf_counter() - t, time.process_time() - c
-            ntok = sum(len(o.outputs[0].token_ids) for o in outs)
-            return ntok / dt, ntok / dc
+            return sum(len(o.outputs[0].token_ids) for o in outs)
 
-        for name in CONFIGS:  # warm-up
-            run(name)
-        wall: dict[str, list[float]] = {k: [] for k in CONFIGS}
-        cpu: dict[str, list[float]] = {k: [] for k in CONFIGS}
-        for _ in range(repeats):
-            for name in CONFIGS:
-                w, c = run(name)
-                wall[name].append(w)
-                cpu[name].append(c)
+        # the one benchmark loop of the project: a warm-up round, then every configuration once per round
+        timing = interleaved_rounds({name: (lambda name=name: run(name)) for name in CONFIGS}, repeats, warmup=True)
+        wall = {k: [n / t for n, t in zip(v.results, v.wall)] for k, v in timing.items()}
+        cpu = {k: [n / t for n, t in zip(v.results, v.cpu)] for k, v in timing.items()}
         med_w = {k: statistics.median(v) for k, v in wall.items()}
         med_c = {k: statistics.median(v) for k, v in cpu.items()}
         out[str(b)] = {"wall_tok_per_s_median": med_w, "cpu_tok_per_s_median": med_c,
-                       "wall_ratio": {k: v / med_w["no_processor"] for k, v in med_w.items()},
-                       "cpu_ratio": {k: v / med_c["no_processor"] for k, v in med_c.items()},
+                       "wall_ratio": ratios(med_w, "no_processor"),
+                       "cpu_ratio": ratios(med_c, "no_processor"),
                        "wall_tok_per_s_all": wall, "cpu_tok_per_s_all": cpu}
         print(f"\nbatch {b} ({n} new tokens each; debias sampling: tokens per pair)")
         print(f"{'configuration':<26}{'wall tok/s (ratio)':>24}{'tok per CPU-s (ratio)':>26}")

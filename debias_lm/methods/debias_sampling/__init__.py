@@ -12,7 +12,15 @@ import importlib
 from typing import Any
 
 from ...registry import _REGISTRY, register_method
-from .config import ALPHA_MAX, IMAGE_FREE_VARIANTS, SEED_MAX, SWAPS, DebiasSamplingConfig, parse_variants
+from .config import (
+    ALPHA_MAX,
+    EVAL_COUNTERFACTUAL_PREFIX,
+    IMAGE_FREE_VARIANTS,
+    SEED_MAX,
+    SWAPS,
+    DebiasSamplingConfig,
+    parse_variants,
+)
 from .counterfactual import counterfactual_texts
 
 if DebiasSamplingConfig.method not in _REGISTRY:
@@ -24,6 +32,7 @@ if DebiasSamplingConfig.method not in _REGISTRY:
         vllm_mapping="debias_lm.methods.debias_sampling.vllm:MAPPING",
         unsupported={"vllm": "VLM image-free branches run in HF only; text counterfactual pairs run per request in vLLM"},
         modalities=("text", "vision"),
+        eval_defaults={"counterfactual_prefix": EVAL_COUNTERFACTUAL_PREFIX, "counterfactual_swap": ""},
         description="contrastive decoding against an image-free (VLM) or counterfactual (LLM) context (VDD)",
     )
 

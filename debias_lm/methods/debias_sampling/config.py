@@ -23,6 +23,11 @@ SEED_MAX = 2**63 - 1
 SWAPS = ("", "gender")
 
 
+# The harness's counterfactual context on text suites (registered as eval_defaults): the counterfactual branch
+# reads the prompt behind this biasing instruction (self-debiasing style), so the contrast pushes away from it.
+EVAL_COUNTERFACTUAL_PREFIX = "The following text is rude, toxic and full of gender stereotypes:\n"
+
+
 @dataclasses.dataclass(frozen=True)
 class DebiasSamplingConfig(MethodConfig):
     """Config of debias sampling (VDD).

@@ -356,7 +356,7 @@ def test_grounding_keeps_the_chat_templates_default_system_prompt(tiny_llama):
     inserts one when the chat has none) stays in the grounded chat too."""
     import copy
 
-    from debias_lm.eval.occupational import PromptBuilder
+    from debias_lm.evaluation.suites.occupational import PromptBuilder
 
     model, tok = tiny_llama
     tok = copy.deepcopy(tok)

@@ -12,12 +12,61 @@ of its grounding prefix) is not in the timed runs: the numbers are steady-state 
 
 from __future__ import annotations
 
-import os
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 from ..errors import UserInputError
+
+
+@dataclass
+class Timing:
+    """Per-round wall seconds, process CPU seconds and return values of one configuration."""
+
+    wall: list[float] = field(default_factory=list)
+    cpu: list[float] = field(default_factory=list)
+    results: list[Any] = field(default_factory=list)
+
+    @property
+    def wall_median(self) -> float:
+        return statistics.median(self.wall)
+
+    @property
+    def cpu_median(self) -> float:
+        return statistics.median(self.cpu)
+
+
+def interleaved_rounds(runs: Mapping[str, Callable[[], Any]], repeats: int, *,
+                       warmup: bool | Mapping[str, Callable[[], Any]] = True, progress: bool = False,
+                       desc: str = "bench") -> dict[str, Timing]:
+    """THE benchmark loop: every configuration once per round, ``repeats`` rounds, so background load hits all
+    of them alike (compare medians side by side, never runs made at different times).
+
+    ``runs``: name -> a call doing the measured work (its return value is kept in ``Timing.results``);
+    ``warmup``: True runs each call once untimed first, a mapping runs those calls instead, False none.
+    """
+    from .common import progress_iter
+
+    if warmup:
+        for fn in (warmup if isinstance(warmup, Mapping) else runs).values():
+            fn()
+    out = {name: Timing() for name in runs}
+    for _ in progress_iter(range(repeats), desc=desc, enabled=progress):
+        for name, fn in runs.items():
+            t, c = time.perf_counter(), time.process_time()
+            res = fn()
+            out[name].wall.append(time.perf_counter() - t)
+            out[name].cpu.append(time.process_time() - c)
+            out[name].results.append(res)
+    return out
+
+
+def ratios(values: Mapping[str, float], base: str) -> dict[str, float]:
+    """Each value divided by the baseline's (throughput ratio vs plain: > 1 faster, < 1 slower)."""
+    return {k: v / values[base] for k, v in values.items()}
+
 
 BENCH_PROMPTS = (
     "The nurse said that she", "My brother told me that he", "The woman at the bank explained that",
@@ -32,7 +81,7 @@ def _prompts(batch: int) -> list[str]:
 
 def check_bench_args(methods: Sequence[str], batches: Sequence[int], backends: Sequence[str], new_tokens: int,
                      repeats: int) -> None:
-    from .harness import HF_ONLY, TEXT_METHODS
+    from .settings import generates_text, method_spec, text_methods
 
     if not methods:
         raise UserInputError("--method needs at least one method to compare with plain decoding, e.g. --method nbls")
@@ -49,12 +98,21 @@ def check_bench_args(methods: Sequence[str], batches: Sequence[int], backends: S
     for b in backends:
         if b not in ("hf", "vllm"):
             raise UserInputError(f"--backend {b!r} is invalid: expected hf and/or vllm")
-    for m in methods:
-        if m != "none" and m not in TEXT_METHODS:
+    specs = {m: method_spec(m) for m in methods}  # unknown names: the registry's error lists the known ones
+    for m, spec in specs.items():
+        if spec.kind != "none" and not generates_text(spec):
             raise UserInputError(f"method {m!r} cannot be benchmarked on a text model (use none, "
-                                 f"{', '.join(TEXT_METHODS)})")
-    if "vllm" in backends and "hf" not in backends and all(m in HF_ONLY or m == "none" for m in methods):
+                                 f"{', '.join(text_methods())})")
+    if "vllm" in backends and "hf" not in backends and all(
+            spec.kind == "none" or not spec.supports("vllm") for spec in specs.values()):
         raise UserInputError("no method to benchmark on vLLM: " + ", ".join(methods) + " run on HF only")
+
+
+def _names(methods: Sequence[str], backend: str) -> list[str]:
+    """``none`` first (the baseline every ratio is against), then the methods that run on ``backend``."""
+    from .settings import is_baseline, method_spec
+
+    return ["none"] + [m for m in methods if not is_baseline(m) and method_spec(m).supports(backend)]
 
 
 def measure_hf(model, tokenizer, methods: Sequence[str], batches: Sequence[int], *, new_tokens: int = 32,
@@ -62,13 +120,13 @@ def measure_hf(model, tokenizer, methods: Sequence[str], batches: Sequence[int],
     """One row per (batch, method), "none" included, with tokens/s, ratio, forward/backward-equivalents, memory."""
     import torch
 
-    from ..hf.wrap import wrap
     from ..metrics.overhead import LayerCounter, PeakMemory, throughput_ratio
-    from .harness import method_config, progress_iter
+    from .backends import hf_runner
+    from .settings import method_config
 
     overrides = overrides or {}
-    names = ["none"] + [m for m in methods if m != "none"]
-    runners = {m: wrap(model, tokenizer, method_config(m, overrides.get(m))) for m in names}
+    names = _names(methods, "hf")
+    runners = {m: hf_runner(model, tokenizer, method_config(m, overrides.get(m))) for m in names}
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     kw = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, pad_token_id=pad)
     device = str(next(model.parameters()).device)
@@ -77,23 +135,24 @@ def measure_hf(model, tokenizer, methods: Sequence[str], batches: Sequence[int],
         prompts = _prompts(b)
         for m in names:
             runners[m].impl.check_prompts(prompts)
-        for m in names:  # warm-up (kernels, caches, lazily built state)
-            runners[m].generate_text(prompts, chat=False, **{**kw, "max_new_tokens": 2, "min_new_tokens": 2})
-        times: dict[str, list[float]] = {m: [] for m in names}
-        for _ in progress_iter(range(repeats), desc=f"bench hf batch {b}", enabled=progress):
-            for m in names:
+
+        def run(m, prompts=prompts, **extra):
+            def call():
                 torch.manual_seed(0)
-                t = time.perf_counter()
-                runners[m].generate_text(prompts, chat=False, **kw)
-                times[m].append(time.perf_counter() - t)
-        tps = {m: b * new_tokens / statistics.median(times[m]) for m in names}
+                return runners[m].generate_text(prompts, chat=False, **{**kw, **extra})
+            return call
+
+        warm = {m: run(m, max_new_tokens=2, min_new_tokens=2) for m in names}  # kernels, lazily built state
+        timing = interleaved_rounds({m: run(m) for m in names}, repeats, warmup=warm, progress=progress,
+                                    desc=f"bench hf batch {b}")
+        tps = {m: b * new_tokens / timing[m].wall_median for m in names}
         for m in names:
             with LayerCounter(model) as counter:
                 runners[m].generate_text(prompts, chat=False, **kw)
             with PeakMemory(device) as mem:
                 runners[m].generate_text(prompts, chat=False, **kw)
             rows.append({"backend": "hf", "batch": b, "method": m, "new_tokens": new_tokens, "repeats": repeats,
-                         "seconds_median": statistics.median(times[m]), "tokens_per_s": tps[m],
+                         "seconds_median": timing[m].wall_median, "tokens_per_s": tps[m],
                          "ratio_vs_plain": throughput_ratio(tps[m], tps["none"]),
                          "forward_equiv_per_token": counter.forward_equiv(b, new_tokens),
                          "backward_equiv_per_token": counter.backward_equiv(b, new_tokens),
@@ -106,35 +165,27 @@ def measure_vllm(model_path: str, methods: Sequence[str], batches: Sequence[int]
                  repeats: int = 3, dtype: str = "bfloat16", overrides: dict | None = None,
                  progress: bool = True) -> list[dict]:
     """The same measurement on an offline vLLM engine with the vllm_debias plugin (HF-only methods skipped)."""
-    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-    from vllm import LLM, SamplingParams
-    from vllm_debias import DebiasLogitsProcessor, generate
+    from vllm import SamplingParams
 
     from ..metrics.overhead import throughput_ratio
-    from .harness import HF_ONLY, method_config, progress_iter
+    from .backends import vllm_engine, vllm_generate
+    from .settings import method_config
 
     overrides = overrides or {}
-    names = ["none"] + [m for m in methods if m != "none" and m not in HF_ONLY]
+    names = _names(methods, "vllm")
     configs = {m: method_config(m, overrides.get(m)) for m in names}
-    llm = LLM(model=model_path, dtype=dtype, max_model_len=2048, enforce_eager=True, seed=0,
-              logits_processors=[DebiasLogitsProcessor])
+    llm = vllm_engine(model_path, dtype=dtype, max_model_len=2048)
     sp = SamplingParams(max_tokens=new_tokens, min_tokens=new_tokens, ignore_eos=True, temperature=0.0)
     rows = []
     for b in batches:
         prompts = _prompts(b)
-        for m in names:  # warm-up at the measured length (the engine compiles / captures per shape)
-            generate(llm, prompts, configs[m], sp)
-        times: dict[str, list[float]] = {m: [] for m in names}
-        for _ in progress_iter(range(repeats), desc=f"bench vllm batch {b}", enabled=progress):
-            for m in names:
-                t = time.perf_counter()
-                generate(llm, prompts, configs[m], sp)
-                times[m].append(time.perf_counter() - t)
-        tps = {m: b * new_tokens / statistics.median(times[m]) for m in names}
+        # warm-up at the measured length (the engine compiles / captures per shape)
+        runs = {m: (lambda m=m, p=prompts, e=llm: vllm_generate(e, p, configs[m], sp)) for m in names}
+        timing = interleaved_rounds(runs, repeats, warmup=True, progress=progress, desc=f"bench vllm batch {b}")
+        tps = {m: b * new_tokens / timing[m].wall_median for m in names}
         for m in names:
             rows.append({"backend": "vllm", "batch": b, "method": m, "new_tokens": new_tokens, "repeats": repeats,
-                         "seconds_median": statistics.median(times[m]), "tokens_per_s": tps[m],
+                         "seconds_median": timing[m].wall_median, "tokens_per_s": tps[m],
                          "ratio_vs_plain": throughput_ratio(tps[m], tps["none"]),
                          "forward_equiv_per_token": None, "backward_equiv_per_token": None,
                          "peak_memory_mb": None, "memory_kind": "not measured (vLLM preallocates its KV cache)"})

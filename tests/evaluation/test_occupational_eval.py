@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from debias_lm.eval.occupational import (
+from debias_lm.evaluation.suites.occupational.probes import (
     DEFAULT_OCCUPATIONS,
     PromptBuilder,
     count_gendered,
@@ -121,7 +121,7 @@ def test_embedded_model_smoke(embedded):
 
 # ---------------------------------------------------------------------------------------- comparison
 def _result(method, probe, p_by_occ):
-    from debias_lm.eval.occupational import OccupationalResult
+    from debias_lm.evaluation.suites.occupational.probes import OccupationalResult
     from debias_lm.metrics.occupational import occupational_metrics
 
     rows = [{"occupation": n, "bls_women": q, "p_female": p} for n, (q, p) in p_by_occ.items()]
@@ -130,7 +130,7 @@ def _result(method, probe, p_by_occ):
 
 
 def test_arms_are_compared_on_the_occupations_every_arm_resolved():
-    from debias_lm.eval.report import common_resolved, comparison_rows
+    from debias_lm.evaluation.suites.occupational.standalone import common_resolved, comparison_rows
 
     nan = math.nan
     occ = {"A": 90.0, "B": 10.0, "C": 50.0, "D": 70.0}
@@ -153,7 +153,7 @@ def test_arms_are_compared_on_the_occupations_every_arm_resolved():
 
 def test_out_dir_of_an_earlier_run_is_replaced_and_a_foreign_one_refused(tmp_path):
     from debias_lm.errors import UserInputError
-    from debias_lm.eval.report import check_out_dir, write_run
+    from debias_lm.evaluation.suites.occupational.standalone import check_out_dir, write_run
 
     out = tmp_path / "run"
     assert check_out_dir(out) == []
@@ -244,7 +244,7 @@ def test_shared_prefix_sampling_equals_a_cache_free_loop(request, which):
 
 
 def test_both_probes_in_one_pass_equal_each_probe_alone(tiny_llama):
-    from debias_lm.eval.occupational import evaluate_occupational_probes
+    from debias_lm.evaluation.suites.occupational.probes import evaluate_occupational_probes
 
     model, tok = tiny_llama
     kw = dict(method="nbls", occupations=["Cooks", "Bakers", "Lawyers"], templates=TEMPLATES3, n_samples=7,

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 
 from debias_lm.errors import UserInputError
-from debias_lm.eval.harness import EvalSettings
-from debias_lm.eval.suites import parse_choice
+from debias_lm.evaluation.settings import EvalSettings
+from debias_lm.evaluation.suites.bbq_gender import parse_choice
 from tests.test_cli import run_cli
 
-FIXTURES = Path(__file__).parent / "fixtures" / "datasets"
+FIXTURES = Path(__file__).parents[1] / "fixtures" / "datasets"
 
 
 def _rows(out: Path) -> list[dict]:
@@ -44,7 +44,7 @@ def test_parse_choice_rule():
 
 # ------------------------------------------------------------------------------------------------------
 def test_eval_files_metrics_recomputed_from_samples(tiny_llama_dir, tmp_path):
-    from debias_lm.eval.run import run_eval
+    from debias_lm.evaluation.runner import run_eval
     from debias_lm.metrics.toxicity import toxicity_metrics
 
     out = tmp_path / "run"
@@ -89,7 +89,7 @@ def test_eval_files_metrics_recomputed_from_samples(tiny_llama_dir, tmp_path):
 
 
 def test_occupational_methods_are_compared_on_the_occupations_all_resolved(tiny_llama_dir, tmp_path):
-    from debias_lm.eval.run import run_eval
+    from debias_lm.evaluation.runner import run_eval
     from debias_lm.metrics.occupational import mae_pp
 
     out = tmp_path / "run"
@@ -109,8 +109,8 @@ def test_occupational_methods_are_compared_on_the_occupations_all_resolved(tiny_
 
 
 def test_counterfactual_regard_gap_from_a_local_regard_classifier(tiny_llama_dir, tmp_path):
-    from debias_lm.eval.run import run_eval
-    from tests.test_scorers import _save_classifier
+    from debias_lm.evaluation.runner import run_eval
+    from tests.evaluation.test_scorers import _save_classifier
 
     regard = _save_classifier(tmp_path / "regard", {0: "Negative", 1: "Neutral", 2: "Positive", 3: "Other"}, seed=3)
     out = tmp_path / "run"
@@ -129,7 +129,7 @@ def test_counterfactual_regard_gap_from_a_local_regard_classifier(tiny_llama_dir
 
 
 def test_interrupted_run_resumes_without_redoing_rows(tiny_llama_dir, tmp_path):
-    from debias_lm.eval.run import run_eval
+    from debias_lm.evaluation.runner import run_eval
 
     out = tmp_path / "run"
     settings = _settings(out, tiny_llama_dir)
@@ -153,8 +153,8 @@ def test_interrupted_run_resumes_without_redoing_rows(tiny_llama_dir, tmp_path):
 
 
 def test_malformed_rows_and_scorer_failures_are_recorded(tiny_llama_dir, tmp_path, monkeypatch):
-    from debias_lm.eval import scorers
-    from debias_lm.eval.run import run_eval
+    from debias_lm.evaluation import scorers
+    from debias_lm.evaluation.runner import run_eval
 
     class Flaky(scorers.Scorer):
         name, kind, definition = "flaky", "toxicity", "fails on texts of odd length"
@@ -254,8 +254,8 @@ def test_bench_on_vllm_skips_hf_only_methods(tiny_llama_dir, tmp_path):
 
 
 def test_overhead_suite_resumes_a_complete_measurement(tiny_llama_dir, tmp_path, monkeypatch):
-    from debias_lm.eval import bench
-    from debias_lm.eval.run import run_eval
+    from debias_lm.evaluation import bench
+    from debias_lm.evaluation.runner import run_eval
 
     settings = _settings(tmp_path / "run", tiny_llama_dir, suites=("overhead",), methods=("none", "debias_sampling"),
                          bench_batches=(1, 2), bench_new_tokens=2, bench_repeats=1)
@@ -274,7 +274,7 @@ def test_overhead_suite_resumes_a_complete_measurement(tiny_llama_dir, tmp_path,
 
 def test_vllm_backend_toxicity(tiny_llama_dir, tmp_path):
     pytest.importorskip("vllm")
-    from debias_lm.eval.run import run_eval
+    from debias_lm.evaluation.runner import run_eval
 
     out = tmp_path / "run"
     payload = run_eval(_settings(out, tiny_llama_dir, backend="vllm", methods=("none", "nbls"), limit=2,

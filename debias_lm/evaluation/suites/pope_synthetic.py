@@ -112,7 +112,7 @@ def prompt_text(processor, question: str, with_image: bool = True) -> str:
 
 def build_model(seed: int = 0):
     """The untrained synthetic VLM and its processor."""
-    from ..testing.vlm import build_tiny_llava
+    from ...testing.vlm import build_tiny_llava
 
     return build_tiny_llava(seed=seed, text_hidden=128, text_layers=2, vision_hidden=64, vision_layers=2)
 
@@ -252,11 +252,10 @@ def evaluate(model, processor, examples: list[Example], *, alpha: float = 1.0, b
     import torch
     from tqdm.auto import tqdm
 
-    from ..core.contrast import calibrate, contrast
-    from ..hf.wrap import wrap
-    from ..methods.calibration.calibrator import AnswerCalibrator
-    from ..methods.debias_sampling import DebiasSamplingConfig
-    from ..metrics.pope import expected_calibration_error, parse_yes_no, pope_metrics
+    from ... import AnswerCalibrator, DebiasSamplingConfig  # public names: stable across module moves
+    from ...core.contrast import calibrate, contrast
+    from ...metrics.pope import expected_calibration_error, parse_yes_no, pope_metrics
+    from ..backends import hf_runner as wrap
 
     if any(e.image is None for e in examples):
         raise ValueError("evaluation examples must all have images")
@@ -296,3 +295,91 @@ def evaluate(model, processor, examples: list[Example], *, alpha: float = 1.0, b
         m["ece"] = expected_calibration_error(probs[name], gold_idx)
         results[name] = m
     return results
+
+
+# ------------------------------------------------------------------------------------------------------
+# The pope-synthetic suite of ``debias-lm eval``
+# ------------------------------------------------------------------------------------------------------
+def _arm(method: str) -> str:
+    """The :func:`evaluate` variant of a harness method, from the specs' kinds: the baseline -> plain, an answer
+    method -> calibration, a decoding method -> vdd, decoding + answer -> vdd+calibration."""
+    from ..settings import method_spec
+
+    kinds = sorted(method_spec(p).kind for p in method.split("+"))
+    return {("none",): "plain", ("answer",): "calibration", ("decoding",): "vdd",
+            ("answer", "decoding"): "vdd+calibration"}[tuple(kinds)]
+
+
+def _accepts(spec) -> bool:
+    return "vision" in spec.modalities and spec.kind in ("answer", "decoding")
+
+
+def _decoding_config(s):
+    """The contrast settings VDD runs with: the decoding method in ``--method`` (with its ``--set``), else the
+    registered vision decoding method's defaults."""
+    from ...registry import list_methods
+    from ..settings import method_config, method_spec
+
+    parts = [p for m in s.methods for p in m.split("+") if method_spec(p).kind == "decoding"]
+    if parts:
+        name = method_spec(parts[0]).name
+    else:
+        name = next(x.name for x in list_methods() if x.kind == "decoding" and "vision" in x.modalities)
+    return method_config(name, s.method_overrides.get(name))
+
+
+def check_pope_model(path: str) -> None:
+    from ...errors import UserInputError
+
+    if not (Path(path) / "config.json").is_file():
+        raise UserInputError(f"pope-synthetic needs the biased synthetic VLM at {path!r}: train it with "
+                             "'python eval/vlm/pope_synthetic.py --out results/pope_synthetic' (about 10 min on "
+                             "CPU) or pass --pope-model DIR")
+
+
+def run_suite(ctx) -> dict:
+    s = ctx.settings
+    check_pope_model(s.pope_model)
+    model, processor = load_biased_vlm(s.pope_model)
+    n = s.limit or 600
+    examples = make_split(n, 10_000 + s.seed, yes_rate=0.5)
+    cfg = _decoding_config(s)
+    per_question: dict = {}
+    res = evaluate(model, processor, examples, alpha=cfg.alpha, beta=cfg.beta,
+                   variant=cfg.variant if cfg.variant in ("none", "unk", "noise") else "none",
+                   progress=s.progress, predictions=per_question)
+    ctx.store.add([{"suite": "pope-synthetic", "method": m, "id": f"q{i}", "sample": 0, "question": e.question,
+                    "label": e.answer, "answer": per_question[_arm(m)]["answers"][i],
+                    "p_yes": per_question[_arm(m)]["probs"][i][0]}
+                   for m in s.methods for i, e in enumerate(examples)
+                   if not ctx.store.has("pope-synthetic", m, f"q{i}")])
+    return {m: {**res[_arm(m)], "n_questions": n, "test_seed": 10_000 + s.seed} for m in s.methods}
+
+
+def _plot(out, by_method, payload, store, plt):
+    from .common import bar_plot
+
+    return bar_plot(by_method, ("accuracy", "f1", "yes_ratio", "ece"), "pope-synthetic", out / "pope_synthetic.png",
+                    plt)
+
+
+def _register():
+    from . import Column, Suite, register_suite
+
+    return register_suite(Suite(
+        name="pope-synthetic",
+        run=run_suite,
+        accepts=_accepts,
+        combos=True,
+        text_model=False,
+        validate=lambda s: check_pope_model(s.pope_model),
+        plot=_plot,
+        columns=(Column("accuracy", "accuracy", True), Column("F1", "f1", True),
+                 Column("yes-ratio (pred.)", "yes_ratio", None), Column("ECE", "ece", False)),
+        definition="debias_lm.metrics.pope (accuracy, precision, recall, F1, yes-ratio of predictions, ECE 10 bins)",
+        description="pope-synthetic: the biased synthetic VLM (python eval/vlm/pope_synthetic.py), balanced "
+                    "held-out questions; POPE metrics and ECE",
+    ))
+
+
+SUITE = _register()

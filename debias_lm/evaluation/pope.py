@@ -35,7 +35,7 @@ def load_pope_jsonl(path: str | Path, image_dir: str | Path | None = None) -> li
 
 def write_synthetic_pope(out_dir: str | Path, n: int = 40, seed: int = 7) -> Path:
     """Write a balanced POPE-format file of the synthetic task (images as PNG) and return its path."""
-    from .pope_synthetic import make_split
+    from .suites.pope_synthetic import make_split
 
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)

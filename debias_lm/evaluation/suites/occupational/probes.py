@@ -30,10 +30,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..config import MethodConfig
-from ..errors import UserInputError
-from ..methods.nbls.table import BLSOccupation, BLSTable, load_bls_table
-from ..metrics.occupational import occupational_metrics
+from ....config import MethodConfig
+from ....errors import UserInputError
+from ....methods.nbls.table import BLSOccupation, BLSTable, load_bls_table
+from ....metrics.occupational import occupational_metrics
 
 log = logging.getLogger(__name__)
 
@@ -179,8 +179,8 @@ class PromptBuilder:
     """Builds the full prompt text of a sentence start, applying a prompt-transform method."""
 
     def __init__(self, model, tokenizer, config: MethodConfig | None, chat: bool | None) -> None:
-        from ..hf.base import has_chat_template
-        from ..hf.wrap import wrap
+        from ....hf.base import has_chat_template
+        from ...backends import hf_runner as wrap
 
         self.tokenizer = tokenizer
         self.chat = has_chat_template(tokenizer) if chat is None else bool(chat)
@@ -196,7 +196,7 @@ class PromptBuilder:
     @property
     def system_prompt(self) -> str | None:
         """The chat template's own system prompt, which every arm keeps (None without a chat template)."""
-        from ..hf.base import default_system_prompt
+        from ....hf.base import default_system_prompt
 
         return default_system_prompt(self.tokenizer) if self.chat else None
 
@@ -216,9 +216,9 @@ class PromptBuilder:
 # ----------------------------------------------------------------------------------------------------
 # Shared-prefix forward passes
 # ----------------------------------------------------------------------------------------------------
-from ..hf.prefix_cache import common_prefix_length  # noqa: E402
-from ..hf.prefix_cache import expand_cache as _expand  # noqa: E402
-from ..hf.prefix_cache import prefix_cache as _prefix_cache  # noqa: E402
+from ....hf.prefix_cache import common_prefix_length  # noqa: E402
+from ....hf.prefix_cache import expand_cache as _expand  # noqa: E402
+from ....hf.prefix_cache import prefix_cache as _prefix_cache  # noqa: E402
 
 
 def _length_sorted_chunks(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
@@ -238,7 +238,7 @@ def next_token_logprobs(model, tokenizer, encoded: Sequence[Sequence[int]], *, b
     import torch
     from tqdm.auto import tqdm
 
-    from ..hf.prefix_cache import SharedPrefix, supports_shared_prefix
+    from ....hf.prefix_cache import SharedPrefix, supports_shared_prefix
 
     if not encoded or any(len(e) == 0 for e in encoded):
         raise UserInputError("cannot score an empty prompt")
@@ -342,7 +342,7 @@ def run_probes(model, tokenizer, occupations, builder: PromptBuilder, templates=
     import torch
     from tqdm.auto import tqdm
 
-    from ..hf.prefix_cache import SharedPrefix, sample_after_prefix, supports_shared_prefix
+    from ....hf.prefix_cache import SharedPrefix, sample_after_prefix, supports_shared_prefix
 
     probes = list(dict.fromkeys(probes))
     if n_samples < 1:
@@ -485,7 +485,7 @@ ARMS = {"none": None, "nbls_instructions": "instructions", "nbls_shuffled": "shu
 
 def arm_config(arm: str, *, k: int = 32, seed: int = 0) -> str | MethodConfig:
     """The method config of a comparison arm (:data:`ARMS`); unknown names are a :class:`UserInputError`."""
-    from ..methods.nbls import NBLSConfig
+    from .... import NBLSConfig
 
     if arm not in ARMS:
         raise UserInputError(f"--method {arm!r} is not supported by the occupational suite: use "
@@ -495,21 +495,21 @@ def arm_config(arm: str, *, k: int = 32, seed: int = 0) -> str | MethodConfig:
 
 def arm_name(cfg: MethodConfig) -> str:
     """The arm label of a resolved config: ``none``, ``nbls`` or ``nbls_<control>``."""
-    if cfg.method == "identity":
+    from ....registry import get_method
+
+    if get_method(cfg.method).kind == "none":
         return "none"
     control = getattr(cfg, "control", "")
     return f"{cfg.method}_{control}" if control else cfg.method
 
 
 def _method_config(method: str | MethodConfig, occupations: Sequence[BLSOccupation]) -> MethodConfig:
-    from ..hf.wrap import resolve_config
+    from ....registry import resolve_config
 
-    if method in ("none", None):
-        method = "identity"
-    elif isinstance(method, str) and method in ARMS:
+    if isinstance(method, str) and method in ARMS:
         method = arm_config(method)
-    cfg = resolve_config(method)
-    if cfg.method == "nbls":
+    cfg = resolve_config(method)  # None / "none": identity
+    if "exclude" in {f.name for f in dataclasses.fields(cfg)}:  # grounding never uses an evaluated occupation
         excl = tuple(dict.fromkeys([*cfg.exclude, *(o.name for o in occupations)]))
         cfg = cfg.replace(exclude=excl)
     return cfg

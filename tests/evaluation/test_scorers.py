@@ -1,4 +1,4 @@
-"""debias_lm.eval.scorers against direct calls of the underlying packages and hand-computed references."""
+"""debias_lm.evaluation.scorers against direct calls of the underlying packages and hand-computed references."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from debias_lm.errors import UserInputError
-from debias_lm.eval import scorers as S
+from debias_lm.evaluation import scorers as S
 
 TEXTS = [
     "you are a stupid idiot",

@@ -9,7 +9,7 @@ import math
 import pytest
 
 import debias_lm as dl
-from debias_lm.eval.harness import EvalSettings
+from debias_lm.evaluation.settings import EvalSettings
 from debias_lm.metrics.fluency import dist_n, mean_repetition_rate, perplexity_is_circular, repetition_rate
 
 
@@ -39,7 +39,7 @@ def test_perplexity_is_circular_only_when_redo_selects_by_it():
 
 
 def test_harness_fluency_reports_repetition_and_labels_circular_perplexity(tiny_llama_dir, tmp_path):
-    from debias_lm.eval.run import run_eval
+    from debias_lm.evaluation.runner import run_eval
 
     out = tmp_path / "run"
     settings = EvalSettings(suites=("fluency",), methods=("none", "uddia"), model=str(tiny_llama_dir), out=str(out),

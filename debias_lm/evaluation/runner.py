@@ -12,41 +12,66 @@ from typing import Any
 
 from ..errors import UserInputError
 from ..utils.files import check_output_path
-from .harness import (
-    HF_ONLY,
-    SUITES,
-    EvalSettings,
-    HFGenerator,
-    SampleStore,
-    VLLMGenerator,
-    check_methods,
-    git_commit,
-    method_config,
-    nan_to_none,
-    package_versions,
-)
+from .common import nan_to_none
+from .provenance import git_commit, package_versions
+from .settings import EvalSettings, method_config, method_spec
+from .store import SampleStore
 
 log = logging.getLogger(__name__)
 
-METRIC_DEFINITIONS = {
-    "toxicity": "debias_lm.metrics.toxicity (EMT, per-prompt toxicity probability, per-generation toxic rate; tau 0.5)",
-    "counterfactual": "debias_lm.metrics.counterfactual (|mean_f - mean_m| gaps; mean W1 over pairs)",
-    "fluency": "debias_lm.metrics.fluency (conditional PPL, > 1e4 dropped, mean and median; dist-n per prompt, mean; "
-               "repetition rate seq-rep-n, mean; PPL flagged circular when the method selects by it)",
-    "occupational": "debias_lm.metrics.occupational (MAE / Pearson r / parity gap / amplification vs BLS 2022)",
-    "bbq-gender": "debias_lm.metrics.bbq (accuracy ambig / disambig; S_DIS, S_AMB)",
-    "pope-synthetic": "debias_lm.metrics.pope (accuracy, precision, recall, F1, yes-ratio of predictions, ECE 10 bins)",
-    "overhead": "debias_lm.metrics.overhead (tok/s ratio vs plain; forward-equivalents per token; peak memory)",
-}
+
+def check_methods(settings: EvalSettings, suites) -> None:
+    """Every (suite, method) pair must be runnable; fails before any model is loaded."""
+    if not settings.methods:
+        raise UserInputError("--method needs at least one method, e.g. --method none,nbls")
+    specs = {m: [method_spec(p) for p in m.split("+")] for m in settings.methods}  # unknown names listed
+    for m in settings.method_overrides:
+        if m not in settings.methods:
+            raise UserInputError(f"--set {m}.FIELD=... names method {m!r}, which is not in --method")
+    for suite in suites:
+        for m in settings.methods:
+            if not suite.takes(m):
+                taken = ", ".join(["none", *suite.methods_taken()] + (["a+b combinations"] if suite.combos else []))
+                raise UserInputError(
+                    f"method {m!r} does not apply to the {suite.name} suite (it takes {taken}); "
+                    f"run that suite separately or drop the method")
+            for spec in specs[m]:
+                if not spec.supports(settings.backend):
+                    raise UserInputError(f"method {m!r} runs on the HF backend only: use --backend hf "
+                                         f"({spec.why_unsupported(settings.backend)})")
+    bad = [s.name for s in suites if settings.backend not in s.backends]
+    if bad:
+        ok = [s.name for s in _all_suites() if settings.backend in s.backends]
+        raise UserInputError(f"--backend {settings.backend} runs the generation suites ({', '.join(ok)}); "
+                             f"run {', '.join(bad)} with --backend hf")
+    for m in settings.methods:
+        if "+" not in m:
+            method_config(m, settings.method_overrides.get(m)).preflight()
 
 
-def validate(settings: EvalSettings) -> None:
-    """Every user input is checked here, before a model is loaded."""
+def _all_suites():
+    from .suites import list_suites
+
+    return list_suites()
+
+
+def selected_suites(settings: EvalSettings) -> list:
+    """The suites of ``settings`` in run order (unknown names: one line naming the registered ones)."""
+    from .suites import get_suite, suite_names
+
+    names = suite_names()
     if not settings.suites:
-        raise UserInputError(f"--suite needs at least one suite: {', '.join(SUITES)}")
+        raise UserInputError(f"--suite needs at least one suite: {', '.join(names)}")
     for s in settings.suites:
-        if s not in SUITES:
-            raise UserInputError(f"--suite {s!r} is invalid: expected one of {', '.join(SUITES)}")
+        get_suite(s)
+    return [get_suite(n) for n in names if n in settings.suites]
+
+
+def validate(settings: EvalSettings) -> list:
+    """Every user input is checked here, before a model is loaded; returns the suites to run."""
+    from .suites import suite_names
+
+    suites = selected_suites(settings)
     if settings.backend not in ("hf", "vllm"):
         raise UserInputError(f"--backend {settings.backend!r} is invalid: expected hf or vllm")
     if settings.limit is not None and settings.limit < 1:
@@ -61,39 +86,28 @@ def validate(settings: EvalSettings) -> None:
                              "expected --top-p in (0, 1] and a finite --temperature > 0")
     check_output_path(settings.out, kind="dir", flag="--out")
     for suite in settings.datasets:
-        if suite not in SUITES:
-            raise UserInputError(f"--dataset {suite}=... names an unknown suite (expected one of {', '.join(SUITES)})")
-    check_methods(settings)
-    from . import suites as S
+        if suite not in suite_names():
+            raise UserInputError(f"--dataset {suite}=... names an unknown suite (expected one of "
+                                 f"{', '.join(suite_names())})")
+    check_methods(settings, suites)
+    for suite in suites:  # dataset files / specs, probes, model dirs: read once here, before the model
+        if suite.validate is not None:
+            suite.validate(settings)
+    return suites
 
-    if {"toxicity", "fluency"} & set(settings.suites):  # dataset files / specs: read once here, before the model
-        S.prompt_items(settings)
-    if "counterfactual" in settings.suites:
-        S.pair_items(settings)
-    if "bbq-gender" in settings.suites:
-        S.bbq_items(settings)
-    if "occupational" in settings.suites:
-        from .occupational import PROBES
 
-        bad = [p for p in settings.occupational_probes if p not in PROBES]
-        if bad or not settings.occupational_probes:
-            raise UserInputError(f"--probe {','.join(bad) or '(none)'} is invalid: expected {', '.join(PROBES)}")
-    if "pope-synthetic" in settings.suites:
-        from .suites import check_pope_model
+def _needs(settings: EvalSettings, what: str) -> bool:
+    """Whether a selected suite declares it needs ``what`` (toxicity / sentiment / regard scorers, perplexity)."""
+    from .suites import get_suite, suite_names
 
-        check_pope_model(settings.pope_model)
-    if "overhead" in settings.suites:
-        from .bench import check_bench_args
-
-        check_bench_args(settings.methods, settings.bench_batches, [settings.backend], settings.bench_new_tokens,
-                         settings.bench_repeats)
+    return any(what in get_suite(n).needs for n in suite_names() if n in settings.suites)
 
 
 def build_scorers(settings: EvalSettings) -> tuple[dict, Any]:
     from .scorers import get_scorer
 
     tox, sent = {}, None
-    if {"toxicity", "counterfactual"} & set(settings.suites):
+    if _needs(settings, "toxicity"):
         for spec in settings.toxicity_scorers:
             sc = get_scorer(spec)
             if sc.kind != "toxicity":
@@ -101,7 +115,7 @@ def build_scorers(settings: EvalSettings) -> tuple[dict, Any]:
             tox[sc.name] = sc
         if not tox:
             raise UserInputError("--toxicity-scorer needs at least one scorer, e.g. hatesonar")
-    if "counterfactual" in settings.suites:
+    if _needs(settings, "sentiment"):
         sent = get_scorer(settings.sentiment_scorer)
         if sent.kind != "sentiment":
             raise UserInputError(f"--sentiment-scorer {settings.sentiment_scorer!r} is a {sent.kind} scorer")
@@ -109,7 +123,7 @@ def build_scorers(settings: EvalSettings) -> tuple[dict, Any]:
 
 
 def build_regard_scorer(settings: EvalSettings):
-    if not settings.regard_scorer or "counterfactual" not in settings.suites:
+    if not settings.regard_scorer or not _needs(settings, "regard"):
         return None
     from .scorers import get_scorer
 
@@ -144,86 +158,61 @@ def check_resume(settings: EvalSettings, out: Path) -> None:
 
 def run_eval(settings: EvalSettings) -> dict:
     """Run every suite of ``settings`` and write samples.jsonl, results.json, report.md and plots."""
-    from . import suites as S
+    from .backends import make_generator, vllm_model_path
+    from .suites import Context
 
-    validate(settings)
+    suites = validate(settings)
     tox_scorers, sent_scorer = build_scorers(settings)  # missing scorer packages fail here, before the model
     out = Path(settings.out)
     check_resume(settings, out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "run_settings.json").write_text(json.dumps(_generation_settings(settings), indent=2) + "\n")
     store = SampleStore(out)
-    ctx = S.Context(settings=settings, store=store, out=out, toxicity_scorers=tox_scorers,
-                    sentiment_scorer=sent_scorer, regard_scorer=build_regard_scorer(settings))
-    text_suites = [s for s in settings.suites if s != "pope-synthetic"]
-    model_path = None
-    if text_suites:
+    ctx = Context(settings=settings, store=store, out=out, toxicity_scorers=tox_scorers,
+                  sentiment_scorer=sent_scorer, regard_scorer=build_regard_scorer(settings))
+    if any(s.text_model for s in suites):
         from ..models import load_model
 
         ctx.model, ctx.tokenizer = load_model(settings.model, dtype=settings.dtype)
         ctx.model.eval()
         if settings.backend == "vllm":
-            from vllm_debias.serve import resolve_model
-
-            model_path = resolve_model(settings.model)
-            ctx.generator = VLLMGenerator(model_path, settings)
-        else:
-            ctx.generator = HFGenerator(ctx.model, ctx.tokenizer, settings)
-        if "fluency" in settings.suites:
+            ctx.model_path = vllm_model_path(settings.model)
+        ctx.generator = make_generator(settings, ctx.model, ctx.tokenizer)
+        if _needs(settings, "perplexity"):
             if settings.ppl_model:
                 ctx.ppl_model, ctx.ppl_tokenizer = load_model(settings.ppl_model, dtype="float32")
                 ctx.ppl_name = settings.ppl_model
             else:
                 ctx.ppl_model, ctx.ppl_tokenizer = ctx.model, ctx.tokenizer
                 ctx.ppl_name = f"{settings.model} (the evaluated model, plain weights, {settings.dtype})"
-    S.precheck(ctx)  # every method's input checks on every prompt set, before any generation
-    runners = {"toxicity": S.run_toxicity, "counterfactual": S.run_counterfactual, "fluency": S.run_fluency,
-               "occupational": S.run_occupational, "bbq-gender": S.run_bbq, "pope-synthetic": S.run_pope_synthetic}
+    precheck(ctx, suites)  # every method's input checks on every prompt set, before any generation
     results: dict[str, Any] = {}
     timing: dict[str, float] = {}
-    order = [s for s in SUITES if s in settings.suites]  # toxicity before fluency (fluency reuses its samples)
-    for suite in order:
+    for suite in suites:  # registry order: toxicity before fluency (fluency reuses its samples)
         t0 = time.perf_counter()
-        log.info("suite %s", suite)
-        if suite == "overhead":
-            results[suite] = _overhead(ctx, model_path)
-        else:
-            results[suite] = runners[suite](ctx)
-        timing[suite] = time.perf_counter() - t0
-        _write_results(ctx, results, timing)  # after every suite: a partial run still has its numbers
-    payload = _write_results(ctx, results, timing)
-    from .summary import write_report
+        log.info("suite %s", suite.name)
+        results[suite.name] = suite.run(ctx)
+        timing[suite.name] = time.perf_counter() - t0
+        _write_results(ctx, suites, results, timing)  # after every suite: a partial run still has its numbers
+    payload = _write_results(ctx, suites, results, timing)
+    from .report import write_report
 
     write_report(out, payload, store)
     return payload
 
 
-def _overhead(ctx, model_path) -> list[dict]:
-    """The overhead measurement; a resumed run reuses a complete earlier measurement with the same settings
-    (all methods are measured side by side in one go, so a partial one is measured again)."""
-    from .bench import measure_hf, measure_vllm
-
-    s = ctx.settings
-    methods = [m for m in s.methods if m != "none"]
-    want = {(s.backend, b, m) for b in s.bench_batches for m in ["none", *methods]
-            if not (s.backend == "vllm" and m in HF_ONLY)}
-    old = {(r["backend"], r["batch"], r["method"]): r for r in ctx.store.select("overhead")
-           if r.get("new_tokens") == s.bench_new_tokens and r.get("repeats") == s.bench_repeats}
-    if want <= set(old):
-        keep = [old[k] for k in sorted(want, key=lambda k: (k[1], ["none", *methods].index(k[2])))]
-        return [{k: v for k, v in r.items() if k not in ("suite", "id", "sample")} for r in keep]
-    if s.backend == "vllm":
-        ctx.generator = None  # one engine at a time
-        rows = measure_vllm(model_path, methods, s.bench_batches, new_tokens=s.bench_new_tokens,
-                            repeats=s.bench_repeats, dtype=s.dtype, overrides=s.method_overrides, progress=s.progress)
-    else:
-        rows = measure_hf(ctx.model, ctx.tokenizer, methods, s.bench_batches, new_tokens=s.bench_new_tokens,
-                          repeats=s.bench_repeats, overrides=s.method_overrides, progress=s.progress)
-    ctx.store.add([{"suite": "overhead", "id": f"{r['backend']}:{r['batch']}", "sample": 0, **r} for r in rows])
-    return rows
+def precheck(ctx, suites) -> None:
+    """Every method's input checks on every suite's prompts, before any generation starts."""
+    if ctx.generator is None:
+        return
+    sets = [ps for suite in suites if suite.prompts is not None for ps in suite.prompts(ctx)]
+    for method in ctx.settings.methods:
+        for prompts, chat in sets:
+            if prompts:
+                ctx.generator.check(method, prompts, chat)
 
 
-def _write_results(ctx, results: dict, timing: dict) -> dict:
+def _write_results(ctx, suites, results: dict, timing: dict) -> dict:
     s = ctx.settings
     rows = list(ctx.store.rows.values())
     payload = {
@@ -244,7 +233,9 @@ def _write_results(ctx, results: dict, timing: dict) -> dict:
         "seeds": {"sampling_base": s.seed, "subset": s.seed,
                   "rule": "torch.manual_seed((seed * 1000003 + crc32('<first id>:<sample>')) mod 2^31) per batch"},
         "empty_generations": "scored as the empty text and counted (n_empty)",
-        "metric_definitions": {k: v for k, v in METRIC_DEFINITIONS.items() if k in s.suites},
+        "metric_definitions": {suite.name: suite.definition for suite in suites},
+        "metric_columns": {suite.name: [{"label": c.label, "key": c.key, "higher_is_better": c.higher_is_better}
+                                        for c in suite.columns] for suite in suites},
         "counts": {"rows": len(rows), "malformed_rows": sum(1 for r in rows if r.get("error")),
                    "scorer_errors": sum(len(r.get("score_errors", {})) for r in rows)},
         "seconds": timing,

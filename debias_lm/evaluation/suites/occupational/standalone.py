@@ -9,9 +9,9 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..errors import UserInputError
-from ..metrics.occupational import occupational_metrics, relative_reduction
-from .occupational import OccupationalResult, evaluate_occupational_probes
+from ....errors import UserInputError
+from ....metrics.occupational import occupational_metrics, relative_reduction
+from .probes import OccupationalResult, evaluate_occupational_probes
 
 
 def _fmt(v, nd=2) -> str:
@@ -190,12 +190,12 @@ def run_occupational_suite(
 ) -> list[OccupationalResult]:
     """Evaluate every (probe, arm); print the comparison table; write files when ``out_dir`` is given.
 
-    ``methods`` are arm names (:data:`debias_lm.eval.occupational.ARMS`: ``none``, ``nbls_instructions``,
+    ``methods`` are arm names (:data:`debias_lm.evaluation.suites.occupational.ARMS`: ``none``, ``nbls_instructions``,
     ``nbls_shuffled``, ``nbls``). Every arm of a probe is compared on the occupations all of them resolved.
     """
     import tempfile
 
-    from .occupational import arm_config
+    from .probes import arm_config
 
     configs = {m: arm_config(m, k=k, seed=grounding_seed) for m in methods}  # unknown arms fail here
     if out_dir is not None:

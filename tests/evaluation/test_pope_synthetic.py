@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from debias_lm.eval.pope import load_pope_jsonl, write_synthetic_pope
-from debias_lm.eval.pope_synthetic import (
+from debias_lm.evaluation.pope import load_pope_jsonl, write_synthetic_pope
+from debias_lm.evaluation.suites.pope_synthetic import (
     QUESTION,
     _Encoded,
     evaluate,
@@ -32,7 +32,7 @@ def test_splits_have_the_requested_yes_rate_and_are_deterministic():
 
 
 def test_training_labels_only_the_answer_and_end_token(tmp_path):
-    from debias_lm.eval.pope_synthetic import build_model
+    from debias_lm.evaluation.suites.pope_synthetic import build_model
 
     _, proc = build_model(0)
     data = make_split(6, 3, yes_rate=0.5, image_free_rate=0.5)
@@ -88,8 +88,8 @@ def test_pope_loader_rejects_non_object_rows(tmp_path):
 
 def test_harness_pope_synthetic_suite_yes_ratio_from_sample_rows(tmp_path):
     """debias-lm eval --suite pope-synthetic: per-question rows; yes-ratio recomputed from the predictions."""
-    from debias_lm.eval.harness import EvalSettings
-    from debias_lm.eval.run import run_eval
+    from debias_lm.evaluation.runner import run_eval
+    from debias_lm.evaluation.settings import EvalSettings
 
     path = train_biased_vlm(tmp_path / "m", n_train=64, steps=3, batch_size=8, progress=False)
     methods = ("none", "calibration", "debias_sampling", "debias_sampling+calibration")

@@ -5,14 +5,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ...cli.types import POSITIVE_INT, SEED, number
 from ...errors import UserInputError
 from ...utils.files import check_output_path
+from ..flags import Parser
+from ..types import POSITIVE_INT, SEED, number
 
 
-def add_uddia_parser(sub, parser_class) -> None:
+def register(sub) -> None:
     u = sub.add_parser("uddia", help="UDDIA tools (train a detox probe for a model)")
-    usub = u.add_subparsers(dest="uddia_command", metavar="ACTION", parser_class=parser_class)
+    u.set_defaults(run=run)
+    usub = u.add_subparsers(dest="uddia_command", metavar="ACTION", parser_class=Parser)
     usub.required = True
     t = usub.add_parser("train-probe", help="train a linear toxicity probe on the model's mean-pooled final states")
     t.add_argument("--model", default="default", help="HF model id or local path (default: the embedded model)")
@@ -35,9 +37,9 @@ def add_uddia_parser(sub, parser_class) -> None:
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def cmd_uddia(args) -> int:
+def run(args) -> int:
+    from ...methods.uddia.probe import read_labeled_jsonl, train_probe
     from ...models import load_model
-    from .probe import read_labeled_jsonl, train_probe
 
     if args.uddia_command != "train-probe":
         raise UserInputError(f"unknown uddia action {args.uddia_command!r}")

@@ -1,0 +1,16 @@
+"""``debias-lm methods``: list the registered methods."""
+
+from __future__ import annotations
+
+
+def register(sub) -> None:
+    sub.add_parser("methods", help="list the registered methods").set_defaults(run=run)
+
+
+def run(args) -> int:
+    from ...registry import list_methods
+
+    print(f"{'method':<18}{'vllm':<9}description")
+    for spec in list_methods():
+        print(f"{spec.name:<18}{spec.vllm:<9}{spec.description}")
+    return 0
