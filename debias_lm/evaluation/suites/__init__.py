@@ -127,10 +127,17 @@ def _ensure_builtins() -> None:
         importlib.import_module(f"{__name__}.{mod}")
 
 
+# run order of the built-in suites (whatever order their modules were imported in): fluency after toxicity
+BUILTIN_ORDER = ("toxicity", "counterfactual", "occupational", "bbq-gender", "pope-synthetic", "fluency", "overhead",
+                 "crows-pairs", "stereoset", "bold")
+
+
 def list_suites() -> list[Suite]:
-    """Registered suites in run order (built-ins first, then in registration order)."""
+    """Registered suites in run order (built-ins in :data:`BUILTIN_ORDER`, then others in registration order)."""
     _ensure_builtins()
-    return list(_SUITES.values())
+    rank = {name: i for i, name in enumerate(BUILTIN_ORDER)}
+    names = list(_SUITES)
+    return [_SUITES[n] for n in sorted(names, key=lambda n: (rank.get(n, len(rank)), names.index(n)))]
 
 
 def suite_names() -> list[str]:
