@@ -16,7 +16,8 @@ import torch
 from PIL import Image
 
 import debias_lm as dl
-from debias_lm.evaluation.pope import load_pope_jsonl, write_synthetic_pope
+from debias_lm.evaluation.pope import load_pope_jsonl
+from debias_lm.evaluation.suites.pope_synthetic import write_synthetic_pope
 
 
 def main() -> None:

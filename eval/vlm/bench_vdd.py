@@ -19,9 +19,9 @@ from pathlib import Path
 import torch
 
 import debias_lm as dl
-from debias_lm.evaluation.bench import interleaved_rounds
 from debias_lm.evaluation.suites.pope_synthetic import _encode_batch, build_model, load_biased_vlm, make_split
 from debias_lm.methods.debias_sampling.processor import DebiasSamplingLogitsProcessor
+from debias_lm.utils.timing import interleaved_rounds
 
 
 def main(argv=None) -> int:

@@ -58,7 +58,7 @@ def engine_bench(model: str, dtype: str, batches: list[int], max_tokens: int, re
     from vllm import LLM, SamplingParams
 
     import debias_lm as dl
-    from debias_lm.evaluation.bench import interleaved_rounds, ratios
+    from debias_lm.utils.timing import interleaved_rounds, ratios
 
     from . import DebiasLogitsProcessor, generate, request_args
 

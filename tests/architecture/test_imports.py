@@ -27,10 +27,15 @@ LAZY_BUILTINS = {("debias_lm.registry", "_ensure_builtins")}
 
 # Areas other helpers of the redesign are rewriting at the same time; the lead removes each entry at merge.
 # (module prefix -> why it is exempt for now)
-ALLOWED_AREAS = {
-    "debias_lm.eval": "being renamed to debias_lm.evaluation with a suite registry and one backends module",
-    "debias_lm.cli": "being split into one module per command",
-    "debias_lm.methods.uddia.cli": "the uddia command (it imports debias_lm.cli.types) moves to cli/commands/uddia.py",
+ALLOWED_AREAS: dict[str, str] = {}
+
+# Modules whose string comparisons name *result labels*, not registry lookups: the occupational evaluation's arms
+# ("none" = the plain arm, "nbls_instructions" / "nbls_shuffled" = NBLS's controls, which are not registry
+# methods) and the overhead table's plain row. Exempt from the name check only.
+ARM_LABELS = {
+    "debias_lm.evaluation.suites.occupational.probes": "the four arms of the NBLS comparison and their configs",
+    "debias_lm.evaluation.suites.occupational.standalone": "its report's rows keyed by arm label",
+    "debias_lm.evaluation.suites.overhead": "the plain row of the timing table",
 }
 
 
@@ -251,7 +256,8 @@ def name_comparisons(source: str, names: set[str]) -> list[tuple[int, str]]:
                 consts = ([side.value] if isinstance(side, ast.Constant) and side.value in names
                           else _names_in(side, names))
                 others = " ".join(ast.unparse(s) for j, s in enumerate(sides) if j != i)
-                if consts and _METHODISH.search(others):
+                asks_spec = any(isinstance(s, ast.Attribute) and s.attr == "kind" for j, s in enumerate(sides) if j != i)
+                if consts and not asks_spec and _METHODISH.search(others):
                     out.setdefault(node.lineno, ast.unparse(node))
                     break
         elif isinstance(node, (ast.Tuple, ast.List, ast.Set, ast.Dict)) and len(set(_names_in(node, names))) >= 2:
@@ -266,7 +272,8 @@ def test_the_name_check_catches_what_it_must():
            'TEXT_METHODS = ("none", "nbls")\n'
            'FIELDS = {"calibration": 1, "nbls": 2}\n'
            'if cfg.mode == "identity": pass\n'       # a config value that happens to read like a method name
-           'if spec.kind == "none": pass\n')          # asking the spec is the point
+           'if spec.kind == "none": pass\n'          # asking the spec is the point
+           'if get_method(name).kind in ("none", "prompt"): pass\n')  # kinds share words with method names
     found = [line for line, _ in name_comparisons(src, names)]
     assert found == [1, 2, 3, 4]
 
@@ -275,14 +282,14 @@ def test_no_method_name_comparisons_outside_method_packages():
     names = _method_names()
     bad = []
     for mod, path in MODULES.items():
-        if _method_package(mod) or _allowed(mod):
+        if _method_package(mod) or _allowed(mod) or mod in ARM_LABELS:
             continue
         for line, text in name_comparisons(path.read_text(encoding="utf-8"), names):
             bad.append(f"{mod}:{line}: {text}")
     assert not bad, "method names tested outside their own package (ask the registry's spec):\n" + "\n".join(bad)
 
 
-@pytest.mark.parametrize("area", sorted(ALLOWED_AREAS))
+@pytest.mark.parametrize("area", sorted({**ALLOWED_AREAS, **ARM_LABELS}))
 def test_allowed_areas_still_exist(area):
     # an exemption for an area that is gone must be removed (the lead removes them as the areas land)
     assert any(_under(m, area) for m in MODULES), f"{area} no longer exists: drop it from ALLOWED_AREAS"

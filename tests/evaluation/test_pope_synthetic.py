@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from debias_lm.evaluation.pope import load_pope_jsonl, write_synthetic_pope
+from debias_lm.evaluation.pope import load_pope_jsonl
 from debias_lm.evaluation.suites.pope_synthetic import (
     QUESTION,
     _Encoded,
@@ -14,6 +14,7 @@ from debias_lm.evaluation.suites.pope_synthetic import (
     load_biased_vlm,
     make_split,
     train_biased_vlm,
+    write_synthetic_pope,
 )
 
 

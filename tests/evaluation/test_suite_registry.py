@@ -12,7 +12,6 @@ import json
 import pytest
 
 from debias_lm.errors import UserInputError
-from debias_lm.evaluation.bench import interleaved_rounds, ratios
 from debias_lm.evaluation.settings import EvalSettings, method_config
 from debias_lm.evaluation.suites import (
     Column,
@@ -22,6 +21,7 @@ from debias_lm.evaluation.suites import (
     register_suite,
     unregister_suite,
 )
+from debias_lm.utils.timing import interleaved_rounds, ratios
 
 
 def test_builtin_suites_in_run_order():

@@ -383,3 +383,17 @@ def _register():
 
 
 SUITE = _register()
+
+
+def write_synthetic_pope(out_dir: str | Path, n: int = 40, seed: int = 7) -> Path:
+    """Write a balanced POPE-format file of the synthetic task (images as PNG) and return its path."""
+    out = Path(out_dir)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    lines = []
+    for i, ex in enumerate(make_split(n, seed, yes_rate=0.5)):
+        name = f"images/{i:05d}.png"
+        ex.image.save(out / name)
+        lines.append(json.dumps({"question_id": i, "image": name, "text": ex.question, "label": ex.answer}))
+    path = out / "pope.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    return path
