@@ -13,7 +13,7 @@ import pytest
 from debias_lm.errors import UserInputError
 from debias_lm.eval.harness import EvalSettings
 from debias_lm.eval.suites import parse_choice
-from tests.test_cli import run_cli
+from tests.cli.test_cli import run_cli
 
 FIXTURES = Path(__file__).parent / "fixtures" / "datasets"
 
