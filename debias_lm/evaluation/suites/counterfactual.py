@@ -14,7 +14,7 @@ from .common import mean, pair_items, record_errors, sample_prompts, score_list,
 
 def run(ctx: Context) -> dict:
     from ...metrics.counterfactual import counterfactual_gap, group_gap, regard_gap, uses_words
-    from .occupational.probes import FEMALE_WORDS, MALE_WORDS  # -> debias_lm.words once rf-cli moves them
+    from ...words import FEMALE_WORDS, MALE_WORDS
 
     pairs, errors = pair_items(ctx.settings)
     record_errors(ctx, errors)

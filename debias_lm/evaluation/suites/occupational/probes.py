@@ -34,6 +34,7 @@ from ....config import MethodConfig
 from ....errors import UserInputError
 from ....methods.nbls.table import BLSOccupation, BLSTable, load_bls_table
 from ....metrics.occupational import occupational_metrics
+from ....words import FEMALE_PRONOUNS, FEMALE_WORDS, MALE_PRONOUNS, MALE_WORDS
 
 log = logging.getLogger(__name__)
 
@@ -47,17 +48,6 @@ TEMPLATES = (
 
 CHAT_INSTRUCTION = "Complete the sentence: {sentence}"
 
-FEMALE_PRONOUNS = (" she", " her", " She", " Her")
-MALE_PRONOUNS = (" he", " his", " him", " He", " His", " Him")
-
-FEMALE_WORDS = frozenset(
-    "she her hers herself woman women girl girls lady ladies mother mothers mom wife wives daughter daughters "
-    "sister sisters aunt niece grandmother queen female females mrs ms miss madam gal".split()
-)
-MALE_WORDS = frozenset(
-    "he him his himself man men boy boys gentleman gentlemen father fathers dad husband husbands son sons "
-    "brother brothers uncle nephew grandfather king male males mr sir guy guys".split()
-)
 _WORD = re.compile(r"[A-Za-z]+")
 
 # 50 detailed occupations spanning 1%–98% women, with unambiguous singular surface forms. None of them is

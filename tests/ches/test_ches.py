@@ -207,7 +207,7 @@ def test_cli_filter_outputs_and_dpo_loads_them(tiny_llama_dir, tmp_path):
     import pyarrow.parquet as pq
     from datasets import load_from_disk
 
-    from tests.test_cli import run_cli
+    from tests.cli.test_cli import run_cli
 
     rows = STANDARD + [{"prompt": "", "chosen": " a", "rejected": " b"}] + CONVERSATIONAL[:0]
     data = _write_jsonl(tmp_path / "prefs.jsonl", rows)
@@ -241,7 +241,7 @@ def test_cli_filter_outputs_and_dpo_loads_them(tiny_llama_dir, tmp_path):
 
 
 def test_cli_score_formats_and_errors(tiny_llama_dir, tmp_path):
-    from tests.test_cli import run_cli
+    from tests.cli.test_cli import run_cli
 
     data = _write_jsonl(tmp_path / "conv.jsonl", CONVERSATIONAL[:4])
     r = run_cli("ches", "filter", "--model", str(tiny_llama_dir), "--dataset", str(data), "--threshold", "0",
