@@ -45,7 +45,7 @@ def main() -> None:
         f"- Model: the embedded SmolLM2-135M-Instruct (`--model {s['model']}`), {s['dtype']}, HF backend, "
         f"torch {pk.get('torch')} (CPU, 2 threads), transformers {pk.get('transformers')}.",
         f"- Methods: {', '.join(s['methods'])}; overrides {json.dumps(s['method_overrides'])} (UDDIA without its "
-        "redo step; with redo it runs at 0.03–0.07× plain on this CPU, docs/uddia.md).",
+        "redo step; UDDIA with its default config, redo included, is measured in docs/uddia.md).",
         f"- Sampling: {s['n_samples']} samples per prompt, {s['max_new_tokens']} new tokens, top-p {s['top_p']}, "
         f"temperature {s['temperature']}, seed {s['seed']}; `--limit {s['limit']}` items per suite (seeded subset).",
         "- Toxicity scorers: " + ", ".join(f"`{d['name']}` ({d['version']})" for d in emb["scorers"]["toxicity"])

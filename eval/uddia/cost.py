@@ -2,6 +2,7 @@
 batch 1 and 8, with the default config (redo included).
 
     python eval/uddia/cost.py --out eval/uddia/results/cost.json               # quiet machine: the timing numbers
+    python eval/uddia/cost.py --count-only --out eval/uddia/measured/cost-counted.json   # counts only, any machine
     python eval/uddia/cost.py --prompts 2 --max-new-tokens 4 --repeats 1 --out /tmp/cost.json   # smoke run
 
 Prompts: the first 8 toxicity-prone prompts (``debias_lm/data/eval/toxicity_prompts.jsonl``): UDDIA's triggers fire
@@ -18,7 +19,8 @@ Counted (hardware independent), per generated token that is kept, over every red
   * ``forward_equivalents`` = layer_fwd_equiv + 2 x layer_bwd_equiv (a backward counted as two forwards);
   * UDDIA's own counts: decoding-loop forwards/backwards per kept token, trigger rate, passes per sample.
 Plain decoding is 1 forward-equivalent per token by the same count. The goals checked (issue 12): <= 3
-forward-equivalents per token and >= 0.25x plain tokens/s at batch 8.
+forward-equivalents per token and >= 0.25x plain tokens/s at batch 8. ``--count-only`` skips the timed rounds
+(the counts do not depend on load; the tokens/s fields are then absent).
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=8, help="prompts used (batch 1: one call each)")
     ap.add_argument("--max-new-tokens", type=int, default=20)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--count-only", action="store_true", help="only the counted passes, no timed rounds")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="UDDIAConfig override")
     ap.add_argument("--out", default=str(HERE / "results" / "cost.json"))
@@ -64,10 +67,11 @@ def main() -> None:
     runners = {"plain": None}
     for v in args.variants.split(","):
         runners[f"uddia-{v}"] = dl.wrap(model, tok, dl.UDDIAConfig(variant=v, **overrides))
-    # warm-up: per-model statistics (RMS, plain-perplexity reference) are measured on the first call
+    # warm-up: per-model statistics (RMS, plain-perplexity reference) are measured on the first call; the
+    # reference is kept per decoding settings (length included), so the warm-up uses the measured settings
     for w in runners.values():
         if w is not None:
-            w.generate(**encode_left_padded(tok, prompts[:1]), **{**gen, "max_new_tokens": 2, "min_new_tokens": 2})
+            w.generate(**encode_left_padded(tok, prompts[:1]), **gen)
 
     def batches(batch):
         if batch == 1:
@@ -108,24 +112,25 @@ def main() -> None:
         return dt, stats
 
     results = {"model": "SmolLM2-135M-Instruct (embedded), fp32", "threads": args.threads, "new_tokens_per_row": n_new,
-               "prompts": prompts, "repeats": args.repeats, "overrides": overrides, "runs": {}}
+               "prompts": prompts, "repeats": 0 if args.count_only else args.repeats, "overrides": overrides, "runs": {}}
     for batch in [int(b) for b in args.batch_sizes.split(",")]:
         times = {name: [] for name in runners}
-        for _ in range(args.repeats):
+        for _ in range(0 if args.count_only else args.repeats):
             for name in runners:
                 dt, _ = run(name, batch)
                 times[name].append(dt)
                 print(f"batch {batch} {name}: {dt:.2f}s", flush=True)
         n_tokens = sum(len(c) for c in batches(batch)) * n_new
-        plain_tps = n_tokens / statistics.median(times["plain"])
         for name in runners:
             _, st = run(name, batch, count=True)
-            tps = n_tokens / statistics.median(times[name])
             kept = st["kept_tokens"]
-            row = {"seconds_median": statistics.median(times[name]), "tokens": n_tokens, "tokens_per_s": tps,
-                   "ratio_vs_plain": tps / plain_tps,
-                   "layer_fwd_equiv": st["layer_forward_rows"] / kept, "layer_bwd_equiv": st["layer_backward_rows"] / kept,
-                   "forward_equivalents": (st["layer_forward_rows"] + 2 * st["layer_backward_rows"]) / kept}
+            row = {"tokens": n_tokens}
+            if not args.count_only:
+                tps = n_tokens / statistics.median(times[name])
+                row.update({"seconds_median": statistics.median(times[name]), "tokens_per_s": tps,
+                            "ratio_vs_plain": tps / (n_tokens / statistics.median(times["plain"]))})
+            row.update({"layer_fwd_equiv": st["layer_forward_rows"] / kept, "layer_bwd_equiv": st["layer_backward_rows"] / kept,
+                   "forward_equivalents": (st["layer_forward_rows"] + 2 * st["layer_backward_rows"]) / kept})
             if name != "plain":
                 row.update({"loop_forwards_per_token": st["rows_forward"] / kept,
                             "loop_backwards_per_token": st["rows_backward"] / kept,

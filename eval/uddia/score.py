@@ -18,7 +18,8 @@ Gender pairs: per group (female / male prompts), the share of continuations with
 word (debias_lm.words.GENDER_PAIRS); both directions of the gap, signed: female-word rate on female prompts
 minus on male prompts, and male-word rate on male prompts minus on female prompts (0 = the prompt's gender
 does not predict the continuation's).
-Comparisons use the prompts every compared method has.
+Comparisons use the prompts every compared method has (--methods narrows the compared methods, e.g. to score
+plain vs t on more prompts while u is still running).
 """
 
 from __future__ import annotations
@@ -81,6 +82,7 @@ def main() -> None:
     ap.add_argument("--out", default="", help="summary file (default: RESULTS/summary.json)")
     ap.add_argument("--no-ppl", action="store_true")
     ap.add_argument("--tag", default="", help="score only files of this tag (method-TAG) plus plain")
+    ap.add_argument("--methods", default="", help="comma-separated: score only these methods (default: all found)")
     args = ap.parse_args()
     import torch
 
@@ -108,6 +110,8 @@ def main() -> None:
         for f in files:
             name = f.stem.split("-", 1)[1]
             if args.tag and name != "plain" and not name.endswith("-" + args.tag):
+                continue
+            if args.methods and name not in args.methods.split(","):
                 continue
             recs_by_method[name] = [json.loads(x) for x in f.open() if x.strip()]
         if not recs_by_method:
