@@ -30,6 +30,7 @@ _LAZY = {
     "IdentityConfig": "debias_lm.config",
     "NBLSConfig": "debias_lm.methods.nbls",
     "UDDIAConfig": "debias_lm.methods.uddia",
+    "SteerConfig": "debias_lm.methods.steer",
     "NBLSGrounding": "debias_lm.nbls.grounding",
     "load_bls_table": "debias_lm.nbls.table",
     "register_method": "debias_lm.registry",

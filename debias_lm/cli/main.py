@@ -1,7 +1,7 @@
 """The ``debias-lm`` command line.
 
 Subcommands: ``generate``, ``eval`` (the harness; ``eval occupational`` for the older single suite),
-``bench``, ``ches``, ``uddia``, ``methods``, ``env``, ``serve``. Bad user input prints one line
+``bench``, ``ches``, ``uddia``, ``steer``, ``methods``, ``env``, ``serve``. Bad user input prints one line
 (``debias-lm: error: ...``) and exits with code 2; it never prints a traceback.
 """
 
@@ -170,6 +170,9 @@ def _parser() -> argparse.ArgumentParser:
     from ..methods.uddia.cli import add_uddia_parser
 
     add_uddia_parser(sub, _Parser)
+    from ..methods.steer.cli import register as register_steer
+
+    register_steer(sub, _Parser)
     sub.add_parser("methods", help="list the registered methods")
     sub.add_parser("env", help="versions, device and which extras work")
     sv = sub.add_parser("serve", help="vLLM OpenAI-compatible server with the vllm_debias plugin loaded")
@@ -189,7 +192,7 @@ def _add_eval_args(e: argparse.ArgumentParser) -> None:
     e.add_argument("--suite", metavar="S[,S]", help="comma-separated: toxicity, counterfactual, occupational, bbq-gender, "
                                    "pope-synthetic, fluency, overhead")
     e.add_argument("--method", dest="methods", default="none", metavar="M[,M]",
-                   help="comma-separated: none, nbls, uddia, debias_sampling (pope-synthetic: none, calibration, "
+                   help="comma-separated: none, nbls, uddia, debias_sampling, steer (pope-synthetic: none, calibration, "
                         "debias_sampling, debias_sampling+calibration); default none")
     e.add_argument("--model", dest="eval_model", default="default", metavar="M",
                    help="HF model id or local path (default: the embedded SmolLM2-135M-Instruct)")
@@ -527,6 +530,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from ..methods.uddia.cli import cmd_uddia
 
             return cmd_uddia(args)
+        if args.command == "steer":
+            from ..methods.steer.cli import run as run_steer
+
+            return run_steer(args)
         if args.command == "methods":
             return cmd_methods(args)
         if args.command == "env":

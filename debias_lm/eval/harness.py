@@ -36,9 +36,9 @@ log = logging.getLogger(__name__)
 SUITES = ("toxicity", "counterfactual", "occupational", "bbq-gender", "pope-synthetic", "fluency", "overhead")
 TEXT_SUITES = ("toxicity", "counterfactual", "occupational", "bbq-gender", "fluency", "overhead")
 # methods each suite can run (besides "none"); VLM-only methods need the VLM suite
-TEXT_METHODS = ("nbls", "uddia", "debias_sampling")
+TEXT_METHODS = ("nbls", "uddia", "debias_sampling", "steer")
 POPE_METHODS = ("calibration", "debias_sampling", "debias_sampling+calibration")
-HF_ONLY = ("uddia",)
+HF_ONLY = ("uddia", "steer")  # steer: until the vLLM steering plugin (issue 16)
 # debias_sampling on text suites, unless --set debias_sampling.counterfactual_prefix/_swap says otherwise: the
 # counterfactual branch reads the prompt behind this biasing instruction (self-debiasing style), so the
 # contrast (1 + a) l(y|x) - a l(y|prefix, x) pushes away from what the instruction makes likely.

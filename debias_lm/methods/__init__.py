@@ -5,6 +5,7 @@ from ..registry import _REGISTRY, register_method
 from .calibration import CalibrationConfig
 from .debias_sampling import DebiasSamplingConfig
 from .nbls import NBLSConfig
+from .steer import SteerConfig  # registers itself
 from .uddia import UDDIAConfig
 
 if "identity" not in _REGISTRY:
@@ -45,4 +46,4 @@ if "uddia" not in _REGISTRY:
         description="UDDIA: per-token gradient steps on bias-site offsets (detox probe + group debias), HF only",
     )
 
-__all__ = ["CalibrationConfig", "DebiasSamplingConfig", "IdentityConfig", "NBLSConfig", "UDDIAConfig"]
+__all__ = ["CalibrationConfig", "DebiasSamplingConfig", "IdentityConfig", "NBLSConfig", "SteerConfig", "UDDIAConfig"]
