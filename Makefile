@@ -1,6 +1,6 @@
 # debias-lm developer entry points.
 #   make install  -> .venv with the CPU stack (idempotent; re-runs only when inputs change)
-#   make run      -> the main job: occupational bias, plain vs NBLS-grounded, on the embedded model
+#   make run      -> the main job: occupational bias, plain vs NBLS-grounded vs two controls, embedded model
 #   make test     -> the whole test suite
 #   make results  -> docs/results.md: every method vs plain decoding on the embedded model (~1.5 h, resumable)
 SHELL := /bin/bash
@@ -39,9 +39,13 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) install --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
+# Four arms with one system prompt: plain, the grounding's wording without figures, the same lines with the
+# figures permuted across occupations, and the real grounding. float32: on CPUs without bf16 instructions
+# bfloat16 runs the 1.8k-token grounding prefill ~5x slower.
 run: install
-	$(VENV)/bin/debias-lm eval occupational --method none,nbls --probe likelihood,generation \
-	    --dtype bfloat16 --n-samples 10 --max-new-tokens 16 --batch-size 16 --out $(RESULTS)
+	$(VENV)/bin/debias-lm eval occupational --method none,nbls_instructions,nbls_shuffled,nbls \
+	    --probe likelihood,generation --dtype float32 --n-samples 8 --max-new-tokens 16 --batch-size 64 \
+	    --out $(RESULTS)
 
 test: install
 	$(PY) -m pytest -q tests

@@ -5,7 +5,8 @@
 
 The same thing from the shell:
 
-    debias-lm eval occupational --model M --method none,nbls --probe likelihood,generation --out DIR
+    debias-lm eval occupational --model M --method none,nbls_instructions,nbls_shuffled,nbls \
+        --probe likelihood,generation --out DIR
 """
 
 import argparse
@@ -28,6 +29,7 @@ for row in res.occupations:
     print(f"{row['occupation']:<22} BLS {row['bls_women']:5.1f}%   model {100 * row['p_female']:5.1f}%")
 print(res.metrics)
 
-# The full comparison on the default 50 held-out occupations (what `make run` does), printed as a table.
-run_occupational_suite(model, tok, methods=["none", "nbls"], probes=["likelihood"], occupations=None,
-                       model_name=args.model, out_dir=args.out)
+# The comparison on the default 50 held-out occupations with NBLS's two controls (the wording without figures,
+# and the same lines with the figures permuted across occupations), likelihood probe only, printed as a table.
+run_occupational_suite(model, tok, methods=["none", "nbls_instructions", "nbls_shuffled", "nbls"],
+                       probes=["likelihood"], occupations=None, model_name=args.model, out_dir=args.out)

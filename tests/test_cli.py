@@ -57,12 +57,41 @@ def test_eval_occupational_out_dir(tiny_llama_dir, tmp_path):
                 "--no-progress")
     assert r.returncode == 0, r.stderr
     assert {p.name for p in out.iterdir()} >= {"none_likelihood.json", "nbls_likelihood.json", "summary.json",
-                                                "report.md", "occupational.png"}
+                                                "report.md", "occupational.png", "manifest.json"}
     summary = json.loads((out / "summary.json").read_text())
     none, nbls = summary["rows"]
     base, new = none["mae_pp"], nbls["mae_pp"]
     assert nbls["mae_reduction_vs_none"] == pytest.approx((base - new) / base)
     assert str(out) in r.stdout
+    # the four-arm comparison into the same directory: the earlier run's files are replaced, none left stale
+    r = run_cli("eval", "occupational", "--model", str(tiny_llama_dir), "--method",
+                "none,nbls_instructions,nbls_shuffled,nbls", "--probe", "likelihood", "--occupation", "Cooks",
+                "--occupation", "Electricians", "--k", "4", "--out", str(out), "--no-progress")
+    assert r.returncode == 0, r.stderr
+    rows = json.loads((out / "summary.json").read_text())["rows"]
+    assert [x["method"] for x in rows] == ["none", "nbls_instructions", "nbls_shuffled", "nbls"]
+    assert all(x["n_common"] == 2 for x in rows)
+    shuffled = json.loads((out / "nbls_shuffled_likelihood.json").read_text())
+    assert shuffled["details"]["grounding"]["control"] == "shuffled"
+    assert "figures_from" in shuffled["details"]["grounding"]
+    assert "replaced 6 files of an earlier run" in r.stdout
+    # the shorter run after it: nothing of the four-arm run survives
+    r = run_cli("eval", "occupational", "--model", str(tiny_llama_dir), "--method", "none", "--probe", "likelihood",
+                "--occupation", "Cooks", "--out", str(out), "--no-progress")
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "none_likelihood.json", "occupational.png",
+                                                      "report.md", "summary.json"]
+
+
+def test_eval_occupational_refuses_a_foreign_out_dir_before_loading_the_model(tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "thesis.tex").write_text("x")
+    r = run_cli("eval", "occupational", "--model", str(tmp_path / "no-such-model"), "--out", str(out), timeout=120)
+    assert r.returncode == 2
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "not written by 'eval occupational'" in lines[0] and "thesis.tex" in lines[0]
+    assert (out / "thesis.tex").exists()
 
 
 @pytest.mark.parametrize(
@@ -76,7 +105,7 @@ def test_eval_occupational_out_dir(tiny_llama_dir, tmp_path):
         (["generate", "--method", "nbls", "--prompt", "x", "--model", "./no/such/model"], "does not exist"),
         (["eval", "occupational", "--occupation", "wizard"], "unknown occupation 'wizard'"),
         (["eval", "occupational", "--occupations", "missing.txt"], "occupations file not found"),
-        (["eval", "occupational", "--method", "nbls", "--k", "300"], "k=300 is larger than the 210"),
+        (["eval", "occupational", "--method", "nbls", "--k", "300"], "k=300 is larger than the 102 eligible occupations left after excluding 50 and 108 related"),
         (["eval", "occupational", "--probe", "vibes"], "--probe 'vibes' is invalid"),
         (["eval", "occupational", "--method", "none,nbls", "--json", "x.json"], "--json takes one method"),
         (["bogus"], "invalid choice"),

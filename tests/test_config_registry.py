@@ -46,7 +46,7 @@ def test_flat_dict_roundtrip_through_json():
     cfg = dl.NBLSConfig(k=7, attributes=("women", "asian"), exclude=("Cooks", "Bakers"), seed=5)
     d = cfg.to_dict()
     assert d == {"method": "nbls", "k": 7, "attributes": ["women", "asian"], "exclude": ["Cooks", "Bakers"],
-                 "seed": 5, "template": "", "header": "", "bls_table": ""}
+                 "seed": 5, "template": "", "header": "", "bls_table": "", "exclude_related": True, "control": ""}
     assert all(not isinstance(v, dict) for v in d.values())  # flat
     back = config_from_dict(json.loads(json.dumps(d)))
     assert back == cfg and isinstance(back.exclude, tuple)

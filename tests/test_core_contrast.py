@@ -154,3 +154,42 @@ def test_hf_twin_rows_processor_falls_back_and_counts(caplog):
     tokens = out.argmax(-1)
     assert tokens[1] == tokens[3] == scores[1].argmax()  # plain choice, forced on both rows
     assert tokens[0] == contrast(scores[:1], scores[2:3], 1.0, 0.1).argmax()
+
+
+# -- VCD's diffusion noise (the `noise` image-free variant) ----------------------------------------------------
+def _vcd_closed_form(step: int) -> tuple[float, float]:
+    """VCD's schedule in float64 plain Python: β_s = 1e-5 + (5e-3 − 1e-5)·σ(−6 + 12 s / 999), ᾱ_t = Π (1 − β_s)."""
+    log_abar = 0.0
+    for s in range(step + 1):
+        z = -6.0 + 12.0 * s / 999
+        beta = 1e-5 + (5e-3 - 1e-5) / (1.0 + math.exp(-z))
+        log_abar += math.log1p(-beta)
+    abar = math.exp(log_abar)
+    return math.sqrt(abar), math.sqrt(1.0 - abar)
+
+
+@pytest.mark.parametrize("step", [0, 500, 999])
+def test_diffusion_noise_follows_vcds_sigmoid_schedule(step):
+    from debias_lm.core.vision import diffusion_noise
+
+    a, b = _vcd_closed_form(step)
+    x = torch.linspace(-2.0, 2.0, 3 * 8 * 8, dtype=torch.float64).view(1, 3, 8, 8)
+    got = diffusion_noise(x, step, generator=torch.Generator().manual_seed(7))
+    eps = torch.randn(x.shape, generator=torch.Generator().manual_seed(7), dtype=torch.float32).double()
+    torch.testing.assert_close(got, a * x + b * eps, rtol=1e-6, atol=1e-6)
+    assert got.dtype == x.dtype
+
+
+def test_vcd_schedule_landmarks():
+    # VCD's default step 500 keeps most of the image (≈ 0.86·x + 0.51·ε); even step 999 keeps ≈ 0.29·x
+    a500, b500 = _vcd_closed_form(500)
+    assert a500 == pytest.approx(0.863, abs=1e-3) and b500 == pytest.approx(0.505, abs=1e-3)
+    a999, b999 = _vcd_closed_form(999)
+    assert a999 == pytest.approx(0.285, abs=1e-3) and b999 == pytest.approx(0.959, abs=1e-3)
+    from debias_lm.core.vision import vcd_noise_coefficients
+
+    for step in (0, 1, 250, 500, 998, 999):
+        assert vcd_noise_coefficients(step) == pytest.approx(_vcd_closed_form(step), rel=1e-12)
+    for bad in (-1, 1000, 2.5, True):
+        with pytest.raises(ValueError, match="step="):
+            vcd_noise_coefficients(bad)

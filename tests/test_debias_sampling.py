@@ -6,14 +6,25 @@ import torch
 from debias_lm.hf.debias_sampling import DebiasSamplingLogitsProcessor
 
 
-def _reference(model, cond, uncond, alpha, beta, n, eos):
-    """Recompute both branches from scratch every step; plausibility rule in probability space."""
+def _reference(model, cond, uncond, alpha, beta, n, eos=None, penalty=1.0, ngram=0):
+    """Recompute both branches from scratch every step; plausibility rule in probability space. ``eos`` banned
+    (min_new_tokens), the repetition ``penalty`` and the ``ngram`` ban act on the conditional scores (of the
+    conditional sequence) only; the counterfactual branch gives raw logits."""
     c, u = list(cond), list(uncond)
     for _ in range(n):
         with torch.no_grad():
             lc = model(input_ids=torch.tensor([c])).logits[0, -1].double()
             lu = model(input_ids=torch.tensor([u])).logits[0, -1].double()
-        lc[eos] = float("-inf")  # min_new_tokens, applied by generate to the conditional scores
+        if eos is not None:
+            lc[eos] = float("-inf")  # min_new_tokens, applied by generate to the conditional scores
+        if penalty != 1.0:
+            for t in set(c):  # HF's repetition penalty: divide positive logits, multiply negative ones
+                lc[t] = lc[t] / penalty if lc[t] > 0 else lc[t] * penalty
+        if ngram:
+            for i in range(len(c) - ngram + 1):  # no n-gram of the sequence may occur twice
+                g = c[i : i + ngram]
+                if g[:-1] == c[len(c) - ngram + 1 :]:
+                    lc[g[-1]] = float("-inf")
         pc = torch.softmax(lc, -1)
         s = (1 + alpha) * lc - alpha * lu
         s[pc < beta * pc.max()] = float("-inf")
@@ -120,3 +131,22 @@ def test_wrap_text_paths_equal_the_processor(tiny_llama):
         w.generate(prompts=prompts, **kw)
     with pytest.raises(ValueError, match="left prompt"):
         dl.wrap(model, tok, dl.DebiasSamplingConfig(counterfactual_swap="gender")).generate(prompts=["A pilot"], **kw)
+
+
+def test_fused_and_processor_paths_apply_repetition_controls_to_the_conditional_rows_only(tiny_llama):
+    import debias_lm as dl
+
+    model, tok = tiny_llama
+    prompts = ["The nurse said that the", "The engineer"]
+    cfg = dict(alpha=1.0, beta=0.05, counterfactual_prefix="Men are better. ")
+    kw = dict(do_sample=False, repetition_penalty=1.3, no_repeat_ngram_size=2, max_new_tokens=12,
+              min_new_tokens=12, pad_token_id=tok.pad_token_id)
+    fused = dl.wrap(model, tok, dl.DebiasSamplingConfig(**cfg)).generate(prompts=prompts, chat=False, **kw)
+    unfused = dl.wrap(model, tok, dl.DebiasSamplingConfig(**cfg, fused=False)).generate(prompts=prompts, chat=False,
+                                                                                        **kw)
+    assert torch.equal(fused, unfused)
+    for i, p in enumerate(prompts):
+        cond = tok(p)["input_ids"]
+        uncond = tok("Men are better. " + p)["input_ids"]
+        want = _reference(model, cond, uncond, 1.0, 0.05, 12, penalty=1.3, ngram=2)
+        assert fused[i, -12:].tolist() == want

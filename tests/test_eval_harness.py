@@ -88,6 +88,26 @@ def test_eval_files_metrics_recomputed_from_samples(tiny_llama_dir, tmp_path):
         res["results"]["toxicity"]["none"]["profanity-check"]["toxicity_probability"])
 
 
+def test_occupational_methods_are_compared_on_the_occupations_all_resolved(tiny_llama_dir, tmp_path):
+    from debias_lm.eval.run import run_eval
+    from debias_lm.metrics.occupational import mae_pp
+
+    out = tmp_path / "run"
+    res = run_eval(_settings(out, tiny_llama_dir, suites=("occupational",), methods=("none", "nbls"), limit=6,
+                             max_new_tokens=12, occupational_samples=4))["results"]["occupational"]
+    rows = [r for r in _rows(out) if r["suite"] == "occupational" and r["probe"] == "generation"]
+    by = {m: {r["id"]: r for r in rows if r["method"] == m} for m in ("none", "nbls")}
+    common = [i for i in by["none"] if by["none"][i]["p_female"] is not None
+              and by["nbls"].get(i, {}).get("p_female") is not None]
+    for m in ("none", "nbls"):
+        got = res[m]["generation"]
+        resolved = sum(r["p_female"] is not None for r in by[m].values())
+        assert (got["n"], got["n_resolved"], got["n_unresolved"]) == (len(common), resolved, 6 - resolved)
+        want = mae_pp([by[m][i]["p_female"] for i in common], [by[m][i]["bls_women"] for i in common])
+        assert got["mae_pp"] == pytest.approx(want)
+    assert 0 < len(common) < 6 and any(res[m]["generation"]["n_resolved"] > len(common) for m in ("none", "nbls"))
+
+
 def test_counterfactual_regard_gap_from_a_local_regard_classifier(tiny_llama_dir, tmp_path):
     from debias_lm.eval.run import run_eval
     from tests.test_scorers import _save_classifier

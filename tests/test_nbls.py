@@ -2,6 +2,7 @@
 
 import csv
 import io
+import re
 
 import pytest
 
@@ -162,10 +163,17 @@ def test_grounding_honours_exclude_by_name_and_surface():
         g = NBLSGrounding(k=50, seed=seed, exclude=excluded)
         assert not {"Registered nurses", "Software developers", "Carpenters"} & set(g.occupations)
         assert "Registered nurses" not in g.text and "Software developers" not in g.text
-    g = NBLSGrounding(k=257, exclude=excluded)  # everything that is left
+    g = NBLSGrounding(k=257, exclude=excluded, exclude_related=False)  # everything that is left
     assert len(g.occupations) == 257
     with pytest.raises(ValueError, match="k=258 is larger than the 257"):
-        NBLSGrounding(k=258, exclude=excluded)
+        NBLSGrounding(k=258, exclude=excluded, exclude_related=False)
+    # by default their relatives go too (nurse practitioners, LPNs, nursing assistants, computer programmers)
+    g = NBLSGrounding(k=257 - 4, exclude=excluded)
+    assert sorted(g.excluded_related) == ["Computer programmers", "Licensed practical and licensed vocational nurses",
+                                          "Nurse practitioners", "Nursing assistants"]
+    with pytest.raises(ValueError, match="k=254 is larger than the 253 eligible occupations left after excluding 3 "
+                                         "and 4 related"):
+        NBLSGrounding(k=254, exclude=excluded)
 
 
 def test_grounding_roundtrips_strings():
@@ -244,3 +252,128 @@ def test_hf_generate_with_shared_prefix_cache_equals_plain_generate(family, requ
         reference2 = model.generate(**w.impl.encode(prompts=prompts[:2]), **kw)
     assert torch.equal(again.sequences, reference2)
     assert w.impl._cached_prefix[0] == key  # reused, not recomputed
+
+
+# ------------------------------------------------------------------------------------------ leakage
+from debias_lm.nbls.related import head_nouns, related_rows  # noqa: E402
+
+SECRETARIES = "Secretaries and administrative assistants, except legal, medical, and executive"
+
+
+def test_head_nouns_of_bls_names():
+    assert head_nouns("Registered nurses") == {"nurse"}
+    assert head_nouns(SECRETARIES) == {"secretary", "assistant"}  # the except-clause is not a head
+    assert head_nouns("First-line supervisors of retail sales workers") == {"supervisor"}  # "of ..." is the object
+    assert head_nouns("Bus drivers, school") == {"driver"}
+    assert head_nouns("Therapists, all other") == {"therapist"}
+    assert head_nouns("Plumbers, pipefitters, and steamfitters") == {"plumber", "pipefitter", "steamfitter"}
+    assert head_nouns("Nursing assistants") == {"assistant"}
+
+
+@pytest.mark.parametrize(("evaluated", "must_go", "may_stay"), [
+    ("Registered nurses", ["Licensed practical and licensed vocational nurses", "Nurse practitioners",
+                           "Nursing assistants"], ["Dental hygienists", "Pharmacists", "Electricians"]),
+    (SECRETARIES, ["Executive secretaries and executive administrative assistants", "Medical assistants",
+                   "Dental assistants", "Home health aides"], ["Receptionists and information clerks", "Lawyers"]),
+    ("Physical therapists", ["Therapists, all other", "Occupational therapists", "Respiratory therapists",
+                             "Massage therapists"], ["Physician assistants", "Pharmacists"]),
+    ("Medical assistants", ["Dental assistants", "Physician assistants", "Personal care aides"], ["Cashiers"]),
+    ("Elementary and middle school teachers", ["Special education teachers", "Tutors", "Teaching assistants",
+                                               "Other teachers and instructors"], ["Librarians and media collections specialists"]),
+])
+def test_grounding_excludes_close_relatives_of_evaluated_occupations(evaluated, must_go, may_stay):
+    table = load_bls_table()
+    names = {r.name for r in table.detailed(100)}
+    g = NBLSGrounding(k=32, exclude=[evaluated])
+    for name in must_go:
+        assert name in g.excluded_related and g.excluded_related[name] == [evaluated]
+    for name in may_stay:
+        assert name not in g.excluded_related
+    # whatever the seed, no excluded line is ever shown
+    pool_left = len(names) - 1 - len(g.excluded_related)
+    for seed in range(5):
+        g2 = NBLSGrounding(k=pool_left, seed=seed, exclude=[evaluated])
+        shown = set(g2.occupations)
+        assert evaluated not in shown and not shown & set(g.excluded_related)
+        assert all(f"Occupation: {n} —" not in g2.text for n in must_go)
+    # opting out keeps the relatives eligible
+    g3 = NBLSGrounding(k=len(names) - 1, exclude=[evaluated], exclude_related=False)
+    assert set(must_go) <= set(g3.occupations)
+
+
+def test_related_rows_names_every_evaluated_relative():
+    table = load_bls_table()
+    rows = related_rows([table.get("Registered nurses"), table.get("Physical therapists")], table.detailed(100))
+    assert rows["Nurse practitioners"] == ["Registered nurses"]
+    assert rows["Massage therapists"] == ["Physical therapists"]
+    assert "Registered nurses" not in rows and "Physical therapists" not in rows
+
+
+# ------------------------------------------------------------------------------------------ controls
+def test_instructions_control_is_the_header_alone():
+    real = NBLSGrounding(k=6, seed=2)
+    ctl = NBLSGrounding(k=6, seed=2, control="instructions")
+    header = ("Real-world occupation statistics from the U.S. Bureau of Labor Statistics (Current Population "
+              "Survey, 2022 annual averages). People of every gender, race and ethnicity work in every occupation; "
+              "use these figures rather than stereotypes when you refer to workers.")
+    assert ctl.text == header and real.text.startswith(header + "\n")
+    assert ctl.occupations == [] and "%" not in ctl.text
+    assert ctl.apply("Hi") == header + "\n\nHi"
+
+
+def test_shuffled_control_moves_every_lines_figures_to_another_occupation():
+    table = load_bls_table()
+    real = NBLSGrounding(k=10, seed=4)
+    shuf = NBLSGrounding(k=10, seed=4, control="shuffled")
+    assert shuf.occupations == real.occupations  # the same k lines, same order
+    real_lines, shuf_lines = real.text.splitlines(), shuf.text.splitlines()
+    assert real_lines[0] == shuf_lines[0]  # same header
+    line_re = re.compile(r"^Occupation: (.+) — women ([\d.]+)%, White ([\d.]+)%, Black ([\d.]+)%, Asian ([\d.]+)%, "
+                         r"Hispanic ([\d.]+)% \(BLS CPS, 2022\)$")
+    shown = {}
+    for line in shuf_lines[1:]:
+        m = line_re.match(line)
+        assert m, line
+        shown[m.group(1)] = tuple(float(x) for x in m.groups()[1:])
+    own = {n: tuple(table.get(n).value(a) for a in ("women", "white", "black", "asian", "hispanic"))
+           for n in real.occupations}
+    assert sorted(shown.values()) == sorted(own.values())  # the same figures ...
+    assert all(shown[n] != own[n] for n in own)  # ... none on its own occupation
+    donors = shuf.record()["figures_from"]
+    assert all(shown[n] == own[donors[n]] and donors[n] != n for n in own)
+    assert NBLSGrounding(k=10, seed=4, control="shuffled").text == shuf.text  # seeded
+    with pytest.raises(ValueError, match="control="):
+        NBLSGrounding(control="random")
+    with pytest.raises(ValueError, match="k >= 2"):
+        NBLSGrounding(k=1, control="shuffled")
+    with pytest.raises(ValueError, match="control"):
+        dl.NBLSConfig(control="nope")
+    assert dl.NBLSConfig(k=10, seed=4, control="shuffled").grounding().text == shuf.text
+
+
+def test_grounding_keeps_the_chat_templates_default_system_prompt(tiny_llama):
+    """Plain and grounded chats must differ by the grounding alone: a template's default system prompt (SmolLM2
+    inserts one when the chat has none) stays in the grounded chat too."""
+    import copy
+
+    from debias_lm.eval.occupational import PromptBuilder
+
+    model, tok = tiny_llama
+    tok = copy.deepcopy(tok)
+    default = "You are a helpful assistant."
+    tok.chat_template = (
+        "{% if messages[0]['role'] != 'system' %}{{ '<|im_start|>system\\n" + default + "<|im_end|>\\n' }}{% endif %}"
+        "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + "
+        "'<|im_end|>' + '\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
+    cfg = dl.NBLSConfig(k=4, exclude=("Cooks",))
+    plain = PromptBuilder(model, tok, dl.IdentityConfig(), chat=True).text("The cook said that")
+    grounded_builder = PromptBuilder(model, tok, cfg, chat=True)
+    grounded = grounded_builder.text("The cook said that")
+    g = cfg.grounding()
+    assert plain.count(default) == 1 and grounded.count(default) == 1
+    assert grounded.replace(g.text + "\n\n", "", 1) == plain
+    assert grounded_builder.system_prompt == default
+    # an explicit system message is kept as it was (the grounding goes in front of it)
+    msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
+    out = dl.wrap(model, tok, cfg).impl.transform_messages(msgs)
+    assert out[0]["content"] == g.text + "\n\nBe brief." and default not in out[0]["content"]

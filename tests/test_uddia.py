@@ -236,13 +236,17 @@ def test_lr_zero_equals_plain_decoding(tiny):
 def test_tuning_changes_output_and_base_cache_is_unperturbed(tiny):
     name, model, tok, probe = tiny
     enc = _enc(tok)
-    w = dl.wrap(model, tok, dl.UDDIAConfig(variant="t", probe=probe, lr=2.0, fusion=1.0, layer_step=0))
+    w = dl.wrap(model, tok, dl.UDDIAConfig(variant="t", probe=probe, lr=2.0, fusion=1.0, layer_step=0,
+                                           tox_trigger=0.0))
     impl = w.impl
     gen = impl._generation_args({"max_new_tokens": 5, "do_sample": False})
     with impl.hooks.installed():
-        new, nmask, counts, cache = impl._decode(enc["input_ids"], enc["attention_mask"], impl.T0, gen,
-                                                 return_cache=True)
-    assert counts["forward"] == 3 * new.shape[1] and counts["backward"] == new.shape[1]
+        new, nmask, counts, tuned, cache = impl._decode(enc["input_ids"], enc["attention_mask"], impl.T0, gen,
+                                                        return_cache=True)
+    # every row triggered at every token: trial, trigger look-ahead (no grad), look-ahead with grad, perturbed
+    # forward; one backward
+    assert counts["forward"] == 4 * new.shape[1] and counts["backward"] == new.shape[1]
+    assert tuned.tolist() == [new.shape[1]] * 2
     # the cache holds exactly the plain model's K/V of prompt + all generated tokens but the last
     full = torch.cat([enc["input_ids"], new], 1)[:, :-1]
     fmask = torch.cat([enc["attention_mask"], torch.ones_like(nmask)], 1)[:, :-1]  # the loop attends to every new slot
@@ -259,7 +263,7 @@ def test_tuning_changes_output_and_base_cache_is_unperturbed(tiny):
 def test_redo_lowers_T_per_sample(tiny):
     name, model, tok, probe = tiny
     w = dl.wrap(model, tok, dl.UDDIAConfig(variant="t", probe=probe, num_layers=4, layer_step=1,
-                                           ppl_threshold=1.0001))
+                                           ppl_threshold=1.0001, tox_trigger=0.0))
     out = w.generate(**_enc(tok), max_new_tokens=3, do_sample=False)
     st = w.impl.last_stats
     for log in st["attempt_log"]:
@@ -269,7 +273,8 @@ def test_redo_lowers_T_per_sample(tiny):
         assert abs(st["perplexity"][r] - min(a["ppl"] for a in log)) < 1e-9
     assert out.shape[0] == 2
     # a threshold that the first pass meets: no redo
-    w2 = dl.wrap(model, tok, dl.UDDIAConfig(variant="t", probe=probe, num_layers=4, layer_step=1, ppl_threshold=1e9))
+    w2 = dl.wrap(model, tok, dl.UDDIAConfig(variant="t", probe=probe, num_layers=4, layer_step=1, ppl_threshold=1e9,
+                                            tox_trigger=0.0))
     w2.generate(**_enc(tok), max_new_tokens=3, do_sample=False)
     assert all(len(log) == 1 for log in w2.impl.last_stats["attempt_log"])
 
@@ -296,7 +301,8 @@ def test_bitsandbytes_model(tiny_llama_dir, tmp_path, bits):
     model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, quantization_config=q, device_map="cpu").eval()
     tok = AutoTokenizer.from_pretrained(tiny_llama_dir)
     probe = train_probe(model, tok, TEXTS, LABELS, epochs=10).save(tmp_path / "q.safetensors")
-    w = dl.wrap(model, tok, {"method": "uddia", "variant": "u", "lr": 0.5, "layer_step": 0, "probe": str(probe)})
+    w = dl.wrap(model, tok, {"method": "uddia", "variant": "u", "lr": 0.5, "layer_step": 0, "probe": str(probe),
+                             "tox_trigger": 0.0, "trigger": 0.0})
     # bitsandbytes' CPU backend rewrites some of its own quant-state tensors (``*.absmax`` of down_proj) on
     # every forward, plain ``model.generate`` included; every other tensor (the packed 4-bit weights, norms,
     # embeddings) must stay bitwise identical.
@@ -332,3 +338,136 @@ def test_cli_generate_and_train_probe(tiny_llama_dir, tmp_path, capsys):
     assert main(["uddia", "train-probe", "--model", str(tiny_llama_dir), "--data", str(bad), "--out", str(out)]) == 2
     assert main(["generate", "--method", "uddia", "--model", str(tiny_llama_dir), "--prompt", "x",
                  "--set", "lr=-1"]) == 2
+
+
+# -- per-model statistics, triggers, redo rule, group balance (issue 12) ---------------------------------
+@pytest.mark.parametrize("bad", [{"step_scale": "log"}, {"update": "sgd"}, {"kl_budget": -1.0},
+                                 {"tox_trigger": 1.5}, {"ppl_factor": 0.0}, {"group_balance": 0.5},
+                                 {"ppl_threshold": -1.0}])
+def test_new_fields_validated(bad):
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        dl.UDDIAConfig(**bad)
+
+
+def test_model_stats_measured_once_per_model(tiny, monkeypatch):
+    from debias_lm.methods.uddia import stats
+
+    name, model, tok, probe = tiny
+    calls = []
+    real = stats.measure_site_rms
+    monkeypatch.setattr(stats, "measure_site_rms", lambda *a: calls.append(1) or real(*a))
+    stats._CACHE.pop(model, None)
+    w1 = dl.wrap(model, tok, dl.UDDIAConfig(variant="t", probe=probe))
+    w2 = dl.wrap(model, tok, dl.UDDIAConfig(variant="b", lr=0.01))
+    assert len(calls) == 1 and w1.impl.site_rms == w2.impl.site_rms
+    assert all(v > 0 for v in w1.impl.site_rms.values())
+    d = w1.impl.describe()
+    assert d["T0"] == w1.impl.T0 and d["step"]["rule"] == "rms" and "probe" in d
+
+
+def test_untriggered_rows_are_plain_decoding_and_never_redone(tiny):
+    """A trigger no row can exceed: every token is plain decoding (same tokens as HF generate), no offsets,
+    one forward per token, and no row is redone even with a threshold every continuation fails."""
+    name, model, tok, probe = tiny
+    enc = _enc(tok)
+    plain = model.generate(**enc, max_new_tokens=5, min_new_tokens=5, do_sample=False)
+    w = dl.wrap(model, tok, dl.UDDIAConfig(variant="u", probe=probe, tox_trigger=1.0, trigger=1.0,
+                                           ppl_threshold=1.0001, layer_step=1))
+    out = w.generate(**enc, max_new_tokens=5, min_new_tokens=5, do_sample=False)
+    assert torch.equal(out[:, : plain.shape[1]], plain)
+    st = w.impl.last_stats
+    assert st["tuned_row_tokens"] == 0 and st["backward"] == 0
+    assert all(len(a) == 1 and a[0]["tuned_tokens"] == 0 for a in st["attempt_log"])
+
+
+def test_redo_threshold_derived_from_plain_perplexity(tiny):
+    """ppl_threshold=0: the threshold is ppl_factor x the median perplexity of the model's own plain samples on
+    the built-in prompts, recomputed here with plain generate and an explicit log-likelihood loop."""
+    from debias_lm.hf.base import encode_left_padded
+    from debias_lm.methods.uddia import stats
+
+    name, model, tok, probe = tiny
+    stats._CACHE.pop(model, None)
+    w = dl.wrap(model, tok, dl.UDDIAConfig(variant="t", probe=probe, ppl_factor=1.5))
+    torch.manual_seed(123)
+    rng_before = torch.random.get_rng_state()
+    w.generate(**_enc(tok), max_new_tokens=4, do_sample=True, top_p=0.9, top_k=0)
+    thr = w.impl.last_stats["redo_threshold"]
+    assert w.impl.redo_threshold == thr
+    # the reference: the same seeded samples, perplexity by hand
+    prompts = [p for p in stats.REFERENCE_PROMPTS for _ in range(stats.REFERENCE_SAMPLES)]
+    enc = encode_left_padded(tok, prompts)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        seqs = model.generate(**enc, do_sample=True, top_p=0.9, top_k=0, max_new_tokens=4,
+                              pad_token_id=tok.pad_token_id)
+    ppls = []
+    for r in range(len(prompts)):
+        ids = seqs[r][enc["attention_mask"][r].bool().tolist() + [True] * 4]
+        n_prompt = int(enc["attention_mask"][r].sum())
+        with torch.no_grad():
+            lp = torch.log_softmax(model(ids.unsqueeze(0)).logits[0].float(), -1)
+        nll = [-float(lp[j - 1, ids[j]]) for j in range(n_prompt, len(ids))]
+        ppls.append(math.exp(sum(nll) / len(nll)))
+    ppls.sort()
+    med = (ppls[len(ppls) // 2 - 1] + ppls[len(ppls) // 2]) / 2
+    assert thr == pytest.approx(1.5 * med, rel=1e-3)
+    assert not torch.equal(rng_before, torch.random.get_rng_state())  # the caller's sampling went on as usual
+
+
+def test_unbalanced_group_is_refused_with_the_numbers(tiny):
+    name, model, tok, probe = tiny
+    with pytest.raises(UserInputError, match=r"unbalanced.*tokens.*group_balance"):
+        dl.wrap(model, tok, dl.UDDIAConfig(variant="b", group_balance=1.0))
+    w = dl.wrap(model, tok, dl.UDDIAConfig(variant="b", group_balance=0))  # 0: accepted
+    sizes = w.impl.describe()["groups"][0]["tokens_per_side"]
+    assert min(sizes) > 0 and sizes[0] != sizes[1]
+
+
+def test_probe_label_smoothing_bounds_margins_and_temperature_minimises_nll():
+    """On separable data plain CE has no finite minimiser (the weights, hence the margins, keep growing with
+    training); ε-smoothed CE has one (the weights stop growing); the fitted temperature is the NLL minimiser of a
+    brute-force grid."""
+    from debias_lm.methods.uddia.probe import fit_probe, fit_temperature
+
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(80, 6, generator=g)
+    y = (X[:, 0] + 0.3 * X[:, 1] > 0).long()  # linearly separable
+
+    def weight_norm(eps, epochs):
+        p, _, _ = fit_probe(X, y, label_smoothing=eps, weight_decay=0.0, calibrate=False, epochs=epochs,
+                            val_fraction=0, lr=0.05)
+        return float(p.weight.norm())
+
+    s1, s2 = weight_norm(0.2, 1500), weight_norm(0.2, 3000)
+    p1, p2 = weight_norm(0.0, 1500), weight_norm(0.0, 3000)
+    assert abs(s2 - s1) / s1 < 0.02  # converged
+    assert p2 > 1.1 * p1 and p2 > 2 * s2  # still growing, and far larger
+    z = torch.randn(50, 2, generator=g) * 4
+    t = (torch.rand(50, generator=g) < torch.softmax(z / 3.0, -1)[:, 1]).long()
+    T = fit_temperature(z, t)
+    grid = torch.exp(torch.linspace(math.log(0.05), math.log(20), 4000))
+    nll = torch.stack([torch.nn.functional.cross_entropy(z / s, t) for s in grid])
+    assert T == pytest.approx(float(grid[nll.argmin()]), rel=0.01)
+
+
+def test_train_probe_cli_uses_the_data_split_and_reports_calibration(tiny_llama_dir, tmp_path, capsys):
+    from debias_lm.cli.main import main
+    from debias_lm.methods.uddia.probe import ToxicityProbe
+
+    texts = TEXTS * 4
+    rows = [{"text": t + f" {i}", "label": y, "split": "val" if i % 4 == 0 else "train"}
+            for i, (t, y) in enumerate(zip(texts, LABELS * 4))]
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "p.safetensors"
+    assert main(["uddia", "train-probe", "--model", str(tiny_llama_dir), "--data", str(data), "--out", str(out),
+                 "--epochs", "20", "--no-progress"]) == 0
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert printed["n_val"] == str(sum(r["split"] == "val" for r in rows))
+    assert printed["calibration"]["label_smoothing"] == 0.1 and printed["val_report"]["margin_toxic"]
+    meta = ToxicityProbe.load(out).meta
+    assert json.loads(meta["calibration"])["temperature"] > 0 and "/" not in meta["data"]
+    rows[0].pop("split")
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(["uddia", "train-probe", "--model", str(tiny_llama_dir), "--data", str(data), "--out", str(out)]) == 2

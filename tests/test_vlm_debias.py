@@ -218,3 +218,39 @@ def test_fused_twin_rows_equal_the_two_forward_processor(name, variant):
     assert torch.equal(a, b)
     unfused = dl.wrap(model, proc, dl.DebiasSamplingConfig(alpha=1.0, beta=0.05, variant=variant, fused=False))
     assert torch.equal(unfused.generate(**inputs, do_sample=False, **kw), greedy)
+
+
+def _early_eos(gen, inputs, kw, n_prompt):
+    """A token that row 0 emits at its 4th step: used as EOS, row 0 stops there while the other row goes on."""
+    out = gen(**inputs, **kw)
+    return int(out[0, n_prompt + 3])
+
+
+@pytest.mark.parametrize("name", ["llava", "qwen2_vl"])
+@pytest.mark.parametrize("variant", ["none", "none+unk"])
+def test_fused_equals_processor_with_repetition_controls_and_early_stop(name, variant):
+    """repetition_penalty / no_repeat_ngram_size belong to the conditional scores only (the processor path gives
+    the image-free branch raw logits); rows that stop early stop at the same step in both paths."""
+    model, proc = built(name)
+    texts = ["Is there a cat?", "Is there a small red square in the upper left part of this picture?"]
+    inputs = make_inputs(name, texts, [5, 6])
+    n_prompt = inputs["input_ids"].shape[1]
+    cfg = dict(alpha=1.0, beta=0.05, variant=variant)
+    fused = dl.wrap(model, proc, dl.DebiasSamplingConfig(**cfg))
+    unfused = dl.wrap(model, proc, dl.DebiasSamplingConfig(**cfg, fused=False))
+    rep = dict(repetition_penalty=1.3, no_repeat_ngram_size=2, do_sample=False)
+    eos = _early_eos(unfused.generate, inputs, dict(**rep, max_new_tokens=N, min_new_tokens=N), n_prompt)
+    pad = proc.tokenizer.pad_token_id
+    kw = dict(**rep, max_new_tokens=N, min_new_tokens=2, eos_token_id=eos, pad_token_id=pad)
+    a = unfused.generate(**inputs, **kw)
+    b = fused.generate(**inputs, **kw)
+    new0 = a[0, n_prompt:].tolist()
+    assert eos in new0 and new0.index(eos) < N - 1  # row 0 really stopped early, then padded
+    assert torch.equal(a, b)
+    # seeded sampling with the same controls
+    samp = dict(repetition_penalty=1.3, no_repeat_ngram_size=2, do_sample=True, temperature=0.8, top_k=20,
+                max_new_tokens=N, min_new_tokens=2, eos_token_id=eos, pad_token_id=pad)
+    torch.manual_seed(5)
+    a = unfused.generate(**inputs, **samp)
+    torch.manual_seed(5)
+    assert torch.equal(fused.generate(**inputs, **samp), a)

@@ -102,7 +102,9 @@ def _parser() -> argparse.ArgumentParser:
     esub.required = False
     o = esub.add_parser("occupational", help="occupational gender bias vs U.S. BLS shares")
     _add_model_args(o)
-    o.add_argument("--method", default="none", help="comma-separated: none, nbls (default none)")
+    o.add_argument("--method", default="none",
+                   help="comma-separated arms: none, nbls_instructions (the grounding's wording, no figures), "
+                        "nbls_shuffled (figures permuted across occupations), nbls (default none)")
     o.add_argument("--probe", default="likelihood", help="comma-separated: likelihood, generation")
     o.add_argument("--occupations", metavar="FILE", help="one BLS occupation name per line")
     o.add_argument("--occupation", action="append", default=[], metavar="NAME", help="an occupation (repeatable)")
@@ -383,14 +385,15 @@ def cmd_generate(args) -> int:
 
 
 def cmd_eval_occupational(args) -> int:
-    from ..eval.occupational import PROBES, read_occupations_file, resolve_occupations
-    from ..eval.report import run_occupational_suite
+    from ..eval.occupational import ARMS, PROBES, arm_config, read_occupations_file, resolve_occupations
+    from ..eval.report import check_out_dir, run_occupational_suite
 
     methods = [m.strip() for m in args.method.split(",") if m.strip()]
     probes = [p.strip() for p in args.probe.split(",") if p.strip()]
     for m in methods:
-        if m not in ("none", "nbls"):
-            raise UserInputError(f"--method {m!r} is not supported by the occupational suite: use none, nbls")
+        arm_config(m)  # unknown arms: one line naming the valid ones
+    if len(set(methods)) != len(methods):
+        raise UserInputError(f"--method lists an arm twice: {args.method!r}")
     for p in probes:
         if p not in PROBES:
             raise UserInputError(f"--probe {p!r} is invalid: expected one of {', '.join(PROBES)}")
@@ -406,10 +409,12 @@ def cmd_eval_occupational(args) -> int:
             read_text(args.occupations, what="occupations file")  # bytes that are not UTF-8: file and line
         names = read_occupations_file(args.occupations) + names
     occs = resolve_occupations(names or None)  # unknown names fail here, before the model loads
-    if "nbls" in methods:  # k too large for what is left after excluding the evaluated set: fail early
-        from ..methods.nbls import NBLSConfig
-
-        NBLSConfig(k=args.k, seed=args.grounding_seed, exclude=tuple(o.name for o in occs)).grounding()
+    for m in methods:  # k too large for what is left after excluding the evaluated set (and relatives): fail early
+        if ARMS[m] is not None:
+            cfg = arm_config(m, k=args.k, seed=args.grounding_seed)
+            cfg.replace(exclude=tuple(o.name for o in occs)).grounding()
+    if args.out:
+        check_out_dir(args.out)  # a directory of another run: refused before the model loads
     model, tok = _load(args)
     results = run_occupational_suite(
         model, tok, methods=methods, probes=probes, occupations=[o.name for o in occs], k=args.k,

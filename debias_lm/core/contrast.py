@@ -133,3 +133,29 @@ def calibration_offsets(p_cf: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
     """
     prior = _normalise(p_cf, "p_cf")
     return -torch.log(prior + eps)
+
+
+def tempered_calibration_offsets(label_lse: torch.Tensor, label_lse_t: torch.Tensor, p_cf: torch.Tensor,
+                                 temperature: float, eps: float = 1e-4) -> torch.Tensor:
+    """Per-label logit offsets ``c`` [..., L] that make diagonal calibration exact **after** a temperature T.
+
+    Sampling divides the processed logits by T, so adding :func:`calibration_offsets` before it gives label
+    masses ∝ (p_ℓ / (p_cf,ℓ + ε))^(1/T) — not ``calibrate(p, p_cf)``. With, per label ℓ and from the same
+    first-step logits s, ``label_lse[ℓ] = log r_ℓ`` (the label's variant tokens combined: logsumexp for
+    ``reduce="sum"``, max for ``"max"``) and ``label_lse_t[ℓ]`` the same on s / T::
+
+        log q = log calibrate(p, p_cf)          (p ∝ r, read at T = 1)
+        A_T   = Σ_ℓ exp(label_lse_t[ℓ]) · (p_cf,ℓ + ε)^(−1/T)
+        c_ℓ   = T · (log q_ℓ − label_lse_t[ℓ] + log A_T)
+
+    After adding ``c_ℓ`` to every variant of ℓ and dividing by T, the labels' (renormalised) distribution is
+    exactly q, and their total mass against the other tokens is what the plain offsets give (A_T). At T = 1 this
+    reduces to :func:`calibration_offsets`. ``p_cf`` is ``[L]`` or ``[..., L]``; the result is float64.
+    """
+    if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
+        raise ValueError(f"temperature={temperature!r} is invalid: expected a finite number > 0")
+    lse, lse_t = label_lse.double(), label_lse_t.double()
+    log_w = torch.log(_normalise(p_cf, "p_cf").to(lse.device) + eps)
+    log_q = torch.log_softmax(lse - log_w, -1)
+    log_a = torch.logsumexp(lse_t - log_w / temperature, -1, keepdim=True)
+    return temperature * (log_q - lse_t + log_a)

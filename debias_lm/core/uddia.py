@@ -11,9 +11,16 @@ Optimization" (ICLR 2023). Notation follows ``shared/reference/uddia.md``:
   posteriors p(a|x,c) from r = (L * mean(E[c]) + e_x) / (L + 1), group token distributions q_a, the
   Hellinger-gap trigger, and
   L_bias = sum_x p_theta(x) KL(p(a|x,c) || p(a|x)) + 1/2 sum_x p_theta(x) KL(p(a|x) || U).
-* the update: Adam from a fresh state every token (one step == lr * g / (|g| + eps), i.e. signSGD),
+  Every cosine is taken on *post-processed* embeddings (``EmbeddingFrame``): the vocabulary mean is subtracted
+  and the top D principal directions of the centred vocabulary are projected out ("all-but-the-top", Mu &
+  Viswanath, ICLR 2018, D = max(1, round(d / 100))). Raw input embeddings share a large common component (and
+  a frequency direction), so raw cosines put most of the vocabulary, " the" and " and" included, in one group.
+* the update: Adam from a fresh state every token (one step == lr * g / (|g| + eps), i.e. signSGD), scaled
+  per site by ``site_scale`` (the project's RMS rule: the site's activation RMS), optionally shrunk per row
+  to a KL budget on the next-token distribution (``kl_rows``, ``kl_budget_scale``),
 * fusion: p ∝ p_tuned^gamma * p_base^(1-gamma),
-* redo: conditional perplexity of the continuation.
+* redo: conditional perplexity of the continuation, against a threshold derived from the model's own plain
+  samples (``redo_threshold``: a multiple of their median perplexity).
 
 Attribute index 0 is the *first* word of each pair (``words.GENDER_PAIRS``: female), index 1 the second.
 """
@@ -47,6 +54,60 @@ def group_direction(emb_a: torch.Tensor, emb_b: torch.Tensor) -> torch.Tensor:
     if norm == 0:
         raise ValueError("group_direction: the word pairs have identical embeddings")
     return (diff / norm).to(emb_a.dtype)
+
+
+def top_components(centred: torch.Tensor, k: int) -> torch.Tensor:
+    """The top ``k`` principal directions ``[k, d]`` (orthonormal rows) of an already-centred matrix ``[N, d]``.
+
+    Exact (eigendecomposition of the d x d Gram matrix in float64) for d <= 2048; randomized
+    (``torch.svd_lowrank``, 4 power iterations, fixed seed) above that.
+    """
+    if k <= 0:
+        return centred.new_zeros(0, centred.shape[-1])
+    if centred.shape[-1] <= 2048:
+        x = centred.double()
+        vals, vecs = torch.linalg.eigh(x.T @ x)
+        top = vecs[:, torch.argsort(vals, descending=True)[:k]].T
+    else:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            _, _, v = torch.svd_lowrank(centred.float(), q=k + 8, niter=4)
+        top = v[:, :k].T.double()
+    return top.to(centred.dtype).contiguous()
+
+
+def n_removed_components(dim: int) -> int:
+    """D of all-but-the-top: max(1, round(d / 100)) (Mu & Viswanath's rule of thumb)."""
+    return max(1, int(math.floor(dim / 100 + 0.5)))
+
+
+class EmbeddingFrame:
+    """Affine post-processing of input embeddings before any cosine: x -> (x - mu) - ((x - mu) P^T) P.
+
+    ``mu`` ``[d]`` is the vocabulary mean, ``P`` ``[D, d]`` the top D principal directions of the centred
+    vocabulary. It is affine, so the post-processed mean of several embeddings is the mean of the
+    post-processed embeddings (the context vector r keeps its meaning).
+    """
+
+    def __init__(self, emb: torch.Tensor, n_components: int | None = None) -> None:
+        emb = emb.float()
+        self.mu = emb.mean(0)
+        k = n_removed_components(emb.shape[-1]) if n_components is None else int(n_components)
+        self.P = top_components(emb - self.mu, k)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        c = x.float() - self.mu.to(x.device)
+        P = self.P.to(x.device)
+        return c - (c @ P.T) @ P if P.shape[0] else c
+
+    def to(self, device) -> EmbeddingFrame:
+        self.mu, self.P = self.mu.to(device), self.P.to(device)
+        return self
+
+
+def group_sizes(posterior: torch.Tensor, threshold: float = GROUP_MASK) -> tuple[int, int]:
+    """How many tokens each attribute's q_a keeps: (#{x: p(a_0|x) > threshold}, #{x: p(a_1|x) > threshold})."""
+    return int((posterior[:, 0] > threshold).sum()), int((posterior[:, 1] > threshold).sum())
 
 
 def _cos_to(x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -177,6 +238,40 @@ def adam_step(
     m_hat = m / (1 - b1**step)
     v_hat = v / (1 - b2**step)
     return lr * m_hat / (v_hat.sqrt() + eps), m, v
+
+
+def rows_rms(parts: list[torch.Tensor]) -> torch.Tensor:
+    """Per-row RMS over all elements of several ``[B, d_i]`` tensors -> ``[B]``."""
+    total = sum((p.float() ** 2).sum(-1) for p in parts)
+    return (total / sum(p.shape[-1] for p in parts)).sqrt()
+
+
+def kl_rows(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
+    """KL(p || q) per row from log-probabilities ``[B, V]`` (-inf entries of p contribute 0)."""
+    p = logp.exp()
+    diff = torch.where(p > 0, logp - logq.clamp_min(-1e30), torch.zeros_like(logp))
+    return (p * diff).sum(-1).clamp_min(0)
+
+
+def kl_budget_scale(kl: torch.Tensor, budget: float, safety: float = 0.9) -> torch.Tensor:
+    """Per-row factor to shrink an offset whose step moved the distribution by ``kl`` > ``budget``.
+
+    For small offsets KL grows quadratically with the offset's size, so scaling the offset by
+    sqrt(budget / kl) lands near the budget; ``safety`` aims a little below it. Rows within the budget get 1.
+    """
+    over = kl > budget
+    factor = safety * (budget / kl.clamp_min(1e-12)).sqrt()
+    return torch.where(over, factor.clamp(max=1.0), torch.ones_like(kl))
+
+
+def redo_threshold(plain_ppls, factor: float) -> float:
+    """The redo threshold: ``factor`` x the median of the model's own plain-sample perplexities (finite ones)."""
+    from ..metrics.fluency import median_perplexity
+
+    med = median_perplexity([float(p) for p in plain_ppls if p is not None and math.isfinite(float(p))])
+    if math.isnan(med):
+        raise ValueError("redo_threshold needs at least one finite perplexity")
+    return factor * med
 
 
 # -- decoding -------------------------------------------------------------------------------------------

@@ -10,9 +10,13 @@ Two probes (both report p_female in [0, 1] per occupation):
 
 Chat models (tokenizers with a chat template) are prompted through it by default: the user asks to
 complete the sentence and the assistant turn starts with the sentence itself. Prompt-transform methods
-(``nbls``) are applied to those messages; NBLS grounding always excludes every evaluated occupation.
-The prompt prefix shared by all prompts (system message, grounding) is encoded once and its KV cache
-reused, which makes the 32-line grounding cheap.
+(``nbls``) are applied to those messages, in front of the template's own system prompt, which every arm
+keeps; NBLS grounding always excludes every evaluated occupation and every occupation related to one
+(``details["grounding"]["excluded_related"]``). The comparison arms (:data:`ARMS`) are ``none``, the
+instruction-only and shuffled-figures controls, and ``nbls``.
+The prompt prefix shared by all prompts (system message, grounding) is encoded once and attended by every
+row without a per-row copy (:class:`debias_lm.hf.prefix_cache.SharedPrefix`), which makes the 32-line
+grounding cheap.
 """
 
 from __future__ import annotations
@@ -189,6 +193,13 @@ class PromptBuilder:
                 "support prompt-transform methods (none, nbls) so far"
             )
 
+    @property
+    def system_prompt(self) -> str | None:
+        """The chat template's own system prompt, which every arm keeps (None without a chat template)."""
+        from ..hf.base import default_system_prompt
+
+        return default_system_prompt(self.tokenizer) if self.chat else None
+
     def text(self, sentence: str) -> str:
         if self.chat:
             msgs = [{"role": "user", "content": CHAT_INSTRUCTION.format(sentence=sentence)}]
@@ -210,20 +221,47 @@ from ..hf.prefix_cache import expand_cache as _expand  # noqa: E402
 from ..hf.prefix_cache import prefix_cache as _prefix_cache  # noqa: E402
 
 
+def _length_sorted_chunks(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Row indices in batches of similar length (less padding), longest first."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
 def next_token_logprobs(model, tokenizer, encoded: Sequence[Sequence[int]], *, batch_size: int = 8, progress: bool = True,
                         desc: str = "scoring"):
     """Log-probabilities ``[N, V]`` (float32) of the token after each encoded prompt.
 
-    The token prefix shared by all prompts is run once; its KV cache is copied for every batch of the
-    (right-padded) remainders.
+    The token prefix shared by all prompts is run once. Models that route attention through transformers'
+    AttentionInterface keep it once and every row attends to it (:class:`debias_lm.hf.prefix_cache.SharedPrefix`);
+    others get a copy of its cache per batch.
     """
     import torch
     from tqdm.auto import tqdm
+
+    from ..hf.prefix_cache import SharedPrefix, supports_shared_prefix
 
     if not encoded or any(len(e) == 0 for e in encoded):
         raise UserInputError("cannot score an empty prompt")
     L = min(common_prefix_length(encoded), min(len(e) for e in encoded) - 1)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    if L >= 1 and supports_shared_prefix(model):
+        out = torch.empty((len(encoded), 0))
+        chunks = _length_sorted_chunks([len(e) for e in encoded], batch_size)
+        with SharedPrefix(model, list(encoded[0][:L])) as sp:
+            for chunk in tqdm(chunks, desc=desc, disable=not progress, leave=False):
+                rows = [list(encoded[i][L:]) for i in chunk]
+                width = max(len(r) for r in rows)
+                ids = torch.full((len(rows), width), pad, dtype=torch.long)
+                mask = torch.zeros_like(ids)
+                for j, r in enumerate(rows):
+                    ids[j, width - len(r) :] = torch.tensor(r)
+                    mask[j, width - len(r) :] = 1
+                logits, _ = sp.forward(ids, mask)
+                lp = torch.log_softmax(logits[:, -1].float(), dim=-1).cpu()
+                if out.shape[1] == 0:
+                    out = torch.empty((len(encoded), lp.shape[1]))
+                out[torch.tensor(chunk)] = lp
+        return out
     out_rows = []
     with torch.no_grad():
         cache = _prefix_cache(model, list(encoded[0][:L]))
@@ -251,18 +289,22 @@ def next_token_logprobs(model, tokenizer, encoded: Sequence[Sequence[int]], *, b
 # ----------------------------------------------------------------------------------------------------
 # Probes
 # ----------------------------------------------------------------------------------------------------
-def likelihood_probe(model, tokenizer, occupations, builder: PromptBuilder, templates=TEMPLATES, *, batch_size=8,
-                     progress=True) -> list[dict[str, Any]]:
-    import torch
-
-    f_ids, m_ids = pronoun_token_ids(tokenizer)
+def _prompts(occupations, builder: PromptBuilder, templates) -> tuple[list[list[int]], list[tuple[int, int]]]:
+    """Every (occupation, template) prompt, encoded, with its (occupation index, template index)."""
     encoded, index = [], []
     for oi, occ in enumerate(occupations):
         for ti, tpl in enumerate(templates):
             encoded.append(builder.encode(tpl.format(occupation=occ.surface)))
             index.append((oi, ti))
-    logp = next_token_logprobs(model, tokenizer, encoded, batch_size=batch_size, progress=progress,
-                               desc="likelihood probe")
+    return encoded, index
+
+
+def likelihood_rows(occupations, index: Sequence[tuple[int, int]], logp, tokenizer) -> list[dict[str, Any]]:
+    """Per occupation: p_female = P(f) / (P(f) + P(m)) of the next-token log-probabilities ``logp`` [N, V] of
+    its prompts (``index[j]`` = (occupation, template) of row j), averaged over templates."""
+    import torch
+
+    f_ids, m_ids = pronoun_token_ids(tokenizer)
     pf = torch.logsumexp(logp[:, f_ids], dim=-1)
     pm = torch.logsumexp(logp[:, m_ids], dim=-1)
     share = torch.sigmoid(pf - pm)  # P(f) / (P(f) + P(m))
@@ -281,14 +323,96 @@ def likelihood_probe(model, tokenizer, occupations, builder: PromptBuilder, temp
     return rows
 
 
+def likelihood_probe(model, tokenizer, occupations, builder: PromptBuilder, templates=TEMPLATES, *, batch_size=8,
+                     progress=True) -> list[dict[str, Any]]:
+    pronoun_token_ids(tokenizer)  # a tokenizer that splits the pronouns fails before any forward
+    encoded, index = _prompts(occupations, builder, templates)
+    logp = next_token_logprobs(model, tokenizer, encoded, batch_size=batch_size, progress=progress,
+                               desc="likelihood probe")
+    return likelihood_rows(occupations, index, logp, tokenizer)
+
+
+def run_probes(model, tokenizer, occupations, builder: PromptBuilder, templates=TEMPLATES, probes=PROBES, *,
+               n_samples=10, max_new_tokens=20, seed=0, batch_size=16, progress=True) -> dict[str, list[dict]]:
+    """Rows of each requested probe. On models that support it (:func:`~debias_lm.hf.prefix_cache.
+    supports_shared_prefix`) both probes come from **one pass**: every (occupation, template) prompt is encoded
+    once after the shared prefix; its next-token distribution is the likelihood probe's, and its cache row is
+    copied for the generation probe's samples of that prompt (``n_samples`` per occupation, spread evenly over
+    the templates). ``batch_size``: sampled rows per batch. Other models run the probes separately."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from ..hf.prefix_cache import SharedPrefix, sample_after_prefix, supports_shared_prefix
+
+    probes = list(dict.fromkeys(probes))
+    if n_samples < 1:
+        raise UserInputError(f"n_samples={n_samples} is invalid: expected >= 1")
+    if "likelihood" in probes:
+        pronoun_token_ids(tokenizer)
+    encoded, index = _prompts(occupations, builder, templates)
+    L = min(common_prefix_length(encoded), min(len(e) for e in encoded) - 1)
+    if L < 1 or not supports_shared_prefix(model):
+        out = {}
+        if "likelihood" in probes:
+            out["likelihood"] = likelihood_probe(model, tokenizer, occupations, builder, templates,
+                                                 batch_size=batch_size, progress=progress)
+        if "generation" in probes:
+            out["generation"] = generation_probe(model, tokenizer, occupations, builder, templates,
+                                                 n_samples=n_samples, max_new_tokens=max_new_tokens, seed=seed,
+                                                 batch_size=batch_size, progress=progress)
+        return out
+    n_t = len(templates)
+    sampling = "generation" in probes
+    # sample s of an occupation uses template s % n_t: prompt (o, t) gets ceil((n_samples - t) / n_t) samples
+    counts = [len(range(t, n_samples, n_t)) if sampling else 0 for _, t in index]
+    per_batch = max(1, batch_size // max(1, max(counts)))
+    chunks = _length_sorted_chunks([len(e) for e in encoded], per_batch)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    eos = _eos_ids(model, tokenizer)
+    logp = None
+    samples: dict[int, list[str]] = {}
+    desc = "+".join(probes) + " probe"
+    with SharedPrefix(model, list(encoded[0][:L])) as sp:
+        for b, chunk in enumerate(tqdm(chunks, desc=desc, disable=not progress, leave=False)):
+            first: list = []
+            gen = torch.Generator().manual_seed(seed * 1_000_003 + b)
+            new = sample_after_prefix(model, [], [encoded[i][L:] for i in chunk], shared=sp, generator=gen,
+                                      max_new_tokens=max_new_tokens if sampling else 0, pad_id=pad, eos_ids=eos,
+                                      repeats=[counts[i] for i in chunk], first_logprobs=first)
+            if logp is None:
+                logp = torch.empty((len(encoded), first[0].shape[1]))
+            logp[torch.tensor(chunk)] = first[0]
+            pos = 0
+            for i in chunk:
+                samples[i] = [tokenizer.decode(t, skip_special_tokens=True) for t in new[pos : pos + counts[i]]]
+                pos += counts[i]
+    out = {}
+    if "likelihood" in probes:
+        out["likelihood"] = likelihood_rows(occupations, index, logp, tokenizer)
+    if sampling:
+        row_of = {key: j for j, key in enumerate(index)}
+        texts = {oi: [samples[row_of[(oi, s % n_t)]][s // n_t] for s in range(n_samples)]
+                 for oi in range(len(occupations))}
+        out["generation"] = generation_rows(occupations, texts)
+    return out
+
+
+def _eos_ids(model, tokenizer) -> list[int]:
+    gc = getattr(model, "generation_config", None)
+    eos = getattr(gc, "eos_token_id", None)
+    if eos is None:
+        eos = tokenizer.eos_token_id
+    return [e for e in (eos if isinstance(eos, (list, tuple)) else [eos]) if e is not None]
+
+
 def generation_probe(model, tokenizer, occupations, builder: PromptBuilder, templates=TEMPLATES, *, n_samples=10,
                      max_new_tokens=20, seed=0, temperature=1.0, top_p=1.0, batch_size=16,
                      progress=True) -> list[dict[str, Any]]:
-    """Sample ``n_samples`` continuations per occupation and count gendered words in them.
+    """Sample ``n_samples`` continuations per occupation with HF ``generate`` and count gendered words in them.
 
-    The prompt prefix shared by all rows is encoded once and its cache reused by HF ``generate``. Rows are
-    batched by suffix length, so a batch needs no padding (and attention no mask); a mixed-length batch
-    would be laid out ``prefix | padding | suffix`` with the padding masked (positions follow the mask).
+    The prompt prefix shared by all rows is encoded once and a copy of its cache used per batch; rows are
+    batched by suffix length, so a batch needs no padding. (:func:`run_probes` is the faster path for models
+    that support a shared prefix; this one serves the others.)
     """
     import torch
     from tqdm.auto import tqdm
@@ -355,11 +479,35 @@ def generation_rows(occupations, texts: dict[int, list[str]]) -> list[dict[str, 
     return rows
 
 
+# The arms of the NBLS comparison: plain prompting, the two controls, the method (same system prompt in all).
+ARMS = {"none": None, "nbls_instructions": "instructions", "nbls_shuffled": "shuffled", "nbls": ""}
+
+
+def arm_config(arm: str, *, k: int = 32, seed: int = 0) -> str | MethodConfig:
+    """The method config of a comparison arm (:data:`ARMS`); unknown names are a :class:`UserInputError`."""
+    from ..methods.nbls import NBLSConfig
+
+    if arm not in ARMS:
+        raise UserInputError(f"--method {arm!r} is not supported by the occupational suite: use "
+                             + ", ".join(ARMS))
+    return "none" if ARMS[arm] is None else NBLSConfig(k=k, seed=seed, control=ARMS[arm])
+
+
+def arm_name(cfg: MethodConfig) -> str:
+    """The arm label of a resolved config: ``none``, ``nbls`` or ``nbls_<control>``."""
+    if cfg.method == "identity":
+        return "none"
+    control = getattr(cfg, "control", "")
+    return f"{cfg.method}_{control}" if control else cfg.method
+
+
 def _method_config(method: str | MethodConfig, occupations: Sequence[BLSOccupation]) -> MethodConfig:
     from ..hf.wrap import resolve_config
 
     if method in ("none", None):
         method = "identity"
+    elif isinstance(method, str) and method in ARMS:
+        method = arm_config(method)
     cfg = resolve_config(method)
     if cfg.method == "nbls":
         excl = tuple(dict.fromkeys([*cfg.exclude, *(o.name for o in occupations)]))
@@ -384,30 +532,61 @@ def evaluate_occupational(
     progress: bool = True,
 ) -> OccupationalResult:
     """Run one probe with one method and compute the metrics against BLS (see module docstring)."""
-    if probe not in PROBES:
-        raise UserInputError(f"probe={probe!r} is invalid: expected one of {', '.join(PROBES)}")
+    return evaluate_occupational_probes(
+        model, tokenizer, method=method, probes=(probe,), occupations=occupations, templates=templates, chat=chat,
+        n_samples=n_samples, max_new_tokens=max_new_tokens, seed=seed, batch_size=batch_size,
+        model_name=model_name, progress=progress)[0]
+
+
+def evaluate_occupational_probes(
+    model,
+    tokenizer,
+    *,
+    method: str | MethodConfig = "none",
+    probes: Sequence[str] = PROBES,
+    occupations: Sequence[str] | None = None,
+    templates: Sequence[str] = TEMPLATES,
+    chat: bool | None = None,
+    n_samples: int = 10,
+    max_new_tokens: int = 20,
+    seed: int = 0,
+    batch_size: int = 8,
+    model_name: str = "",
+    progress: bool = True,
+) -> list[OccupationalResult]:
+    """Run several probes with one method (one pass where the model allows, :func:`run_probes`): one result
+    per probe, in the order given."""
+    probes = list(probes)
+    bad = [p for p in probes if p not in PROBES]
+    if bad or not probes:
+        raise UserInputError(f"probe={bad[0] if bad else ''!r} is invalid: expected one of {', '.join(PROBES)}")
     if not templates or any("{occupation}" not in t for t in templates):
         raise UserInputError("every template must contain '{occupation}'")
     occs = resolve_occupations(occupations)
     cfg = _method_config(method, occs)
     builder = PromptBuilder(model, tokenizer, cfg, chat)
-    if probe == "likelihood":
-        rows = likelihood_probe(model, tokenizer, occs, builder, templates, batch_size=batch_size, progress=progress)
-    else:
-        rows = generation_probe(model, tokenizer, occs, builder, templates, n_samples=n_samples,
-                                max_new_tokens=max_new_tokens, seed=seed, batch_size=max(batch_size, 16),
-                                progress=progress)
-    metrics = occupational_metrics([r["p_female"] for r in rows], [r["bls_women"] for r in rows])
+    rows_by_probe = run_probes(model, tokenizer, occs, builder, templates, probes, n_samples=n_samples,
+                               max_new_tokens=max_new_tokens, seed=seed,
+                               batch_size=max(batch_size, 16) if "generation" in probes else batch_size,
+                               progress=progress)
     grounding = getattr(builder.impl, "grounding", None)
-    details: dict[str, Any] = {
-        "config": cfg.to_dict(),
-        "chat_template": builder.chat,
-        "templates": list(templates),
-        "grounding_occupations": grounding.occupations if grounding is not None else [],
-        "bls": {"year": load_bls_table().year, "source": load_bls_table().source},
-    }
-    if probe == "generation":
-        details.update({"n_samples": n_samples, "max_new_tokens": max_new_tokens, "seed": seed,
-                        "temperature": 1.0, "top_p": 1.0})
-    name = "none" if cfg.method == "identity" else cfg.method
-    return OccupationalResult(model=model_name, method=name, probe=probe, occupations=rows, metrics=metrics, details=details)
+    results = []
+    for probe in probes:
+        rows = rows_by_probe[probe]
+        metrics = occupational_metrics([r["p_female"] for r in rows], [r["bls_women"] for r in rows])
+        details: dict[str, Any] = {
+            "config": cfg.to_dict(),
+            "chat_template": builder.chat,
+            "system_prompt": builder.system_prompt,
+            "templates": list(templates),
+            "grounding_occupations": grounding.occupations if grounding is not None else [],
+            "bls": {"year": load_bls_table().year, "source": load_bls_table().source},
+        }
+        if grounding is not None:  # exclusions (evaluated + related rows), control, shuffling: the full record
+            details["grounding"] = grounding.record()
+        if probe == "generation":
+            details.update({"n_samples": n_samples, "max_new_tokens": max_new_tokens, "seed": seed,
+                            "temperature": 1.0, "top_p": 1.0})
+        results.append(OccupationalResult(model=model_name, method=arm_name(cfg), probe=probe, occupations=rows,
+                                          metrics=metrics, details=details))
+    return results

@@ -31,7 +31,8 @@ log = logging.getLogger(__name__)
 METRIC_DEFINITIONS = {
     "toxicity": "debias_lm.metrics.toxicity (EMT, per-prompt toxicity probability, per-generation toxic rate; tau 0.5)",
     "counterfactual": "debias_lm.metrics.counterfactual (|mean_f - mean_m| gaps; mean W1 over pairs)",
-    "fluency": "debias_lm.metrics.fluency (conditional PPL, > 1e4 dropped; dist-n per prompt, mean)",
+    "fluency": "debias_lm.metrics.fluency (conditional PPL, > 1e4 dropped, mean and median; dist-n per prompt, mean; "
+               "repetition rate seq-rep-n, mean; PPL flagged circular when the method selects by it)",
     "occupational": "debias_lm.metrics.occupational (MAE / Pearson r / parity gap / amplification vs BLS 2022)",
     "bbq-gender": "debias_lm.metrics.bbq (accuracy ambig / disambig; S_DIS, S_AMB)",
     "pope-synthetic": "debias_lm.metrics.pope (accuracy, precision, recall, F1, yes-ratio of predictions, ECE 10 bins)",

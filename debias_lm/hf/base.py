@@ -84,6 +84,31 @@ def has_chat_template(tokenizer_or_processor) -> bool:
     return bool(getattr(tp, "chat_template", None) or getattr(get_tokenizer(tp), "chat_template", None))
 
 
+def default_system_prompt(tokenizer_or_processor) -> str:
+    """The system message a chat template inserts when the chat has none ("" when it inserts none).
+
+    Found by rendering a user turn with and without an explicit system message holding a sentinel: what the
+    template writes where the sentinel would go is its default. Templates that cannot render a system
+    message, or place it unpredictably, give "".
+    """
+    tok = get_tokenizer(tokenizer_or_processor)
+    if not has_chat_template(tokenizer_or_processor):
+        return ""
+    sentinel, user = "\u2063SYSTEM\u2063", "\u2063USER\u2063"
+    try:
+        plain = tok.apply_chat_template([{"role": "user", "content": user}], tokenize=False)
+        with_sys = tok.apply_chat_template([{"role": "system", "content": sentinel},
+                                            {"role": "user", "content": user}], tokenize=False)
+    except Exception:  # noqa: BLE001 - templates that reject system messages have no default to keep
+        return ""
+    if not isinstance(plain, str) or not isinstance(with_sys, str) or with_sys.count(sentinel) != 1:
+        return ""
+    before, after = with_sys.split(sentinel)
+    if plain.startswith(before) and plain.endswith(after) and len(plain) > len(before) + len(after):
+        return plain[len(before) : len(plain) - len(after)]
+    return ""
+
+
 class HFMethod:
     """An HF implementation of a method: ``HFMethod(model, tokenizer_or_processor, config)``.
 

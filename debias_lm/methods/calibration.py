@@ -87,6 +87,20 @@ class CalibrationConfig(MethodConfig):
 from ..hf.base import HFMethod  # noqa: E402
 
 
+def _sampling_temperature(model, kwargs: dict) -> float:
+    """The temperature ``generate`` will divide the first-step logits by (1.0 when it does not sample)."""
+    import copy
+
+    from transformers import GenerationConfig
+
+    gc = kwargs.get("generation_config")
+    gc = copy.deepcopy(gc if gc is not None else getattr(model, "generation_config", None) or GenerationConfig())
+    gc.update(**{k: kwargs[k] for k in ("do_sample", "temperature") if k in kwargs})
+    if not gc.do_sample or gc.temperature is None:
+        return 1.0
+    return float(gc.temperature)
+
+
 class CalibrationHF(HFMethod):
     """``wrap(model, processor, CalibrationConfig(...)).generate(**inputs)``: the first generated token is
     chosen with calibrated label scores (see :class:`debias_lm.hf.calibration.CalibrationLogitsProcessor`);
@@ -125,6 +139,7 @@ class CalibrationHF(HFMethod):
             prior = torch.stack([self.calibrator.label_probs_from_logits(u) for u in uncond]).mean(0)
             if cfg.prior == "dataset":
                 prior = prior.mean(0)
-        proc = CalibrationLogitsProcessor(self.calibrator.label_ids, prior, cfg.eps, cfg.reduce)
+        proc = CalibrationLogitsProcessor(self.calibrator.label_ids, prior, cfg.eps, cfg.reduce,
+                                          temperature=_sampling_temperature(self.model, kwargs))
         procs = list(kwargs.pop("logits_processor", None) or [])
         return self.model.generate(*args, logits_processor=procs + [proc], **kwargs)

@@ -231,27 +231,41 @@ class DebiasSamplingHF(HFMethod):
         """Both branches in one forward (see :mod:`debias_lm.hf.twin_rows`); ``None`` if not applicable."""
         from ..hf.twin_rows import (
             SAMPLING_KEYS,
+            UNFUSABLE_KEYS,
+            LastLogits,
             TwinRowContrastProcessor,
             join_rows,
+            repetition_controls,
             sampling_warpers,
+            shifted_lengths,
             slice_output,
         )
 
         if kwargs.get("streamer") is not None or kwargs.get("output_scores") or kwargs.get("output_logits"):
             return None  # streamers take one row; returned scores must be the contrasted ones: use the processor
+        if any(kwargs.get(k) is not None for k in UNFUSABLE_KEYS):
+            return None
         mode = sampling_warpers(self.model, kwargs)
         if mode is None:
             return None
         do_sample, warpers = mode
+        neutral, rep_procs = repetition_controls(self.model, kwargs)
         b = kwargs["input_ids"].shape[0]
         main = {k: v for k, v in kwargs.items() if k in ("input_ids", "attention_mask") or k not in
                 _GENERATE_ONLY and hasattr(v, "shape")}
-        rest = {k: v for k, v in kwargs.items() if k not in main and k not in SAMPLING_KEYS}
+        rest = {k: v for k, v in kwargs.items() if k not in main and k not in SAMPLING_KEYS and k not in neutral}
         joint = join_rows(main, unconds, self.tokenizer.pad_token_id or 0)
+        extra = joint["input_ids"].shape[1] - kwargs["input_ids"].shape[1]
+        rest.update(shifted_lengths(self.model, kwargs, extra))
+        raw = LastLogits(self.model)
         twin = TwinRowContrastProcessor(b, self.config.alpha, self.config.beta, k=len(unconds), do_sample=do_sample,
-                                        warpers=warpers)
-        out = self.model.generate(**joint, **rest, do_sample=False, logits_processor=procs + [twin])
-        return slice_output(out, b, joint["input_ids"].shape[1] - kwargs["input_ids"].shape[1])
+                                        warpers=warpers, cond_processors=rep_procs + procs, raw_logits=raw,
+                                        history_start=extra)
+        try:
+            out = self.model.generate(**joint, **rest, **neutral, do_sample=False, logits_processor=[twin])
+        finally:
+            raw.close()
+        return slice_output(out, b, extra)
 
     def _counterfactual_from_text(self, text_args: dict, counterfactual, chat):
         cfg = self.config

@@ -9,7 +9,7 @@ from typing import ClassVar
 from ..config import MethodConfig
 from ..errors import UserInputError
 from ..hf.base import HFMethod
-from ..nbls.grounding import NBLSGrounding
+from ..nbls.grounding import CONTROLS, NBLSGrounding
 from ..nbls.table import ATTRIBUTES
 
 
@@ -18,7 +18,11 @@ class NBLSConfig(MethodConfig):
     """Config of NBLS grounding (see :class:`debias_lm.NBLSGrounding` for the meaning of each field).
 
     ``template`` / ``header``: ``""`` keeps the defaults. ``bls_table``: path of an official Table 11
-    export to ground on instead of the shipped 2022 table.
+    export to ground on instead of the shipped 2022 table. ``exclude_related`` (default true): also leave out
+    every occupation related to an excluded one. ``control``: ``""`` (the method), ``"instructions"`` (the
+    grounding's wording without the statistics) or ``"shuffled"`` (the same lines with the figures permuted
+    across the occupations): the controls of an evaluation (``debias-lm eval occupational --method
+    none,nbls_instructions,nbls_shuffled,nbls``).
     """
 
     method: ClassVar[str] = "nbls"
@@ -29,6 +33,8 @@ class NBLSConfig(MethodConfig):
     template: str = ""
     header: str = ""
     bls_table: str = ""
+    exclude_related: bool = True
+    control: str = ""
 
     def validate(self) -> None:
         self._check_number("k", lo=1, integer=True)
@@ -43,6 +49,9 @@ class NBLSConfig(MethodConfig):
             raise UserInputError(f"NBLSConfig.attributes has {bad!r}; allowed values: {', '.join(ATTRIBUTES)}")
         if not isinstance(self.exclude, tuple) or not all(isinstance(x, str) for x in self.exclude):
             raise UserInputError(f"NBLSConfig.exclude={self.exclude!r} is invalid: expected a tuple of occupation names")
+        if not isinstance(self.exclude_related, bool):
+            raise UserInputError(f"NBLSConfig.exclude_related={self.exclude_related!r} is invalid: expected true or false")
+        self._check_choice("control", CONTROLS)
 
     def preflight(self) -> None:
         self.grounding()  # k too large, unknown exclusions, bad template or table: fail before loading a model
@@ -59,6 +68,8 @@ class NBLSConfig(MethodConfig):
             template=self.template or None,
             header=self.header or None,
             table=load_bls_table(self.bls_table) if self.bls_table else None,
+            exclude_related=self.exclude_related,
+            control=self.control,
         )
 
 
@@ -75,7 +86,17 @@ class NBLSHF(HFMethod):
         return self.grounding.apply(prompt)
 
     def transform_messages(self, messages):
-        return self.grounding.apply(messages)
+        """The grounding as the system message, in front of the system prompt the model would use anyway: an
+        explicit first system message, or else the chat template's default one (e.g. SmolLM2's "You are a
+        helpful AI assistant ..."), so grounded and plain chats differ by the grounding alone."""
+        from ..hf.base import default_system_prompt
+
+        msgs = list(messages)
+        if msgs and isinstance(msgs[0], dict) and msgs[0].get("role") != "system":
+            default = default_system_prompt(self.tokenizer)
+            if default:
+                msgs = [{"role": "system", "content": default}, *msgs]
+        return self.grounding.apply(msgs)
 
     @cached_property
     def _prefix_ids(self) -> list[int]:

@@ -8,7 +8,15 @@
   generations; the number dropped is reported.
 * **Median perplexity** (``median_perplexity``): the median over generations (no cap), reported beside the mean.
 * **dist-n** (``dist_n`` / ``mean_dist_n``): per prompt, the number of unique n-grams across its k samples
-  divided by the total number of whitespace tokens in those samples; then the mean over prompts.
+  divided by the total number of whitespace tokens in those samples; then the mean over prompts. It measures
+  diversity *across* a prompt's samples.
+* **Repetition rate** (``repetition_rate`` / ``mean_repetition_rate``; "seq-rep-n" of Welleck et al., ICLR 2020,
+  arXiv 1908.04319): per continuation, the share of its whitespace n-grams that repeat an n-gram seen earlier
+  in the same continuation, 1 − unique / total; then the mean over continuations that have at least one
+  n-gram. It measures degenerate loops *within* one text (0 = no repeat).
+* **Self-perplexity is circular** for methods that select continuations by it: UDDIA's redo keeps the attempt
+  with the lowest perplexity under the generator itself, so perplexity under that same model is partly the
+  selection criterion (``perplexity_is_circular``); report it labelled, beside dist-n and the repetition rate.
 """
 
 from __future__ import annotations
@@ -25,10 +33,36 @@ def dist_n(samples: Sequence[str], n: int) -> float:
         raise ValueError(f"n={n} is invalid: expected >= 1")
     total, grams = 0, set()
     for s in samples:
-        toks = s.split()
-        total += len(toks)
-        grams.update(tuple(toks[i : i + n]) for i in range(len(toks) - n + 1))
+        total += len(s.split())
+        grams.update(_ngrams(s, n))
     return len(grams) / total if total else 0.0
+
+
+def _ngrams(text: str, n: int) -> list[tuple[str, ...]]:
+    toks = text.split()
+    return [tuple(toks[i : i + n]) for i in range(len(toks) - n + 1)]
+
+
+def repetition_rate(text: str, n: int = 2) -> float:
+    """1 − unique n-grams / n-grams of one text (whitespace tokens); nan when it has no n-gram."""
+    if n < 1:
+        raise ValueError(f"n={n} is invalid: expected >= 1")
+    grams = _ngrams(text, n)
+    return 1.0 - len(set(grams)) / len(grams) if grams else math.nan
+
+
+def mean_repetition_rate(texts: Sequence[str], n: int = 2) -> float:
+    """``repetition_rate`` averaged over the texts that have at least one n-gram (nan when none has)."""
+    vals = [v for v in (repetition_rate(t, n) for t in texts) if not math.isnan(v)]
+    return sum(vals) / len(vals) if vals else math.nan
+
+
+def perplexity_is_circular(method_config, scorer_is_generator: bool) -> bool:
+    """True when the perplexity scorer is the generating model itself and the method picks continuations by
+    that model's perplexity (UDDIA with redo on and a non-zero step)."""
+    if not scorer_is_generator or method_config is None or getattr(method_config, "method", None) != "uddia":
+        return False
+    return bool(getattr(method_config, "layer_step", 0)) and float(getattr(method_config, "lr", 0)) > 0
 
 
 def mean_dist_n(samples_by_prompt: Sequence[Sequence[str]], n: int) -> float:

@@ -1,15 +1,24 @@
-"""UDDIA cost vs plain decoding on the embedded model: counted passes per token and tokens/s at batch 1 and 8.
+"""UDDIA cost vs plain decoding on the embedded model, side by side: counted passes per token and tokens/s at
+batch 1 and 8, with the default config (redo included).
 
-    nice -n 10 .venv/bin/python eval/uddia/cost.py --out eval/uddia/results/cost.json
+    python eval/uddia/cost.py --out eval/uddia/results/cost.json               # quiet machine: the timing numbers
+    python eval/uddia/cost.py --prompts 2 --max-new-tokens 4 --repeats 1 --out /tmp/cost.json   # smoke run
 
-The first 8 toxicity-prone prompts (batch 1: the first --prompts-bs1, one at a time), 20 new tokens forced (min_new_tokens = max_new_tokens, so every run generates
-the same number of tokens), nucleus p = 0.9, fp32, one torch thread. Runs are interleaved (plain, UDDIA,
-plain, UDDIA, ...) and the best of --repeats is kept for each, so background load hits both alike.
-Counted per *kept* generated token (row level): forward passes of the decoding loop and backward passes,
-over all redo attempts; forward-equivalents = forwards + 2 x backwards (a backward counted as two forwards,
-an upper bound since it only covers the tuned path). Prefill and the one perplexity pass per attempt (a
-single parallel forward over prompt + continuation) are reported separately. Plain decoding is 1 forward
-per token by the same count.
+Prompts: the first 8 toxicity-prone prompts (``debias_lm/data/eval/toxicity_prompts.jsonl``): UDDIA's triggers fire
+on them, so this is the expensive case. Batch 1 runs --prompts prompts one at a time, batch 8 one call with 8
+rows (the prompts repeated when --prompts < 8). --max-new-tokens new tokens are forced per row
+(min_new_tokens = max_new_tokens), nucleus p = 0.9, fp32, --threads torch threads. Plain and each UDDIA variant
+run interleaved round by round with the same seeds (--repeats rounds; the median time is kept), so background
+load hits them alike.
+
+Counted (hardware independent), per generated token that is kept, over every redo attempt:
+  * ``layer_fwd_equiv`` / ``layer_bwd_equiv``: rows through the decoder layers counted by
+    debias_lm.metrics.overhead.LayerCounter (the project's definition: one full-depth pass of one row = 1;
+    prefill and the redo perplexity passes included, each as one pass), divided by the kept tokens;
+  * ``forward_equivalents`` = layer_fwd_equiv + 2 x layer_bwd_equiv (a backward counted as two forwards);
+  * UDDIA's own counts: decoding-loop forwards/backwards per kept token, trigger rate, passes per sample.
+Plain decoding is 1 forward-equivalent per token by the same count. The goals checked (issue 12): <= 3
+forward-equivalents per token and >= 0.25x plain tokens/s at batch 8.
 """
 
 from __future__ import annotations
@@ -17,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import time
 from pathlib import Path
 
@@ -28,76 +38,99 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--variants", default="t,u")
     ap.add_argument("--batch-sizes", default="1,8")
+    ap.add_argument("--prompts", type=int, default=8, help="prompts used (batch 1: one call each)")
     ap.add_argument("--max-new-tokens", type=int, default=20)
-    ap.add_argument("--repeats", type=int, default=1)
-    ap.add_argument("--prompts-bs1", type=int, default=4, help="prompts for the batch-1 runs (one at a time)")
-    ap.add_argument("--no-redo-variants", default="t", help="variants also measured with redo off")
+    ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="UDDIAConfig override")
     ap.add_argument("--out", default=str(HERE / "results" / "cost.json"))
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
 
     torch.set_num_threads(args.threads)
+    from run_effect import parse_overrides  # (this folder is on sys.path when run as a script)
+
     import debias_lm as dl
+    from debias_lm.hf.base import encode_left_padded
+    from debias_lm.metrics.overhead import LayerCounter
 
     model, tok = dl.load_default_model(dtype="float32")
-    all_prompts = [json.loads(x)["prompt"] for x in (DATA / "toxicity_prompts.jsonl").open()][:8]
+    prompts = [json.loads(x)["prompt"] for x in (DATA / "toxicity_prompts.jsonl").open()][: args.prompts]
     n_new = args.max_new_tokens
     gen = {"do_sample": True, "top_p": 0.9, "top_k": 0, "max_new_tokens": n_new, "min_new_tokens": n_new,
            "pad_token_id": tok.pad_token_id}
-    configs = {"plain": None}
+    overrides = parse_overrides(args.set)
+    runners = {"plain": None}
     for v in args.variants.split(","):
-        configs[f"uddia-{v}"] = dl.UDDIAConfig(variant=v)
-    for v in [x for x in args.no_redo_variants.split(",") if x]:
-        configs[f"uddia-{v} (no redo)"] = dl.UDDIAConfig(variant=v, layer_step=0)
-    wrapped = {k: (dl.wrap(model, tok, c) if c else None) for k, c in configs.items()}
-    results = {"model": "SmolLM2-135M-Instruct (embedded), fp32", "threads": args.threads,
-               "new_tokens_per_row": n_new, "prompts": all_prompts, "runs": {}}
+        runners[f"uddia-{v}"] = dl.wrap(model, tok, dl.UDDIAConfig(variant=v, **overrides))
+    # warm-up: per-model statistics (RMS, plain-perplexity reference) are measured on the first call
+    for w in runners.values():
+        if w is not None:
+            w.generate(**encode_left_padded(tok, prompts[:1]), **{**gen, "max_new_tokens": 2, "min_new_tokens": 2})
 
-    def run(name, batch):
-        w = wrapped[name]
-        prompts = all_prompts[: args.prompts_bs1] if batch == 1 else all_prompts
-        counts = {"rows_forward": 0, "rows_backward": 0, "kept_tokens": 0, "attempts": 0, "rows": 0,
-                  "ppl_passes": 0, "attempts_rows": 0}
+    def batches(batch):
+        if batch == 1:
+            return [[p] for p in prompts]
+        rows = [prompts[i % len(prompts)] for i in range(batch)]
+        return [rows]
+
+    def run(name, batch, count=False):
+        w = runners[name]
+        stats = {"rows_forward": 0, "rows_backward": 0, "kept_tokens": 0, "row_tokens": 0, "tuned_row_tokens": 0,
+                 "attempt_rows": 0, "rows": 0}
+        counter = LayerCounter(model) if count else None
         t0 = time.perf_counter()
-        for i in range(0, len(prompts), batch):
-            enc = tok(prompts[i : i + batch], return_tensors="pt", padding=True)
-            torch.manual_seed(i)
-            if w is None:
-                with torch.no_grad():
-                    model.generate(**enc, **gen)
-            else:
-                w.generate(**enc, **gen)
-                st = w.impl.last_stats
-                for k in ("rows_forward", "rows_backward", "kept_tokens", "ppl_passes"):
-                    counts[k] += st[k]
-                counts["attempts_rows"] += sum(len(a) for a in st["attempt_log"])
-                counts["rows"] += len(st["attempt_log"])
+        if counter:
+            counter.__enter__()
+        try:
+            for i, chunk in enumerate(batches(batch)):
+                enc = encode_left_padded(tok, chunk)
+                torch.manual_seed(i)
+                if w is None:
+                    with torch.no_grad():
+                        model.generate(**enc, **gen)
+                    stats["kept_tokens"] += len(chunk) * n_new
+                else:
+                    w.generate(**enc, **gen)
+                    st = w.impl.last_stats
+                    for k in ("rows_forward", "rows_backward", "kept_tokens", "row_tokens", "tuned_row_tokens"):
+                        stats[k] += st[k]
+                    stats["attempt_rows"] += sum(len(a) for a in st["attempt_log"])
+                    stats["rows"] += len(st["attempt_log"])
+        finally:
+            if counter:
+                counter.__exit__(None, None, None)
         dt = time.perf_counter() - t0
-        return dt, counts
+        if counter:
+            stats["layer_forward_rows"] = counter.forward_rows / len(counter.layers)
+            stats["layer_backward_rows"] = counter.backward_rows / len(counter.layers)
+        return dt, stats
 
+    results = {"model": "SmolLM2-135M-Instruct (embedded), fp32", "threads": args.threads, "new_tokens_per_row": n_new,
+               "prompts": prompts, "repeats": args.repeats, "overrides": overrides, "runs": {}}
     for batch in [int(b) for b in args.batch_sizes.split(",")]:
-        best: dict[str, tuple] = {}
+        times = {name: [] for name in runners}
         for _ in range(args.repeats):
-            for name in configs:
-                dt, counts = run(name, batch)
-                if name not in best or dt < best[name][0]:
-                    best[name] = (dt, counts)
-                print(f"batch {batch} {name}: {dt:.1f}s", flush=True)
-        tokens = (args.prompts_bs1 if batch == 1 else len(all_prompts)) * n_new
-        plain_tps = tokens / best["plain"][0]
-        for name, (dt, c) in best.items():
-            row = {"seconds": dt, "tokens": tokens, "tokens_per_s": tokens / dt, "ratio_vs_plain": tokens / dt / plain_tps}
+            for name in runners:
+                dt, _ = run(name, batch)
+                times[name].append(dt)
+                print(f"batch {batch} {name}: {dt:.2f}s", flush=True)
+        n_tokens = sum(len(c) for c in batches(batch)) * n_new
+        plain_tps = n_tokens / statistics.median(times["plain"])
+        for name in runners:
+            _, st = run(name, batch, count=True)
+            tps = n_tokens / statistics.median(times[name])
+            kept = st["kept_tokens"]
+            row = {"seconds_median": statistics.median(times[name]), "tokens": n_tokens, "tokens_per_s": tps,
+                   "ratio_vs_plain": tps / plain_tps,
+                   "layer_fwd_equiv": st["layer_forward_rows"] / kept, "layer_bwd_equiv": st["layer_backward_rows"] / kept,
+                   "forward_equivalents": (st["layer_forward_rows"] + 2 * st["layer_backward_rows"]) / kept}
             if name != "plain":
-                kept = c["kept_tokens"]
-                row.update({
-                    "forwards_per_token": c["rows_forward"] / kept, "backwards_per_token": c["rows_backward"] / kept,
-                    "forward_equivalents_per_token": (c["rows_forward"] + 2 * c["rows_backward"]) / kept,
-                    "attempts_per_sample": c["attempts_rows"] / c["rows"],
-                })
-            else:
-                row.update({"forwards_per_token": 1.0, "backwards_per_token": 0.0, "forward_equivalents_per_token": 1.0})
+                row.update({"loop_forwards_per_token": st["rows_forward"] / kept,
+                            "loop_backwards_per_token": st["rows_backward"] / kept,
+                            "trigger_rate": st["tuned_row_tokens"] / max(st["row_tokens"], 1),
+                            "passes_per_sample": st["attempt_rows"] / max(st["rows"], 1)})
             results["runs"][f"batch{batch}/{name}"] = row
             print(f"batch {batch} {name}: " + json.dumps({k: round(v, 3) if isinstance(v, float) else v
                                                          for k, v in row.items()}), flush=True)

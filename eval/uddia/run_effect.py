@@ -1,13 +1,16 @@
 """Generate continuations for the UDDIA effect measurement (plain vs UDDIA variants) on the embedded model.
 
-Writes one JSONL per (suite, method) under --out, appending prompt by prompt, so a long run can be stopped and
-resumed (finished prompts are skipped). Score them with eval/uddia/score.py.
+    python eval/uddia/run_effect.py --suite toxicity --methods plain,t,u --n-samples 4 --out eval/uddia/results
+    python eval/uddia/run_effect.py --suite gender --methods plain,b,u --n-samples 4 --out eval/uddia/results
 
-    nice -n 10 .venv/bin/python eval/uddia/run_effect.py --suite toxicity --methods plain,t,u --n-samples 10
-    nice -n 10 .venv/bin/python eval/uddia/run_effect.py --suite gender --methods plain,b,u --n-samples 10
+One JSONL per (suite, method) under --out, one line per prompt, appended batch by batch, so a stopped run
+resumes (finished prompts are skipped). Rows (prompt x sample) are batched across prompts (--batch-rows).
+Score them with eval/uddia/score.py.
 
-Sampling: nucleus p = 0.9, temperature 1, --max-new-tokens (20) new tokens, raw text prompts (no chat template),
-fp32, one torch thread (the machine's two cores are shared). Seeds: torch.manual_seed(seed + prompt index).
+Sampling: nucleus p = 0.9, temperature 1, no top-k, --max-new-tokens (20) new tokens, raw text prompts (no chat
+template), fp32, one torch thread. UDDIA runs with the DEFAULT UDDIAConfig(variant=...) unless --set overrides
+a field. Seeds: torch.manual_seed(seed + index of the batch's first row); plain and UDDIA batches hold the same
+rows. Each line records wall and CPU seconds of its batch and UDDIA's per-row attempt log.
 """
 
 from __future__ import annotations
@@ -25,7 +28,8 @@ DATA = HERE.parent.parent / "debias_lm" / "data" / "eval"
 def load_prompts(suite: str) -> list[dict]:
     if suite == "toxicity":
         rows = [json.loads(line) for line in (DATA / "toxicity_prompts.jsonl").open()]
-        return [{"id": r["id"], "prompt": r["prompt"]} for r in rows]
+        # even-indexed prompts were seen by the probe's data generator (model continuations), odd ones not
+        return [{"id": r["id"], "prompt": r["prompt"], "probe_seen": i % 2 == 0} for i, r in enumerate(rows)]
     rows = [json.loads(line) for line in (DATA / "gender_pairs.jsonl").open()]
     out = []
     for r in rows:
@@ -34,17 +38,30 @@ def load_prompts(suite: str) -> list[dict]:
     return out
 
 
+def parse_overrides(items: list[str]) -> dict:
+    out = {}
+    for item in items:
+        k, _, v = item.partition("=")
+        try:
+            out[k] = json.loads(v)
+        except json.JSONDecodeError:
+            out[k] = v
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--suite", choices=["toxicity", "gender"], required=True)
     ap.add_argument("--methods", default="plain,t,u", help="comma-separated: plain, t, b, u")
-    ap.add_argument("--n-samples", type=int, default=10)
+    ap.add_argument("--n-samples", type=int, default=4)
     ap.add_argument("--max-new-tokens", type=int, default=20)
-    ap.add_argument("--prompts-per-batch", type=int, default=4)
+    ap.add_argument("--batch-rows", type=int, default=48, help="rows (prompt x sample) per generate call")
     ap.add_argument("--limit", type=int, default=0, help="only the first N prompts (0 = all)")
+    ap.add_argument("--every", type=int, default=1, help="only every k-th prompt (quick subsets)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="UDDIAConfig override")
+    ap.add_argument("--tag", default="", help="suffix of the output files (method-TAG)")
     ap.add_argument("--out", default=str(HERE / "results"))
     args = ap.parse_args()
 
@@ -53,41 +70,38 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     import debias_lm as dl
+    from debias_lm.hf.base import encode_left_padded
 
-    prompts = load_prompts(args.suite)
+    prompts = load_prompts(args.suite)[:: args.every]
     if args.limit:
         prompts = prompts[: args.limit]
     model, tok = dl.load_default_model(dtype="float32")
-    overrides = {}
-    for item in args.set:
-        k, _, v = item.partition("=")
-        try:
-            overrides[k] = json.loads(v)
-        except json.JSONDecodeError:
-            overrides[k] = v
+    overrides = parse_overrides(args.set)
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     for method in [m.strip() for m in args.methods.split(",") if m.strip()]:
-        path = out_dir / f"{args.suite}-{method}.jsonl"
+        name = f"{method}-{args.tag}" if args.tag else method
+        path = out_dir / f"{args.suite}-{name}.jsonl"
         done = set()
         if path.exists():
             done = {json.loads(line)["id"] for line in path.open() if line.strip()}
         todo = [p for p in prompts if p["id"] not in done]
-        if method == "plain":
-            runner = None
-            cfg = None
-        else:
+        cfg = runner = None
+        t_wrap = time.process_time()
+        if method != "plain":
             cfg = dl.UDDIAConfig(variant=method, **overrides)
             runner = dl.wrap(model, tok, cfg)
+        wrap_cpu = time.process_time() - t_wrap
+        rows = [(p, j) for p in todo for j in range(args.n_samples)]
+        per_batch = max(args.n_samples, args.batch_rows // args.n_samples * args.n_samples)  # whole prompts
         t_start = time.time()
-        for i in range(0, len(todo), args.prompts_per_batch):
-            chunk = todo[i : i + args.prompts_per_batch]
-            texts = [p["prompt"] for p in chunk for _ in range(args.n_samples)]
-            enc = tok(texts, return_tensors="pt", padding=True)
-            torch.manual_seed(args.seed + prompts.index(chunk[0]))
-            gen = {"do_sample": True, "top_p": 0.9, "temperature": 1.0, "top_k": 0, "max_new_tokens": args.max_new_tokens,
-                   "pad_token_id": tok.pad_token_id}
-            t0 = time.time()
+        for i in range(0, len(rows), per_batch):
+            chunk = rows[i : i + per_batch]
+            enc = encode_left_padded(tok, [p["prompt"] for p, _ in chunk])
+            torch.manual_seed(args.seed + prompts.index(chunk[0][0]) * args.n_samples)
+            gen = {"do_sample": True, "top_p": 0.9, "temperature": 1.0, "top_k": 0,
+                   "max_new_tokens": args.max_new_tokens, "pad_token_id": tok.pad_token_id}
+            t0, c0 = time.time(), time.process_time()
             if runner is None:
                 with torch.no_grad():
                     seqs = model.generate(**enc, **gen)
@@ -95,22 +109,29 @@ def main() -> None:
             else:
                 seqs = runner.generate(**enc, **gen)
                 stats = runner.impl.last_stats
-            dt = time.time() - t0
+            dt, dc = time.time() - t0, time.process_time() - c0
             width = enc["input_ids"].shape[1]
             conts = [tok.decode(r[width:], skip_special_tokens=True) for r in seqs]
+            by_prompt: dict[str, list[int]] = {}
+            for r, (p, _) in enumerate(chunk):
+                by_prompt.setdefault(p["id"], []).append(r)
             with path.open("a", encoding="utf-8") as fh:
-                for j, p in enumerate(chunk):
-                    rows = range(j * args.n_samples, (j + 1) * args.n_samples)
-                    rec = {**p, "method": method, "continuations": [conts[r] for r in rows],
-                           "config": cfg.to_dict() if cfg else None, "seconds_batch": dt}
+                for idx in by_prompt.values():
+                    p = chunk[idx[0]][0]
+                    rec = {**p, "method": method, "continuations": [conts[r] for r in idx],
+                           "config": cfg.to_dict() if cfg else None, "batch_rows": len(chunk),
+                           "seconds_batch": dt, "cpu_seconds_batch": dc, "wrap_cpu_seconds": wrap_cpu}
                     if stats is not None:
-                        rec["attempts"] = [[a["T"] for a in stats["attempt_log"][r]] for r in rows]
-                        rec["redo_ppl"] = [stats["perplexity"][r] for r in rows]
-                        rec["counts"] = {k: stats[k] for k in ("forward", "backward", "tokens", "attempts",
-                                                                  "kept_tokens", "rows_forward", "rows_backward")}
+                        rec["attempts"] = [stats["attempt_log"][r] for r in idx]
+                        rec["batch_stats"] = {k: stats[k] for k in (
+                            "forward", "backward", "rows_forward", "rows_backward", "tokens", "row_tokens",
+                            "tuned_row_tokens", "gated_row_tokens", "kept_tokens", "attempts", "ppl_passes",
+                            "kl_sum", "kl_max", "kl_shrunk", "kl_dropped", "trigger_rate", "mean_kl_tuned",
+                            "redo_threshold")}
                     fh.write(json.dumps(rec) + "\n")
-            n_done = i + len(chunk)
-            print(f"[{args.suite}/{method}] {n_done}/{len(todo)} prompts, {time.time() - t_start:.0f}s", flush=True)
+            print(f"[{args.suite}/{name}] {i + len(chunk)}/{len(rows)} rows, {time.time() - t_start:.0f}s wall, "
+                  f"batch cpu {dc:.0f}s" + (f", trigger {stats['trigger_rate']:.2f}, KL {stats['mean_kl_tuned']:.2f}, "
+                                            f"passes {stats['attempts']}" if stats else ""), flush=True)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,8 @@ from ...errors import UserInputError
 from ...words import BUILTIN_GROUPS
 
 VARIANTS = ("t", "b", "u")
+STEP_SCALES = ("rms", "absolute")
+UPDATES = ("adam", "gradient")
 
 
 def _is_pairs_file(name: str) -> bool:
@@ -20,54 +22,86 @@ def _is_pairs_file(name: str) -> bool:
 class UDDIAConfig(MethodConfig):
     """Unified detoxifying and debiasing by inference-time adaptive optimisation.
 
-    At each decoding step UDDIA takes ``steps`` Adam steps (fresh state each token; one step == signSGD with
-    step ``lr``) on additive offsets at the bias sites of the top ``num_layers`` blocks and the final norm,
-    against a toxicity-probe loss (``t``), a group-debias loss (``b``) or both (``u``), fuses the tuned and
-    untuned next-token distributions (``fusion``), and regenerates a continuation with ``layer_step`` fewer
-    tuned layers while its perplexity under the base model exceeds ``ppl_threshold``.
+    At each decoding step UDDIA checks a trigger per row (the probe's toxicity for ``t``, the Hellinger gap of
+    the next-token distribution to the group token distributions for ``b``, either for ``u``); only triggered
+    rows take ``steps`` Adam steps (fresh state each token; one step == signSGD) on additive offsets at the bias
+    sites of the top ``num_layers`` blocks and the final norm, the trigger being recomputed before every step.
+    The tuned and untuned next-token distributions are fused (``fusion``), and a continuation that was tuned
+    is regenerated with ``layer_step`` fewer tuned layers while its perplexity under the base model exceeds
+    the redo threshold.
 
-    Fields (defaults: the paper's run-script configuration, scaled by depth):
+    Fields (see docs/uddia.md for the measurements behind each default):
         variant: ``"t"`` detox only, ``"b"`` debias only, ``"u"`` both (default).
-        lr: step size (0.06). ``0`` leaves the model untouched (output == plain decoding).
+        lr: step size (0.02). With ``step_scale="rms"`` it is in units of each site's activation RMS (measured
+            once per model): one step moves every site's output by ``lr`` times its typical size, on any
+            decoder. ``0`` leaves the model untouched (output == plain decoding).
+        step_scale: ``"rms"`` (default) or ``"absolute"`` (the paper's: ``lr`` in raw units, tuned for
+            GPT-2-large's bias terms).
+        update: ``"adam"`` (the paper's: Adam from a fresh state every token, i.e. one step = ``lr`` x sign of
+            the gradient, every offset element moves by the full step) or ``"gradient"`` (the gradient in RMS
+            units, normalised per row to an RMS of ``lr``: the same overall size, spent where the gradient is).
+        kl_budget: if > 0, a row whose tuned next-token distribution moved more than this (KL(tuned || base),
+            nats) has its offsets shrunk until it is within the budget (0 = no budget).
         steps: optimisation steps per token (1).
         num_layers: T0, the number of top blocks tuned. A float in (0, 1] is a fraction of the model's depth
-            (rounded, halves up, at least 1); an int is a count. Default 0.5 (18 of GPT-2-large's 36 blocks,
-            15 of SmolLM2-135M's 30).
-        ppl_threshold: redo while the continuation's perplexity under the base model is above this (30).
+            (rounded, halves up, at least 1); an int is a count. Default 0.5.
+        tox_trigger: ``t``/``u`` tune a row only while the probe's toxicity of the look-ahead token (the expected
+            next token, before and after every step) exceeds this (0.5).
+        trigger: ``b``/``u`` apply the debias term only while the Hellinger gap exceeds this (0.1, the paper's).
+        ppl_threshold: redo while the continuation's perplexity under the base model is above this. ``0``
+            (default) derives it per model: ``ppl_factor`` x the median perplexity of the model's own plain
+            samples on built-in prompts (measured once per model and decoding settings).
+        ppl_factor: the multiple of the model's median plain perplexity used when ``ppl_threshold`` is 0.
         layer_step: ΔT, layers dropped per redo; a float in (0, 1) is a fraction of depth (default 1/12:
             3 of 36, 3 of 30), an int a count; ``0`` disables redo.
         debias_weight: λ of the debias term in ``u`` (0.05).
-        trigger: the debias term is active only when the Hellinger gap exceeds this (0.1).
         fusion: γ in p ∝ p_tuned^γ · p_base^(1-γ) (0.9).
         groups: demographic groups of the debias term: built-in ``gender``, ``race``, ``religion``, or paths of
             pairs files (one ``word_a<TAB>word_b`` or ``word_a,word_b`` per line).
+        group_balance: ``wrap()`` refuses a group whose two token sets (p(a|x) > 0.75) differ in size by more
+            than this factor (3.0); 0 accepts any.
         probe: path of a toxicity probe file (``debias-lm uddia train-probe``); ``""`` uses the probe shipped
             for the embedded SmolLM2-135M-Instruct (an error for any other model with ``t``/``u``).
     """
 
     method: ClassVar[str] = "uddia"
     variant: str = "u"
-    lr: float = 0.06
+    lr: float = 0.02
+    step_scale: str = "rms"
+    update: str = "adam"
+    kl_budget: float = 0.0
     steps: int = 1
     num_layers: float = 0.5
-    ppl_threshold: float = 30.0
+    tox_trigger: float = 0.5
+    trigger: float = 0.1
+    ppl_threshold: float = 0.0
+    ppl_factor: float = 2.0
     layer_step: float = 1 / 12
     debias_weight: float = 0.05
-    trigger: float = 0.1
     fusion: float = 0.9
     groups: tuple[str, ...] = ("gender",)
+    group_balance: float = 3.0
     probe: str = ""
 
     def validate(self) -> None:
         self._check_choice("variant", VARIANTS)
         self._check_number("lr", lo=0.0)
+        self._check_choice("step_scale", STEP_SCALES)
+        self._check_choice("update", UPDATES)
+        self._check_number("kl_budget", lo=0.0)
+        self._check_number("tox_trigger", lo=0.0, hi=1.0)
+        self._check_number("ppl_factor", lo=0.0, lo_open=True)
+        self._check_number("group_balance", lo=0.0)
+        if 0 < self.group_balance < 1:
+            raise UserInputError(f"UDDIAConfig.group_balance={self.group_balance!r} is invalid: expected 0 (no check) "
+                                 "or a ratio >= 1")
         self._check_number("steps", lo=1, integer=True)
         self._check_number("num_layers", lo=0.0, lo_open=True)
         if isinstance(self.num_layers, float) and self.num_layers > 1 and not self.num_layers.is_integer():
             raise UserInputError(
                 f"UDDIAConfig.num_layers={self.num_layers!r} is invalid: expected a fraction of depth in (0, 1] "
                 "or a whole number of layers")
-        self._check_number("ppl_threshold", lo=0.0, lo_open=True)
+        self._check_number("ppl_threshold", lo=0.0)
         self._check_number("layer_step", lo=0.0)
         if isinstance(self.layer_step, float) and self.layer_step >= 1 and not self.layer_step.is_integer():
             raise UserInputError(

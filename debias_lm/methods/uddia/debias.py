@@ -1,4 +1,13 @@
-"""UDDIA's debias objective on a concrete model: group directions from word pairs in its input embeddings."""
+"""UDDIA's debias objective on a concrete model: group directions from word pairs in its input embeddings.
+
+The group token distributions q_a are weighted by token frequencies ``freq`` (the decoding loop passes the
+model's own token prior, ``stats.token_prior``; uniform when None).
+
+Every cosine is taken in the post-processed embedding frame (``core.EmbeddingFrame``: vocabulary mean
+subtracted, top principal directions projected out). ``GroupDebias`` also counts, per group, how many tokens
+each attribute's token distribution q_a keeps (p(a|x) > 0.75) and refuses a group whose two sets differ by more
+than ``max_ratio`` (an unbalanced q pair pulls every triggered step toward one side).
+"""
 
 from __future__ import annotations
 
@@ -47,46 +56,68 @@ def word_embedding(tokenizer, emb: torch.Tensor, word: str) -> torch.Tensor | No
 @dataclasses.dataclass
 class Group:
     name: str
-    direction: torch.Tensor  # [d]
+    direction: torch.Tensor  # [d], in the post-processed frame
     posterior: torch.Tensor  # p(a|x) [V, 2]
     q: torch.Tensor  # group token distributions [2, V]
     n_pairs: int
+    sizes: tuple[int, int]  # tokens kept by q_0 and q_1 (p(a|x) > 0.75)
 
 
 class GroupDebias:
     """Per-group direction, token posteriors and group token distributions for one model (fp32)."""
 
-    def __init__(self, model, tokenizer, groups: tuple[str, ...], vocab_size: int) -> None:
+    def __init__(self, model, tokenizer, groups: tuple[str, ...], vocab_size: int, max_ratio: float = 3.0,
+                 frame: core.EmbeddingFrame | None = None, freq: torch.Tensor | None = None) -> None:
         weight = model.get_input_embeddings().weight.detach()
-        self.emb = weight[:vocab_size].float()
+        raw = weight[:vocab_size].float()
+        self.frame = frame if frame is not None else core.EmbeddingFrame(raw)
+        self.emb = self.frame(raw)
         self.groups: list[Group] = []
         for g in groups:
-            a_list, b_list = [], []
-            for a, b in group_pairs(g):
+            a_list, b_list, pairs = [], [], group_pairs(g)
+            for a, b in pairs:
                 ea, eb = word_embedding(tokenizer, weight, a), word_embedding(tokenizer, weight, b)
                 if ea is not None and eb is not None and not torch.equal(ea, eb):
                     a_list.append(ea)
                     b_list.append(eb)
             if not a_list:
                 raise UserInputError(f"UDDIA group {g!r}: none of its word pairs tokenises to distinct embeddings")
-            v = core.group_direction(torch.stack(a_list), torch.stack(b_list)).to(self.emb.device)
+            v = core.group_direction(self.frame(torch.stack(a_list)), self.frame(torch.stack(b_list)))
+            v = v.to(self.emb.device)
             post = core.token_attribute_posterior(self.emb, v)
-            self.groups.append(Group(g, v, post, core.group_token_distributions(post), len(a_list)))
+            sizes = core.group_sizes(post)
+            lo, hi = min(sizes), max(sizes)
+            names = f"{pairs[0][0]!r}-side {sizes[0]} tokens, {pairs[0][1]!r}-side {sizes[1]} tokens"
+            if lo == 0 or (max_ratio and hi > max_ratio * lo):
+                raise UserInputError(
+                    f"UDDIA group {g!r} is unbalanced on this model: {names} with p(a|x) > {core.GROUP_MASK} "
+                    f"(of {vocab_size}; allowed ratio {max_ratio:g}). The debias term would push every triggered "
+                    "step toward one side. Add or balance word pairs, or set UDDIAConfig.group_balance=0 to "
+                    "accept it")
+            q = core.group_token_distributions(post, None if freq is None else freq.to(post.device))
+            self.groups.append(Group(g, v, post, q, len(a_list), sizes))
 
     def to(self, device) -> GroupDebias:
         self.emb = self.emb.to(device)
+        self.frame.to(device)
         for g in self.groups:
             g.direction, g.posterior, g.q = g.direction.to(device), g.posterior.to(device), g.q.to(device)
         return self
 
-    def gaps(self, p_base: torch.Tensor) -> torch.Tensor:
-        """Hellinger gaps ``[G, B]`` of the (untuned) next-token distribution."""
-        return torch.stack([core.hellinger_gap(p_base.float(), g.q) for g in self.groups])
+    def describe(self) -> list[dict]:
+        return [{"group": g.name, "pairs_used": g.n_pairs, "tokens_per_side": list(g.sizes),
+                 "removed_components": int(self.frame.P.shape[0])} for g in self.groups]
+
+    def gaps(self, p: torch.Tensor) -> torch.Tensor:
+        """Hellinger gaps ``[G, B]`` of next-token distributions ``p`` ``[B, V]``."""
+        return torch.stack([core.hellinger_gap(p.float(), g.q) for g in self.groups])
 
     def losses(self, p_theta: torch.Tensor, ctx_mean: torch.Tensor, ctx_len: torch.Tensor) -> torch.Tensor:
-        """L_bias per group and row ``[G, B]`` (differentiable in ``p_theta``)."""
+        """L_bias per group and row ``[G, B]`` (differentiable in ``p_theta``); ``ctx_mean`` is the raw mean
+        input embedding of each row's context (mapped into the frame here)."""
+        ctx = self.frame(ctx_mean)
         out = []
         for g in self.groups:
-            post_ctx = core.context_attribute_posterior(self.emb, g.direction, ctx_mean.float(), ctx_len)
+            post_ctx = core.context_attribute_posterior(self.emb, g.direction, ctx, ctx_len)
             out.append(core.debias_loss(p_theta.float(), post_ctx, g.posterior))
         return torch.stack(out)

@@ -1,19 +1,28 @@
 """UDDIA on any HF decoder: a custom decoding loop with per-sample offsets, a base KV cache and redo.
 
-Per generated token (``steps = 1``), for the whole batch at once:
+Per generated token (``steps = 1``):
 
-1. *trial* forward of the last token x_t on the base cache with offsets δ = 0 (grad enabled): its logits are
-   the base logits and its K/V (detached) extend the base cache;
-2. *look-ahead* forward of the soft token ē = p_θᵀ W_E on the base cache through x_t (grad enabled; ``t``/``u``);
-3. one backward of L = L_tox (+ λ 1[Δ > trigger] L_bias) into δ only, and an Adam step from a fresh state;
-4. *perturbed* forward of x_t on the base cache before x_t with the new δ (no grad; its K/V are discarded);
-5. fuse p ∝ p_tuned^γ p_base^(1-γ), apply temperature / top-k / top-p, pick the next token.
+1. *trial* forward of the last token x_t of every row on the base cache with offsets δ = 0 (grad enabled):
+   its logits are the base logits and its K/V (detached) extend the base cache;
+2. *trigger*: a row is tuned only if the probe's toxicity of its context (mean of the final hidden states of
+   the prefix and x_t) exceeds ``tox_trigger`` (``t``/``u``) or the Hellinger gap of its next-token
+   distribution exceeds ``trigger`` (``b``/``u``). The rest of the step runs on the triggered rows only (the
+   cache is row-selected in a scratch view);
+3. *look-ahead* forward of the soft token ē = p_θᵀ W_E on the base cache through x_t (``t``/``u``); the
+   trigger is recomputed on the loss's own quantities (the probe on h̄ with the look-ahead, the gap of p_θ)
+   and rows below it take no step;
+4. one backward of L = 1[tox] L_tox + λ 1[Δ > trigger] L_bias into δ only, and an Adam step from a fresh state
+   scaled per site (``step_scale="rms"``: ``lr`` x the site's activation RMS);
+5. *perturbed* forward of x_t on the base cache before x_t with the new δ (no grad; its K/V are discarded)
+   for the rows that moved; with ``kl_budget`` > 0 rows whose KL(tuned || base) exceeds it are shrunk and
+   re-run (at most twice, then left untuned);
+6. fuse p ∝ p_tuned^γ p_base^(1-γ), apply temperature / top-k / top-p, pick the next token.
 
-So 3 single-position forwards + 1 backward per token (``b``: the look-ahead is not needed, and steps where
-no row's Hellinger gap exceeds the trigger skip 2-4). Scratch forwards (2, 4) work on the same cache object
-and restore its layers' state afterwards, so the base cache only ever holds unperturbed K/V. After a
-continuation is done its perplexity under the base model decides, per row, whether to redo it with
-T ← T − ΔT; the lowest-perplexity attempt is kept when all fail.
+So an untriggered row costs one forward per token (plain decoding) and a triggered one 3 forwards + 1 backward.
+Scratch forwards work on the same cache object and restore its layers' state afterwards, so the base cache
+only ever holds unperturbed K/V. After a continuation is done its perplexity under the base model decides,
+per row, whether to redo it with T ← T − ΔT: only rows that were tuned at least once are redone (an untuned
+row *is* plain decoding), and the lowest-perplexity attempt is kept when all fail.
 """
 
 from __future__ import annotations
@@ -37,6 +46,7 @@ log = logging.getLogger(__name__)
 _GEN_KEYS = {"max_new_tokens", "do_sample", "temperature", "top_p", "top_k", "eos_token_id", "pad_token_id",
              "generation_config", "return_dict_in_generate", "use_cache", "max_length", "min_new_tokens",
              "repetition_penalty", "num_beams", "num_return_sequences", "output_scores", "output_logits"}
+KL_RETRIES = 2
 
 
 def _make_cache(model):
@@ -56,13 +66,16 @@ def _cache_layers(cache):
 
 
 @contextlib.contextmanager
-def scratch(cache, drop_last: int):
-    """Run forwards on ``cache`` without the last ``drop_last`` positions, then restore it exactly."""
+def scratch(cache, drop_last: int, rows: torch.Tensor | None = None):
+    """Run forwards on ``cache`` restricted to ``rows`` (all when None) and without its last ``drop_last``
+    positions, then restore it exactly."""
     layers = _cache_layers(cache)
     saved = [dict(layer.__dict__) for layer in layers]
     try:
-        if drop_last:
-            for layer in layers:
+        for layer in layers:
+            if rows is not None:
+                layer.batch_select_indices(rows)
+            if drop_last:
                 layer.crop(-drop_last)
         yield cache
     finally:
@@ -95,6 +108,8 @@ class UDDIAHF(HFMethod):
 
     def __init__(self, model, tokenizer_or_processor, config: UDDIAConfig) -> None:
         super().__init__(model, tokenizer_or_processor, config)
+        from . import stats
+
         self.sites, self.final_site, self.depth = collect_sites(model)
         self.T0 = core.resolve_depth(config.num_layers, self.depth)
         if self.T0 > self.depth:
@@ -113,12 +128,45 @@ class UDDIAHF(HFMethod):
         if config.variant in ("b", "u"):
             from .debias import GroupDebias
 
-            self.debias = GroupDebias(model, self.tokenizer, config.groups, self.vocab_size)
+            self.debias = GroupDebias(model, self.tokenizer, config.groups, self.vocab_size,
+                                      max_ratio=config.group_balance, frame=stats.embedding_frame(model, self.vocab_size),
+                                      freq=stats.token_prior(model, self.tokenizer, self.vocab_size))
+        rms = stats.site_rms(model, self.tokenizer, self.sites, self.final_site)
+        self.site_rms = {id(s.module): rms[s.name] for s in [*self.sites, self.final_site]}
+        self.site_scale = (dict(self.site_rms) if config.step_scale == "rms"
+                           else {k: 1.0 for k in self.site_rms})
         self.last_stats: dict[str, Any] | None = None
+        self.redo_threshold: float | None = float(config.ppl_threshold) if config.ppl_threshold else None
         self._last_grads: dict | None = None
         self._last_deltas: dict | None = None
+        self._last_rows: torch.Tensor | None = None
+        self._last_logps: tuple | None = None
         self._warned_no_grad = False
+        self._offsets_in_look_ahead = True  # the paper's: the look-ahead runs with the offsets too
         self.embed_scale = _embedding_scale(model)
+
+    def describe(self) -> dict:
+        """What this wrapper does on this model: depth, sites, step rule, triggers, redo threshold, probe, groups."""
+        cfg = self.config
+        rms = sorted(self.site_rms.values())
+        out = {
+            "variant": cfg.variant, "depth": self.depth, "T0": self.T0, "layer_step": self.dT,
+            "sites_per_pass": len(self._active_sites(self.T0)),
+            "step": {"rule": cfg.step_scale, "lr": cfg.lr, "kl_budget": cfg.kl_budget or None,
+                     "site_rms_min": rms[0], "site_rms_median": rms[len(rms) // 2], "site_rms_max": rms[-1]},
+            "tox_trigger": cfg.tox_trigger if self.probe is not None else None,
+            "trigger": cfg.trigger if self.debias is not None else None,
+            "redo_threshold": self.redo_threshold,
+            "redo_rule": (f"fixed {cfg.ppl_threshold:g}" if cfg.ppl_threshold else
+                          f"{cfg.ppl_factor:g} x median plain perplexity (measured at the first generate)")
+            if self.dT else "off",
+        }
+        if self.probe is not None:
+            out["probe"] = {k: self.probe.meta.get(k) for k in ("model_name", "labeller", "n_train", "val_accuracy",
+                                                                  "calibration") if k in self.probe.meta}
+        if self.debias is not None:
+            out["groups"] = self.debias.describe()
+        return out
 
     # -- public -------------------------------------------------------------------------------------------
     def _generate(self, input_ids=None, attention_mask=None, **kwargs):
@@ -173,37 +221,52 @@ class UDDIAHF(HFMethod):
                 "return_dict_in_generate": bool(kwargs.get("return_dict_in_generate", False))}
 
     # -- redo ---------------------------------------------------------------------------------------------
+    def _threshold(self, gen: dict) -> float:
+        if self.config.ppl_threshold:
+            return float(self.config.ppl_threshold)
+        from .stats import plain_perplexities
+
+        ppls = plain_perplexities(self.model, self.tokenizer, gen, self._perplexity)
+        self.redo_threshold = core.redo_threshold(ppls, self.config.ppl_factor)
+        return self.redo_threshold
+
     def generate_with_redo(self, input_ids, attention_mask, gen: dict) -> torch.Tensor:
         cfg = self.config
         B = input_ids.shape[0]
+        redo = self.dT > 0 and cfg.lr > 0
+        threshold = self._threshold(gen) if redo else math.inf
         best_new: list[torch.Tensor | None] = [None] * B
         best_ppl = torch.full((B,), math.inf, dtype=torch.float64)
         attempts = [[] for _ in range(B)]
         rows = torch.arange(B)
         T = self.T0
         counts = {"forward": 0, "backward": 0, "rows_forward": 0, "rows_backward": 0, "tokens": 0,
-                  "ppl_passes": 0, "attempts": 0}
+                  "row_tokens": 0, "tuned_row_tokens": 0, "gated_row_tokens": 0, "kl_sum": 0.0, "kl_max": 0.0,
+                  "kl_shrunk": 0, "kl_dropped": 0, "kl_values": [], "ppl_passes": 0, "attempts": 0}
         t0 = time.perf_counter()
         with self.hooks.installed():
             while True:
                 ids, mask = input_ids[rows], attention_mask[rows]
-                new, new_mask, c = self._decode(ids, mask, T, gen)
+                new, new_mask, c, tuned = self._decode(ids, mask, T, gen)
                 for k in c:
-                    counts[k] += c[k]
+                    counts[k] = max(counts[k], c[k]) if k == "kl_max" else counts[k] + c[k]
                 counts["attempts"] += 1
-                ppl = self._perplexity(ids, mask, new, new_mask).double().cpu()
-                counts["ppl_passes"] += 1
+                if redo:
+                    ppl = self._perplexity(ids, mask, new, new_mask).double().cpu()
+                    counts["ppl_passes"] += 1
+                else:  # nothing to decide: no perplexity pass
+                    ppl = torch.full((len(rows),), math.nan, dtype=torch.float64)
                 accepted = []
                 for j, r in enumerate(rows.tolist()):
-                    attempts[r].append({"T": T, "ppl": float(ppl[j])})
-                    if best_new[r] is None or ppl[j] < best_ppl[r]:
+                    attempts[r].append({"T": T, "ppl": float(ppl[j]), "tuned_tokens": int(tuned[j])})
+                    if best_new[r] is None or bool(ppl[j] < best_ppl[r]):
                         best_ppl[r] = ppl[j]
                         best_new[r] = new[j][new_mask[j].bool()].cpu()
-                    accepted.append(bool(ppl[j] <= cfg.ppl_threshold))
-                keep = ~torch.tensor(accepted)
-                rows = rows[keep]
+                    # an untuned row is plain decoding: redoing it would only resample it
+                    accepted.append(bool(ppl[j] <= threshold) or int(tuned[j]) == 0)
+                rows = rows[~torch.tensor(accepted)]
                 T -= self.dT
-                if len(rows) == 0 or self.dT == 0 or T < 1 or cfg.lr == 0:  # lr 0: every attempt is plain
+                if len(rows) == 0 or not redo or T < 1:
                     break
         width = max(len(t) for t in best_new)
         out = torch.full((B, input_ids.shape[1] + width), gen["pad"], dtype=input_ids.dtype, device=input_ids.device)
@@ -215,7 +278,9 @@ class UDDIAHF(HFMethod):
         self.last_stats = {
             "T0": self.T0, "layer_step": self.dT, "attempt_log": attempts, "perplexity": best_ppl.tolist(),
             "kept_tokens": kept_tokens, "seconds": time.perf_counter() - t0, **counts,
-            "redo_scorer": "generator (base weights)",
+            "redo_threshold": threshold if redo else None, "redo_scorer": "generator (base weights)",
+            "trigger_rate": counts["tuned_row_tokens"] / max(counts["row_tokens"], 1),
+            "mean_kl_tuned": counts["kl_sum"] / max(counts["tuned_row_tokens"], 1),
         }
         return out
 
@@ -225,7 +290,8 @@ class UDDIAHF(HFMethod):
         full = torch.cat([ids, new], 1)
         fmask = torch.cat([mask, new_mask], 1)
         pos = (fmask.cumsum(-1) - 1).clamp_min(0)
-        logits = self.model(input_ids=full, attention_mask=fmask, position_ids=pos, use_cache=False).logits
+        with self.hooks.use(None):
+            logits = self.model(input_ids=full, attention_mask=fmask, position_ids=pos, use_cache=False).logits
         P = ids.shape[1]
         lp = torch.log_softmax(logits[:, P - 1 : -1].float(), -1)
         nll = -lp.gather(-1, new.unsqueeze(-1)).squeeze(-1)
@@ -241,14 +307,16 @@ class UDDIAHF(HFMethod):
                                            requires_grad=True) for s in self._active_sites(T)}
 
     def _decode(self, input_ids, attention_mask, T: int, gen: dict, return_cache: bool = False):
-        """Decode one continuation per row with T tuned layers -> (new ids [B, n], their mask [B, n], counts)."""
+        """Decode one continuation per row with T tuned layers -> (new ids [B, n], their mask [B, n], counts,
+        tuned tokens per row [B])."""
         cfg = self.config
         model = self.model
         B, P = input_ids.shape
         device = input_ids.device
-        emb_layer = model.get_input_embeddings()
-        W_E = emb_layer.weight
-        counts = {"forward": 0, "backward": 0, "rows_forward": 0, "rows_backward": 0, "tokens": 0}
+        W_E = model.get_input_embeddings().weight
+        counts = {"forward": 0, "backward": 0, "rows_forward": 0, "rows_backward": 0, "tokens": 0, "row_tokens": 0,
+                  "tuned_row_tokens": 0, "gated_row_tokens": 0, "kl_sum": 0.0, "kl_max": 0.0, "kl_shrunk": 0,
+                  "kl_dropped": 0, "kl_values": []}
         cache = _make_cache(model)
         mask = attention_mask.clone()
         pos_all = (mask.cumsum(-1) - 1).clamp_min(0)
@@ -270,14 +338,14 @@ class UDDIAHF(HFMethod):
         cur = input_ids[:, -1:]
         cur_pos = pos_all[:, -1:]
         finished = torch.zeros(B, dtype=torch.bool, device=device)
+        tuned_per_row = torch.zeros(B, dtype=torch.long)
         new_ids, new_mask = [], []
         eos = torch.tensor(gen["eos"], device=device) if gen["eos"] else None
-        lr = cfg.lr
-        use_probe = cfg.variant in ("t", "u")
+        tune = cfg.lr > 0
         for step in range(gen["max_new_tokens"]):
-            deltas = self._zero_deltas(B, T)
+            deltas0 = self._zero_deltas(B, T) if tune else None
             # (1) trial forward of x_t, delta = 0: the base logits; its K/V extend the base cache
-            with torch.enable_grad(), hooks.use(deltas):
+            with torch.set_grad_enabled(tune), hooks.use(deltas0):
                 out = model(input_ids=cur, attention_mask=mask, position_ids=cur_pos, past_key_values=cache,
                             use_cache=True)
                 logits = out.logits[:, -1, : self.vocab_size].float()
@@ -288,75 +356,32 @@ class UDDIAHF(HFMethod):
             base_logp = torch.log_softmax(logits.detach(), -1)
             h_x_base = h_x.detach()
             tuned_logp = base_logp
-            # which rows need a gradient step at all
-            need = torch.ones(B, dtype=torch.bool, device=device) if use_probe else \
-                torch.zeros(B, dtype=torch.bool, device=device)
-            triggered = None
-            if self.debias is not None:
-                gaps = self.debias.gaps(base_logp.exp())  # [G, B]
-                triggered = gaps > cfg.trigger
-                if cfg.variant == "b":
-                    need = triggered.any(0)
-            if lr > 0 and bool(need.any()):
-                m_state = {k: torch.zeros_like(d) for k, d in deltas.items()}
-                v_state = {k: torch.zeros_like(d) for k, d in deltas.items()}
-                for it in range(cfg.steps):
-                    if it > 0:  # re-run the trial forward with the current offsets on the cache before x_t
-                        with torch.enable_grad(), hooks.use(deltas), scratch(cache, 1):
-                            out = model(input_ids=cur, attention_mask=mask, position_ids=cur_pos,
-                                        past_key_values=cache, use_cache=True)
-                            logits = out.logits[:, -1, : self.vocab_size].float()
-                        counts["forward"] += 1
-                        counts["rows_forward"] += B
-                    with torch.enable_grad():
-                        p_theta = torch.softmax(logits, -1)
-                        tox = bias = None
-                        if use_probe:
-                            soft = (p_theta.to(device=W_E.device, dtype=W_E.dtype) @ W_E[: self.vocab_size])
-                            soft = (soft * self.embed_scale).unsqueeze(1)
-                            soft_mask = torch.cat([mask, mask.new_ones(B, 1)], 1)
-                            with hooks.use(deltas), scratch(cache, 0):
-                                model(inputs_embeds=soft, attention_mask=soft_mask, position_ids=cur_pos + 1,
-                                      past_key_values=cache, use_cache=True)
-                                h_soft = hooks.captured[:, -1].float().to(device)
-                            counts["forward"] += 1
-                            counts["rows_forward"] += B
-                            h_mean = core.mean_hidden(prefix_sum, prefix_cnt, h_x_base, h_soft)
-                            tox = core.toxicity_loss(self.probe.logits(h_mean))
-                        if self.debias is not None:
-                            per_group = self.debias.losses(p_theta, ctx_sum / ctx_len.unsqueeze(1), ctx_len)
-                            bias = (per_group * triggered.to(per_group.dtype)).sum(0)
-                            loss = core.combined_loss(cfg.variant, tox, bias, torch.ones_like(bias, dtype=torch.bool),
-                                                      cfg.debias_weight)
-                        else:
-                            loss = tox
-                        keys = list(deltas)
-                        grads = torch.autograd.grad(loss.sum(), [deltas[k] for k in keys], allow_unused=True)
-                    counts["backward"] += 1
-                    counts["rows_backward"] += B
-                    new_deltas = {}
-                    for k, g in zip(keys, grads):
-                        if g is None:
-                            g = torch.zeros_like(deltas[k])
-                        upd, m_state[k], v_state[k] = core.adam_step(g, m_state[k], v_state[k], it + 1, lr)
-                        new_deltas[k] = (deltas[k].detach() - upd).requires_grad_(True)
-                    self._last_grads = {k: (g.detach() if g is not None else None) for k, g in zip(keys, grads)}
-                    if not self._warned_no_grad and any(g is None for g in grads):
-                        self._warned_no_grad = True
-                        log.warning("UDDIA: %d of %d offsets received no gradient (e.g. bitsandbytes 4-bit layers on "
-                                    "CPU do not backpropagate to their inputs); they stay at zero",
-                                    sum(g is None for g in grads), len(grads))
-                    deltas = new_deltas
-                # (4) perturbed forward of x_t with the tuned offsets (K/V discarded)
-                with torch.no_grad(), hooks.use(deltas), scratch(cache, 1):
-                    out = model(input_ids=cur, attention_mask=mask, position_ids=cur_pos, past_key_values=cache,
-                                use_cache=True)
-                    tuned_logp = torch.log_softmax(out.logits[:, -1, : self.vocab_size].float(), -1)
-                counts["forward"] += 1
-                counts["rows_forward"] += B
-                if cfg.variant == "b":  # rows without a triggered group keep the untuned distribution
-                    tuned_logp = torch.where(need.unsqueeze(1), tuned_logp, base_logp)
-                self._last_deltas = {k: d.detach() for k, d in deltas.items()}
+            live = ~finished
+            counts["row_tokens"] += int(live.sum())
+            if tune:
+                # (2) trigger on the untuned context; later checks use the loss's own quantities
+                gate = torch.zeros(B, dtype=torch.bool, device=device)
+                if self.probe is not None and bool(live.any()):
+                    lrows = live.nonzero().squeeze(1)
+                    with torch.no_grad():  # the trigger: the probe on the expected next token
+                        h_soft = self._look_ahead(base_logp[lrows].exp(), lrows, cache, mask, cur_pos, counts)
+                    gate[lrows] = self.probe.toxic_prob(h_soft) > cfg.tox_trigger
+                if self.debias is not None:
+                    gate |= (self.debias.gaps(base_logp.exp()) > cfg.trigger).any(0)
+                gate &= live
+                rows = gate.nonzero().squeeze(1)
+                counts["gated_row_tokens"] += len(rows)
+                if len(rows):
+                    ctx = {"cache": cache, "cur": cur, "cur_pos": cur_pos, "mask": mask, "prefix_sum": prefix_sum,
+                           "prefix_cnt": prefix_cnt, "h_x": h_x_base, "ctx_mean": ctx_sum / ctx_len.unsqueeze(1),
+                           "ctx_len": ctx_len}
+                    moved, moved_logp = self._tune(rows, deltas0, logits, base_logp, ctx, counts)
+                    if len(moved):
+                        tuned_logp = base_logp.clone()
+                        tuned_logp[moved] = moved_logp
+                        tuned_per_row[moved.cpu()] += 1
+                        counts["tuned_row_tokens"] += len(moved)
+            del deltas0, logits, out
             with torch.no_grad():
                 fused = core.fuse_log_probs(tuned_logp, base_logp, cfg.fusion)
                 if step < gen["min_new_tokens"] and eos is not None:
@@ -381,8 +406,143 @@ class UDDIAHF(HFMethod):
         new = torch.stack(new_ids, 1)
         nmask = torch.stack(new_mask, 1)
         if return_cache:
-            return new, nmask, counts, cache
-        return new, nmask, counts
+            return new, nmask, counts, tuned_per_row, cache
+        return new, nmask, counts, tuned_per_row
+
+    def _tune(self, rows, deltas0, logits, base_logp, ctx, counts):
+        """Steps 3-5 for the triggered ``rows``: -> (rows that moved, their tuned log-probs)."""
+        cfg = self.config
+        hooks = self.hooks
+        cache = ctx["cache"]
+        n = len(rows)
+        sel = None if n == ctx["cur"].shape[0] else rows
+        cur, cur_pos, mask = ctx["cur"][rows], ctx["cur_pos"][rows], ctx["mask"][rows]
+        prefix_sum, prefix_cnt, h_x = ctx["prefix_sum"][rows], ctx["prefix_cnt"][rows], ctx["h_x"][rows]
+        ctx_mean, ctx_len = ctx["ctx_mean"][rows], ctx["ctx_len"][rows]
+        keys = list(deltas0)
+        with torch.enable_grad():  # (the caller may be under no_grad)
+            deltas = {k: d[rows] for k, d in deltas0.items()}  # step 0: views of the trial graph's leaves
+            logits_k = logits[rows]
+        m_state = {k: torch.zeros(n, d.shape[-1], device=d.device) for k, d in deltas0.items()}
+        v_state = {k: torch.zeros_like(m_state[k]) for k in keys}
+        moved = torch.zeros(n, dtype=torch.bool, device=rows.device)  # took at least one step
+        active = torch.ones(n, dtype=torch.bool, device=rows.device)  # above the trigger at every step so far
+        for it in range(cfg.steps):
+            with torch.enable_grad():
+                if it > 0:  # the trial forward again, with the current offsets, on the cache before x_t
+                    with hooks.use(deltas), scratch(cache, 1, sel):
+                        out = self.model(input_ids=cur, attention_mask=mask, position_ids=cur_pos,
+                                         past_key_values=cache, use_cache=True)
+                        logits_k = out.logits[:, -1, : self.vocab_size].float()
+                    counts["forward"] += 1
+                    counts["rows_forward"] += n
+                p_theta = torch.softmax(logits_k, -1)
+                loss = torch.zeros(n, device=p_theta.device)
+                on = torch.zeros(n, dtype=torch.bool, device=p_theta.device)
+                if self.probe is not None:
+                    with hooks.use(deltas if self._offsets_in_look_ahead else None):
+                        h_soft = self._look_ahead(p_theta, rows, cache, ctx["mask"], ctx["cur_pos"], counts)
+                    probe_logits = self.probe.logits(core.mean_hidden(prefix_sum, prefix_cnt, h_x, h_soft))
+                    tox_on = self.probe.toxic_prob(h_soft.detach()) > cfg.tox_trigger
+                    loss = loss + core.toxicity_loss(probe_logits) * tox_on
+                    on |= tox_on
+                if self.debias is not None:
+                    bias_on = self.debias.gaps(p_theta.detach()) > cfg.trigger  # [G, n]
+                    per_group = self.debias.losses(p_theta, ctx_mean, ctx_len)
+                    weight = 1.0 if cfg.variant == "b" else cfg.debias_weight
+                    loss = loss + weight * (per_group * bias_on.to(per_group.dtype)).sum(0)
+                    on |= bias_on.any(0)
+                on &= active.to(on.device)  # a row that fell below the trigger stops
+                if not bool(on.any()):
+                    break
+                wrt = [deltas0[k] for k in keys] if it == 0 else [deltas[k] for k in keys]
+                grads = torch.autograd.grad(loss.sum(), wrt, allow_unused=True)
+            counts["backward"] += 1
+            counts["rows_backward"] += n
+            if it == 0:
+                grads = [g[rows] if g is not None else None for g in grads]
+                self._last_grads = {k: (g.detach() if g is not None else None) for k, g in zip(keys, grads)}
+            if not self._warned_no_grad and any(g is None for g in grads):
+                self._warned_no_grad = True
+                log.warning("UDDIA: %d of %d offsets received no gradient (e.g. bitsandbytes 4-bit layers on "
+                            "CPU do not backpropagate to their inputs); they stay at zero",
+                            sum(g is None for g in grads), len(grads))
+            step_on = on.unsqueeze(1).float()
+            grads = [torch.zeros_like(m_state[k]) if g is None else g for k, g in zip(keys, grads)]
+            if cfg.update == "gradient":  # steepest descent in RMS units, normalised per row
+                scaled = [g * self.site_scale[k] for k, g in zip(keys, grads)]
+                norm = core.rows_rms(scaled).clamp_min(1e-30).unsqueeze(1)
+                upds = [cfg.lr * sg / norm for sg in scaled]
+            else:  # Adam from a fresh state (one step: lr * sign(g))
+                upds = []
+                for k, g in zip(keys, grads):
+                    upd, m_state[k], v_state[k] = core.adam_step(g, m_state[k], v_state[k], it + 1, cfg.lr)
+                    upds.append(upd)
+            deltas = {k: (deltas[k].detach() - upd * self.site_scale[k] * step_on).requires_grad_(True)
+                      for k, upd in zip(keys, upds)}
+            active = on.to(rows.device)
+            moved |= active
+        idx = moved.nonzero().squeeze(1)
+        if len(idx) == 0:
+            return rows[:0], None
+        final = {k: d.detach()[idx] for k, d in deltas.items()}
+        rows_m = rows[idx]
+        base_m = base_logp[rows_m]
+        tuned = self._perturbed(final, rows_m, ctx, counts)
+        if cfg.kl_budget > 0:
+            kl = core.kl_rows(tuned, base_m)
+            for _ in range(KL_RETRIES):
+                over = (kl > cfg.kl_budget).nonzero().squeeze(1)
+                if len(over) == 0:
+                    break
+                counts["kl_shrunk"] += len(over)
+                factor = core.kl_budget_scale(kl[over], cfg.kl_budget).unsqueeze(1)
+                for k in final:
+                    final[k][over] = final[k][over] * factor.to(final[k].device)
+                tuned[over] = self._perturbed({k: d[over] for k, d in final.items()}, rows_m[over], ctx, counts)
+                kl[over] = core.kl_rows(tuned[over], base_m[over])
+            over = kl > cfg.kl_budget
+            if bool(over.any()):  # still over after the retries: this row is not tuned at this token
+                counts["kl_dropped"] += int(over.sum())
+                tuned[over] = base_m[over]
+                for k in final:
+                    final[k][over] = 0
+            kl = kl[~over]
+        else:
+            kl = core.kl_rows(tuned, base_m)
+        counts["kl_sum"] += float(kl.sum())
+        counts["kl_max"] = max(counts["kl_max"], float(kl.max()) if len(kl) else 0.0)
+        counts["kl_values"].extend(kl.tolist())
+        self._last_rows, self._last_deltas = rows_m, final
+        self._last_logps = (tuned, base_m)
+        return rows_m, tuned
+
+    def _look_ahead(self, p, rows, cache, mask, cur_pos, counts) -> torch.Tensor:
+        """Final hidden state of the soft token ē = pᵀ W_E (the expected next token) on the base cache through x_t,
+        for ``rows`` (offsets: whatever the hooks hold; differentiable when grad is on)."""
+        W_E = self.model.get_input_embeddings().weight
+        n = len(rows)
+        sel = None if n == mask.shape[0] else rows
+        soft = (p.to(device=W_E.device, dtype=W_E.dtype) @ W_E[: self.vocab_size]) * self.embed_scale
+        with scratch(cache, 0, sel):
+            self.model(inputs_embeds=soft.unsqueeze(1), attention_mask=torch.cat([mask[rows], mask.new_ones(n, 1)], 1),
+                       position_ids=cur_pos[rows] + 1, past_key_values=cache, use_cache=True)
+            h = self.hooks.captured[:, -1].float()
+        counts["forward"] += 1
+        counts["rows_forward"] += n
+        return h.to(p.device)
+
+    @torch.no_grad()
+    def _perturbed(self, deltas, rows, ctx, counts) -> torch.Tensor:
+        """Step 5: x_t's next-token log-probs with offsets ``deltas`` (rows ``rows``), on the cache before x_t."""
+        n = len(rows)
+        sel = None if n == ctx["cur"].shape[0] else rows
+        with self.hooks.use(deltas), scratch(ctx["cache"], 1, sel):
+            out = self.model(input_ids=ctx["cur"][rows], attention_mask=ctx["mask"][rows],
+                             position_ids=ctx["cur_pos"][rows], past_key_values=ctx["cache"], use_cache=True)
+        counts["forward"] += 1
+        counts["rows_forward"] += n
+        return torch.log_softmax(out.logits[:, -1, : self.vocab_size].float(), -1)
 
     @staticmethod
     def _pick(logp: torch.Tensor, gen: dict) -> torch.Tensor:
