@@ -496,3 +496,43 @@ def test_registry_and_roundtrip():
     assert spec.config_cls is dl.SteerConfig and spec.vllm == "no" and "vLLM steering plugin" in spec.description
     cfg = dl.SteerConfig(vectors="gender", scale=-2.0, layers=(3, 12), positions="generated", mode="ablate")
     assert dl.config_from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+
+
+# -- the harness and the benchmark ---------------------------------------------------------------------------
+def test_eval_harness_runs_steer_beside_plain(tiny_llama, tiny_llama_dir, tmp_path):
+    """``debias-lm eval --method none,steer``: same prompts and seeds; the plain rows equal a run without steer."""
+    from debias_lm.eval.harness import EvalSettings
+    from debias_lm.eval.run import run_eval
+
+    model, _ = tiny_llama
+    vec = _save(tmp_path, model, _random_vectors(model, layers=(0, 1), seed=10, norm=40.0))
+    kw = dict(suites=("toxicity", "fluency"), model=str(tiny_llama_dir), limit=2, n_samples=2, max_new_tokens=4,
+              batch_size=4, toxicity_scorers=("profanity-check",), progress=False)
+    both = run_eval(EvalSettings(methods=("none", "steer"), out=str(tmp_path / "both"),
+                                 method_overrides={"steer": {"vectors": vec, "scale": 1.0}}, **kw))
+    run_eval(EvalSettings(methods=("none",), out=str(tmp_path / "alone"), **kw))
+    assert both["methods"]["steer"]["vectors"] == vec
+    rows = [json.loads(x) for x in (tmp_path / "both" / "samples.jsonl").read_text().splitlines()]
+    plain_rows = [json.loads(x) for x in (tmp_path / "alone" / "samples.jsonl").read_text().splitlines()]
+
+    def texts(rs, method):
+        return {(r["id"], r["sample"]): r["text"] for r in rs if r.get("method") == method and r["suite"] == "toxicity"}
+
+    assert texts(rows, "none") == texts(plain_rows, "none") and len(texts(rows, "none")) == 4
+    assert texts(rows, "steer") != texts(rows, "none")
+    assert set(both["results"]["fluency"]) == {"none", "steer"}
+
+
+def test_bench_runs_steer(tiny_llama, tiny_llama_dir, tmp_path):
+    from tests.test_cli import run_cli
+
+    model, _ = tiny_llama
+    vec = _save(tmp_path, model, _random_vectors(model, layers=(0,)))
+    out = tmp_path / "bench.json"
+    r = run_cli("bench", "--model", str(tiny_llama_dir), "--backend", "hf", "--batch", "1,2", "--method", "steer",
+                "--set", f"steer.vectors={vec}", "--max-new-tokens", "3", "--repeats", "1", "--out", str(out),
+                "--no-progress")
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(out.read_text())["rows"]
+    assert [(x["batch"], x["method"]) for x in rows] == [(1, "none"), (1, "steer"), (2, "none"), (2, "steer")]
+    assert all(x["forward_equiv_per_token"] == pytest.approx(1.0) for x in rows)  # no extra forward
