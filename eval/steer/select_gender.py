@@ -30,7 +30,8 @@ NOUNS = ["woman", "sister", "wife", "girl", "mother", "aunt"]
 
 def candidates(depth: int) -> dict[str, tuple[int, ...]]:
     return {"single 40%": (int(0.4 * depth),), "band 30-60%": tuple(range(int(0.3 * depth), int(0.6 * depth) + 1)),
-            "first half": tuple(range(depth // 2)), "all": tuple(range(depth))}
+            "first half": tuple(range(depth // 2)), "all": tuple(range(depth)),
+            "single 60%": (int(0.6 * depth),), "band 40-50%": tuple(range(int(0.4 * depth), int(0.5 * depth) + 1))}
 
 
 def main() -> None:
@@ -38,6 +39,10 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=4)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--candidates", default="single 40%,band 30-60%,first half,all",
+                    help="comma-separated candidate names (see candidates())")
+    ap.add_argument("--nouns", type=int, default=len(NOUNS), help="only the first N nouns (fewer prompts)")
+    ap.add_argument("--vectors", default="", help="an all-layer gender vectors file (default: built here)")
     ap.add_argument("--out", default=str(HERE / "measured" / "select_gender.json"))
     args = ap.parse_args()
 
@@ -52,14 +57,19 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     model, tok = dl.load_default_model(dtype="float32")
-    vectors = str(Path(tempfile.mkdtemp()) / "gender-all-layers.safetensors")
-    build_file(model, tok, HERE / "gender_pairs.jsonl", layers="all", attribute="gender", ablation=True).save(vectors)
+    vectors = args.vectors
+    if not vectors:
+        vectors = str(Path(tempfile.mkdtemp()) / "gender-all-layers.safetensors")
+        build_file(model, tok, HERE / "gender_pairs.jsonl", layers="all", attribute="gender",
+                   ablation=True).save(vectors)
     depth = len(model.model.layers)
-    female = [t.format(n=n) for t in DEV for n in NOUNS]
+    female = [t.format(n=n) for t in DEV for n in NOUNS[: args.nouns]]
     prompts = [(p, g) for f in female for p, g in ((f, "female"), (swap_terms(f), "male"))]
     rows = [(p, g) for p, g in prompts for _ in range(args.samples)]
     results = []
-    for name, layers in {"plain": (), **candidates(depth)}.items():
+    chosen = [c.strip() for c in args.candidates.split(",")]
+    pool = candidates(depth)
+    for name, layers in {"plain": (), **{c: pool[c] for c in chosen}}.items():
         cfg = dl.SteerConfig(vectors=vectors, mode="ablate", layers=layers, scale=0.0 if not layers else 1.0)
         w = dl.wrap(model, tok, cfg)
         texts = []

@@ -49,6 +49,7 @@ def add_uddia_parser(sub, parser_class) -> None:
     d.add_argument("--variant", choices=["t", "b", "u"], default="t", help="UDDIA variant (default t: detox)")
     d.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="UDDIAConfig override")
     d.add_argument("--samples", type=POSITIVE_INT, default=1, help="continuations per prompt (default 1)")
+    d.add_argument("--limit", type=POSITIVE_INT, help="only the first N prompts of the file")
     d.add_argument("--max-new-tokens", type=POSITIVE_INT, default=20)
     d.add_argument("--batch-size", type=POSITIVE_INT, default=16)
     d.add_argument("--seed", type=SEED, default=0)
@@ -97,7 +98,7 @@ def _distill(args) -> int:
     check_output_path(args.out, kind="file", flag="--out")
     if args.out_other:
         check_output_path(args.out_other, kind="file", flag="--out-other")
-    prompts = read_prompts(args.prompts)  # before loading the model
+    prompts = read_prompts(args.prompts)[: args.limit]  # before loading the model
     cfg = build_config("uddia", [f"variant={args.variant}", *args.set])
     model, tok = load_model(args.model, dtype=args.dtype)
     wrapped = dl.wrap(model, tok, cfg)
@@ -107,7 +108,8 @@ def _distill(args) -> int:
     command = shlex.join(["debias-lm", "uddia", "distill", "--model", args.model, "--dtype", args.dtype,
                           "--prompts", args.prompts, "--out", args.out, "--average", args.average,
                           "--variant", args.variant, *[x for s in args.set for x in ("--set", s)],
-                          "--samples", str(args.samples), "--max-new-tokens", str(args.max_new_tokens),
+                          "--samples", str(args.samples), *(["--limit", str(args.limit)] if args.limit else []),
+                          "--max-new-tokens", str(args.max_new_tokens),
                           "--batch-size", str(args.batch_size), "--seed", str(args.seed)])
     settings = {"samples": args.samples, "max_new_tokens": args.max_new_tokens, "seed": args.seed,
                 "sampling": "raw text, top_p 0.9, temperature 1, top_k 0; torch.manual_seed(seed + first row)"}
