@@ -410,7 +410,7 @@ def test_vectors_for_another_model_are_refused(tmp_path, no_generate):
 
 def test_shipped_names_are_for_the_embedded_model_only(tiny_llama, no_generate):
     model, tok = tiny_llama
-    for name in ("toxicity", "gender", "uddia-t"):
+    for name in ("toxicity", "gender"):
         with pytest.raises(UserInputError, match="SmolLM2|smollm2|hidden size 576"):
             dl.wrap(model, tok, dl.SteerConfig(vectors=name))
 
@@ -536,3 +536,32 @@ def test_bench_runs_steer(tiny_llama, tiny_llama_dir, tmp_path):
     rows = json.loads(out.read_text())["rows"]
     assert [(x["batch"], x["method"]) for x in rows] == [(1, "none"), (1, "steer"), (2, "none"), (2, "steer")]
     assert all(x["forward_equiv_per_token"] == pytest.approx(1.0) for x in rows)  # no extra forward
+
+
+# -- the shipped vectors -----------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_shipped_vectors_fit_the_embedded_model_and_record_their_data(embedded):
+    """Every shipped name loads on the embedded model (fingerprint, size, sites), records the data it was built
+    from (whose sha256 matches the repository's file), a measured scale and the command; steering changes text."""
+    import hashlib
+    from pathlib import Path
+
+    from debias_lm.methods.steer.config import resolve_vectors, shipped_names
+
+    model, tok = embedded
+    assert set(shipped_names()) == {"toxicity", "gender"}
+    eval_dir = Path(__file__).resolve().parents[1] / "eval" / "steer"
+    enc = _enc(tok, ["The coach called him a", "My neighbour is"])
+    plain = model.generate(**enc, max_new_tokens=6, do_sample=False)
+    for name in shipped_names():
+        f = SteerFile.load(resolve_vectors(name))
+        prov = f.meta["provenance"]
+        assert f.meta["model_fingerprint"] == model_fingerprint(model)
+        assert prov["command"] and prov["debias_lm_version"] and "suggested_scale_selected_by" in prov
+        data = eval_dir / prov["data"]
+        if data.is_file():  # a checkout (the wheel has no eval/)
+            assert hashlib.sha256(data.read_bytes()).hexdigest() == prov["data_sha256"]
+        mode = f.meta.get("suggested_mode", "add")
+        w = dl.wrap(model, tok, dl.SteerConfig(vectors=name, scale=f.meta["suggested_scale"], mode=mode))
+        out = w.generate(**enc, max_new_tokens=6, do_sample=False)
+        assert not torch.equal(out, plain), name

@@ -35,7 +35,7 @@ def register(subparsers, parser_class) -> None:
     b.add_argument("--batch-size", type=POSITIVE_INT, default=16)
     b.add_argument("--no-progress", action="store_true")
     i = ssub.add_parser("info", help="print a vectors file's metadata and vector norms")
-    i.add_argument("file", help="a steering-vector file or a shipped name (toxicity, gender, uddia-t)")
+    i.add_argument("file", help="a steering-vector file or a shipped name (toxicity, gender)")
 
 
 def run(args) -> int:

@@ -19,10 +19,10 @@ class SteerConfig(MethodConfig):
     Fields:
         vectors: a steering-vector file (``debias-lm steer build`` / ``debias-lm uddia distill``) or the short name
             of a file shipped for the embedded SmolLM2-135M-Instruct: ``toxicity`` (CAA away from toxic
-            continuations; the default), ``gender`` (CAA female − male direction, meant for ``mode="ablate"``),
-            ``uddia-t`` (UDDIA-t's offsets distilled to static bias-site offsets).
-        scale: the multiplier s of ``h += s · v`` (default 4, measured on the embedded model with the ``toxicity``
-            vectors, see docs/steering.md); 0 leaves the model untouched. Finite, |s| <= 1000. In ``ablate`` mode
+            continuations; the default), ``gender`` (CAA female − male direction, meant for ``mode="ablate"``);
+            distilled UDDIA offsets are built with ``debias-lm uddia distill`` (docs/steering.md).
+        scale: the multiplier s of ``h += s · v`` (default 0.5: chosen on the embedded model with the ``toxicity``
+            vectors by eval/steer/select_defaults.py, see docs/steering.md); 0 leaves the model untouched. Finite, |s| <= 1000. In ``ablate`` mode
             only its being non-zero matters (rows with 0 are plain). Per row: ``generate(..., steer_scales=[...])``.
         layers: decoder layers to steer (0-based), a subset of those in the file; ``()`` = every layer in the file.
             For a ``uddia_sites`` file: the blocks whose sites are steered (the final norm counts as block
@@ -35,7 +35,7 @@ class SteerConfig(MethodConfig):
 
     method: ClassVar[str] = "steer"
     vectors: str = "toxicity"
-    scale: float = 4.0
+    scale: float = 0.5
     layers: tuple[int, ...] = ()
     positions: str = "all"
     mode: str = "add"
@@ -70,7 +70,7 @@ def shipped_dir():
 
 
 def shipped_names() -> list[str]:
-    """Short names of the files shipped for the embedded model (``toxicity``, ``gender``, ``uddia-t``)."""
+    """Short names of the files shipped for the embedded model (``toxicity``, ``gender``)."""
     d = shipped_dir()
     if not d.is_dir():
         return []
