@@ -8,56 +8,129 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-from collections.abc import Mapping
+import json
+import os
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .config import MethodConfig
 from .errors import UserInputError
 
+KINDS = ("none", "prompt", "decoding", "answer", "activation")
+SUPPORT = ("yes", "partial", "no")
+
 
 @dataclasses.dataclass(frozen=True)
 class MethodSpec:
-    """One registered method.
+    """Everything the project knows about one method; nothing outside the method's package tests its name.
 
     Attributes:
         name: registry name (``config_cls.method``).
         config_cls: the frozen config dataclass.
         hf_impl: ``"module:Class"`` path (imported lazily) or the class itself; the class is constructed
             as ``hf_impl(model, tokenizer_or_processor, config)`` and must provide ``generate(**kwargs)``.
-        vllm: ``"yes"``, ``"partial"`` or ``"no"``: what the vLLM plugin supports for this method.
+        kind: where the method acts: ``"none"`` (the identity baseline), ``"prompt"`` (rewrites the input),
+            ``"decoding"`` (changes next-token scores while decoding), ``"answer"`` (re-scores fixed answer
+            labels) or ``"activation"`` (edits hidden states).
+        backends: backend -> ``"yes"`` / ``"partial"`` / ``"no"`` (``"hf"`` and ``"vllm"`` today).
+        unsupported: backend -> why it is not (fully) supported, shown to users who ask for it.
+        vllm_mapping: ``"module:attr"`` of the method's vLLM request mapping (imported lazily), or ``None``.
+        aliases: other names users may type (``"none"`` for the identity method).
+        modalities: inputs the method handles: ``("text",)`` or ``("text", "vision")``.
+        eval_defaults: config fields the evaluation harness sets when the user did not (e.g. the counterfactual
+            context of debias sampling on text suites).
         description: one line for ``debias-lm methods`` / ``--help``.
     """
 
     name: str
     config_cls: type[MethodConfig]
     hf_impl: Any
-    vllm: str = "no"
+    kind: str = "decoding"
+    backends: Mapping[str, str] = dataclasses.field(default_factory=lambda: {"hf": "yes", "vllm": "no"})
+    unsupported: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    vllm_mapping: str | None = None
+    aliases: tuple[str, ...] = ()
+    modalities: tuple[str, ...] = ("text",)
+    eval_defaults: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     description: str = ""
 
+    @property
+    def vllm(self) -> str:
+        """``"yes"``, ``"partial"`` or ``"no"``: what the vLLM plugin supports for this method."""
+        return self.backends.get("vllm", "no")
+
+    def supports(self, backend: str) -> bool:
+        return self.backends.get(backend, "no") != "no"
+
+    def why_unsupported(self, backend: str) -> str:
+        return self.unsupported.get(backend, f"method {self.name!r} has no {backend} backend")
+
     def load_hf_impl(self) -> type:
-        if isinstance(self.hf_impl, str):
-            module, _, attr = self.hf_impl.partition(":")
-            return getattr(importlib.import_module(module), attr)
-        return self.hf_impl
+        return _load(self.hf_impl)
+
+    def load_vllm_mapping(self) -> Any:
+        if self.vllm_mapping is None:
+            raise UserInputError(f"method {self.name!r} does not run in vLLM: {self.why_unsupported('vllm')}")
+        return _load(self.vllm_mapping)
+
+
+def _load(target: Any) -> Any:
+    if isinstance(target, str):
+        module, _, attr = target.partition(":")
+        return getattr(importlib.import_module(module), attr)
+    return target
 
 
 _REGISTRY: dict[str, MethodSpec] = {}
+_ALIASES: dict[str, str] = {}
 
 
 def register_method(
-    config_cls: type[MethodConfig], hf_impl: Any, *, vllm: str = "no", description: str = "", overwrite: bool = False
+    config_cls: type[MethodConfig],
+    hf_impl: Any,
+    *,
+    kind: str = "decoding",
+    vllm: str = "no",
+    hf: str = "yes",
+    unsupported: Mapping[str, str] | None = None,
+    vllm_mapping: str | None = None,
+    aliases: tuple[str, ...] = (),
+    modalities: tuple[str, ...] = ("text",),
+    eval_defaults: Mapping[str, Any] | None = None,
+    description: str = "",
+    overwrite: bool = False,
 ) -> MethodSpec:
-    """Register a method under ``config_cls.method``."""
+    """Register a method under ``config_cls.method`` (a method package calls this in its ``__init__``)."""
     name = config_cls.method
     if not name:
         raise ValueError(f"{config_cls.__name__} has no `method` name")
-    if vllm not in ("yes", "partial", "no"):
-        raise ValueError(f"vllm must be 'yes', 'partial' or 'no', got {vllm!r}")
-    if name in _REGISTRY and not overwrite:
+    for label, value in (("vllm", vllm), ("hf", hf)):
+        if value not in SUPPORT:
+            raise ValueError(f"{label} must be one of {SUPPORT}, got {value!r}")
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    if (name in _REGISTRY or name in _ALIASES) and not overwrite:
         raise ValueError(f"method {name!r} is already registered; pass overwrite=True to replace it")
-    spec = MethodSpec(name=name, config_cls=config_cls, hf_impl=hf_impl, vllm=vllm, description=description)
+    for alias in aliases:
+        owner = _ALIASES.get(alias, name if alias not in _REGISTRY else alias)
+        if owner != name and not overwrite:
+            raise ValueError(f"alias {alias!r} already names method {owner!r}")
+    spec = MethodSpec(
+        name=name, config_cls=config_cls, hf_impl=hf_impl, kind=kind, backends={"hf": hf, "vllm": vllm},
+        unsupported=dict(unsupported or {}), vllm_mapping=vllm_mapping, aliases=tuple(aliases),
+        modalities=tuple(modalities), eval_defaults=dict(eval_defaults or {}), description=description,
+    )
     _REGISTRY[name] = spec
+    for alias in aliases:
+        _ALIASES[alias] = name
     return spec
+
+
+def unregister_method(name: str) -> None:
+    """Remove a method (and its aliases); for tests and plugins that replace a method."""
+    spec = _REGISTRY.pop(name, None)
+    for alias in spec.aliases if spec else ():
+        _ALIASES.pop(alias, None)
 
 
 def _ensure_builtins() -> None:
@@ -65,9 +138,13 @@ def _ensure_builtins() -> None:
 
 
 def get_method(name: str) -> MethodSpec:
+    """The spec of a method by name or alias (``"none"`` -> identity)."""
     _ensure_builtins()
+    if not isinstance(name, str):
+        raise UserInputError(f"a method name must be a string, got {name!r}")
+    key = _ALIASES.get(name, name)
     try:
-        return _REGISTRY[name]
+        return _REGISTRY[key]
     except KeyError:
         raise UserInputError(
             f"unknown method {name!r}; available methods: {', '.join(sorted(_REGISTRY))}"
@@ -87,9 +164,75 @@ def config_from_dict(data: Mapping[str, Any]) -> MethodConfig:
         raise UserInputError("config dict has no 'method' key; expected e.g. {'method': 'nbls', 'k': 32}")
     if not isinstance(data["method"], str):
         raise UserInputError(f"config 'method' must be a method name (a string), got {data['method']!r}")
-    return get_method(data["method"]).config_cls.from_dict(data)
+    spec = get_method(data["method"])
+    return spec.config_cls.from_dict({**data, "method": spec.name})
 
 
 def default_config(name: str) -> MethodConfig:
     """The default config of a method (what ``--method NAME`` uses)."""
     return get_method(name).config_cls()
+
+
+def _parse_value(raw: str) -> Any:
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        return raw
+
+
+def _json_object(config_json: str) -> dict[str, Any]:
+    from .utils.files import read_text
+
+    if os.path.isfile(config_json):
+        config_json = read_text(config_json, what="--config file")
+    try:
+        loaded = json.loads(config_json)
+    except json.JSONDecodeError as e:
+        raise UserInputError(f"--config is neither a JSON file nor JSON text: {e}") from None
+    if not isinstance(loaded, dict):
+        raise UserInputError("--config must be a JSON object")
+    return loaded
+
+
+def resolve_config(
+    value: MethodConfig | str | Mapping[str, Any] | None = None,
+    *,
+    overrides: Mapping[str, Any] | None = None,
+    sets: Sequence[str] = (),
+    config_json: str | None = None,
+) -> MethodConfig:
+    """THE one path from user input to a validated config (CLI, ``wrap``, the harness, the vLLM plugin).
+
+    ``value``: a config (returned as is, re-validated), a method name or alias (``"nbls"``, ``"none"``), a flat
+    dict with a ``"method"`` key, or ``None`` (identity). ``config_json`` (a JSON object or a file holding one),
+    ``overrides`` (field -> value) and ``sets`` (``"field=value"`` strings, values parsed as JSON when they
+    are JSON) are applied on top, in that order. Validation happens once, in the config's ``__post_init__``.
+    """
+    if isinstance(value, MethodConfig):
+        if not (overrides or sets or config_json):
+            value.validate()
+            return value
+        data: dict[str, Any] = value.to_dict()
+    elif value is None or isinstance(value, str):
+        data = {"method": value if value is not None else "identity"}
+    elif isinstance(value, Mapping):
+        data = dict(value)
+        if "method" not in data:
+            raise UserInputError("config dict has no 'method' key; expected e.g. {'method': 'nbls', 'k': 32}")
+    else:
+        raise UserInputError(
+            "config must be a debias_lm config (e.g. dl.NBLSConfig()), a method name or a dict, "
+            f"got {type(value).__name__}"
+        )
+    if config_json:
+        data.update(_json_object(config_json))
+    data.update(overrides or {})
+    for item in sets:
+        key, eq, raw = item.partition("=")
+        if not eq or not key.strip():
+            raise UserInputError(f"--set {item!r} is invalid: expected FIELD=VALUE, e.g. --set k=16")
+        data[key.strip()] = _parse_value(raw)
+    try:
+        return config_from_dict(data)
+    except TypeError as e:
+        raise UserInputError(f"invalid config for {data.get('method')!r}: {e}") from None

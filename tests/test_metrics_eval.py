@@ -13,7 +13,7 @@ from debias_lm.errors import UserInputError
 from debias_lm.metrics.counterfactual import counterfactual_gap, gendered_word_rate, group_gap, wasserstein_1
 from debias_lm.metrics.fluency import conditional_perplexities, dist_n, mean_dist_n, mean_perplexity
 from debias_lm.metrics.overhead import LayerCounter, throughput_ratio
-from debias_lm.metrics.pope import pope_metrics
+from debias_lm.metrics.pope import pope_metrics, yes_auc
 from debias_lm.metrics.toxicity import (
     expected_max_toxicity,
     toxic_rate,
@@ -58,6 +58,23 @@ def test_pope_yes_ratio_is_of_predictions_not_labels():
     assert m["yes_ratio"] == pytest.approx(75.0)
     assert m["accuracy"] == pytest.approx(50.0)
     assert m["precision"] == pytest.approx(100 / 3) and m["recall"] == pytest.approx(100.0)
+
+
+def test_yes_auc_is_the_share_of_true_false_pairs_ranked_right():
+    rng = random.Random(0)
+    labels = [rng.choice(["yes", "no"]) for _ in range(60)]
+    scores = [round(rng.random(), 1) for _ in labels]  # one decimal: many ties
+    pos = [s for s, y in zip(scores, labels) if y == "yes"]
+    neg = [s for s, y in zip(scores, labels) if y == "no"]
+    brute = sum((a > b) + 0.5 * (a == b) for a in pos for b in neg) / (len(pos) * len(neg))
+    assert yes_auc(scores, labels) == pytest.approx(brute, abs=1e-12)
+    assert yes_auc([0.75] * 4, ["yes", "no", "yes", "no"]) == 0.5  # a constant P(yes) tells nothing
+    assert yes_auc([0.9, 0.2, 0.8, 0.1], ["yes", "no", "yes", "no"]) == 1.0
+    assert yes_auc([0.1, 0.9], ["yes", "no"]) == 0.0
+    with pytest.raises(ValueError, match="both true and false"):
+        yes_auc([0.5, 0.6], ["yes", "yes"])
+    with pytest.raises(ValueError, match="2 scores but 1 labels"):
+        yes_auc([0.5, 0.6], ["yes"])
 
 
 def test_dist_n_by_hand():

@@ -17,6 +17,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from torch.overrides import TorchFunctionMode
 
 pytest.importorskip("vllm")
 
@@ -650,61 +651,50 @@ def test_pick_tokens_on_candidates_equals_full_vocabulary():
 
 
 # -- apply() without host syncs -------------------------------------------------------------------------------
-class _SyncCounter:
+class _SyncCounter(TorchFunctionMode):
     """Counts the calls that read a tensor back to the host (or need to, on an accelerator): ``item``,
-    ``tolist``, ``cpu``, ``numpy``, Python truth / number conversions, ``nonzero``, and indexing with a boolean
-    tensor (which needs the count of True entries)."""
+    ``tolist``, ``cpu``, ``numpy``, Python truth / number conversions, ``nonzero``, ``masked_select``, ``unique``,
+    ``repeat_interleave``, and indexing with a boolean tensor (which needs the count of True entries).
 
-    NAMES = ("item", "tolist", "cpu", "numpy", "__bool__", "__int__", "__float__", "__index__", "nonzero")
+    A torch function mode, active only inside the watched ``apply`` calls: it sees every tensor method and torch
+    function without patching ``torch.Tensor`` (patching its dunder slots leaves the type changed after the
+    test: ``torch.tensor([tensor(-2)])`` then fails in every later test of the process)."""
 
-    def __init__(self, monkeypatch):
+    NAMES = frozenset({"item", "tolist", "cpu", "numpy", "__bool__", "__int__", "__float__", "__index__", "nonzero",
+                       "masked_select", "unique", "repeat_interleave"})
+    INDEXING = frozenset({"__getitem__", "__setitem__", "index_put_", "index_put"})
+
+    def __init__(self):
+        super().__init__()
         self.calls: list[str] = []
-        self.on = False
-        for name in self.NAMES:
-            orig = getattr(torch.Tensor, name)
-            monkeypatch.setattr(torch.Tensor, name, self._wrap(name, orig))
-        for name in ("__getitem__", "__setitem__", "index_put_", "index_put"):
-            orig = getattr(torch.Tensor, name)
-            monkeypatch.setattr(torch.Tensor, name, self._wrap_index(name, orig))
-        for name in ("nonzero", "masked_select", "unique", "repeat_interleave"):
-            orig = getattr(torch, name)
-            monkeypatch.setattr(torch, name, self._wrap(f"torch.{name}", orig))
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        name = getattr(func, "__name__", "")
+        if name in self.NAMES:
+            self.calls.append(name)
+        elif name in self.INDEXING and len(args) > 1:
+            items = args[1] if isinstance(args[1], (tuple, list)) else (args[1],)
+            if any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in items):
+                self.calls.append(f"{name}[bool]")
+        return func(*args, **(kwargs or {}))
 
     def watch(self, proc):
         """Count during every ``proc.apply`` call."""
         orig = proc.apply
 
         def counted(*a, **k):
-            self.on = True
-            try:
+            with self:
                 return orig(*a, **k)
-            finally:
-                self.on = False
 
         proc.apply = counted
 
-    def _wrap(self, name, orig):
-        def f(*a, **k):
-            if self.on:
-                self.calls.append(name)
-            return orig(*a, **k)
-        return f
 
-    def _wrap_index(self, name, orig):
-        def f(t, idx, *a, **k):
-            items = idx if isinstance(idx, tuple) else (idx,)
-            if self.on and any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in items):
-                self.calls.append(f"{name}[bool]")
-            return orig(t, idx, *a, **k)
-        return f
-
-
-def test_apply_has_no_host_sync(monkeypatch):
+def test_apply_has_no_host_sync():
     """A mixed batch (greedy, seeded and unseeded sampled pairs with top-k / top-p / min-p, calibration, plain
     rows, a broken pair) through both runners' apply(): nothing is read back from the device."""
     sampled = [dict(temperature=0.0), dict(temperature=1.0, seed=3), dict(temperature=0.7),
                dict(temperature=0.9, top_k=5, top_p=0.8, min_p=0.05, seed=1)]
-    counter = _SyncCounter(monkeypatch)
+    counter = _SyncCounter()
     # V1
     sim = V1Sim(_v1_processor())
     for i, kw in enumerate(sampled):
@@ -729,10 +719,10 @@ def test_apply_has_no_host_sync(monkeypatch):
         sim2.step(list(sim2.reqs))
     assert counter.calls == []
     # the counter does count: a .item() in apply would be seen
-    counter.on = True
-    torch.zeros(1).item()
-    counter.on = False
-    assert counter.calls == ["item"]
+    with counter:
+        torch.zeros(1).item()
+        torch.arange(3)[torch.tensor([True, False, True])]
+    assert counter.calls == ["item", "__getitem__[bool]"]
 
 
 def test_pair_sampling_carried_in_the_request_equals_sampling_params():

@@ -7,7 +7,7 @@ from typing import Any
 
 from ..config import MethodConfig
 from ..errors import UserInputError
-from ..registry import config_from_dict, default_config, get_method
+from ..registry import get_method, resolve_config
 from .base import HFMethod, check_context_length, check_tokenizer_matches, get_tokenizer, new_tokens
 
 
@@ -77,21 +77,6 @@ class DebiasedModel:
 
     def __repr__(self) -> str:
         return f"DebiasedModel(method={self.method!r}, model={type(self.model).__name__}, config={self.config!r})"
-
-
-def resolve_config(config: MethodConfig | str | Mapping[str, Any] | None) -> MethodConfig:
-    if config is None:
-        return default_config("identity")
-    if isinstance(config, MethodConfig):
-        config.validate()
-        return config
-    if isinstance(config, str):
-        return default_config(config)
-    if isinstance(config, Mapping):
-        return config_from_dict(config)
-    raise UserInputError(
-        f"config must be a debias_lm config (e.g. dl.NBLSConfig()), a method name or a dict, got {type(config).__name__}"
-    )
 
 
 def wrap(model, tokenizer_or_processor, config: MethodConfig | str | Mapping[str, Any] | None = None) -> DebiasedModel:

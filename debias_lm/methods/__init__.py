@@ -12,13 +12,16 @@ if "identity" not in _REGISTRY:
     register_method(
         IdentityConfig,
         "debias_lm.methods.identity:IdentityHF",
+        kind="none",
         vllm="yes",
+        aliases=("none",),
         description="no-op baseline: the model's own generate, bit-identical",
     )
 if "nbls" not in _REGISTRY:
     register_method(
         NBLSConfig,
         "debias_lm.methods.nbls:NBLSHF",
+        kind="prompt",
         vllm="yes",
         description="ground prompts in U.S. BLS occupation statistics (k=32 instances, system message)",
     )
@@ -27,14 +30,19 @@ if "debias_sampling" not in _REGISTRY:
     register_method(
         DebiasSamplingConfig,
         "debias_lm.methods.debias_sampling:DebiasSamplingHF",
+        kind="decoding",
         vllm="partial",
+        unsupported={"vllm": "VLM image-free branches run in HF only; text counterfactual pairs run per request in vLLM"},
+        modalities=("text", "vision"),
         description="contrastive decoding against an image-free (VLM) or counterfactual (LLM) context (VDD)",
     )
 if "calibration" not in _REGISTRY:
     register_method(
         CalibrationConfig,
         "debias_lm.methods.calibration:CalibrationHF",
+        kind="answer",
         vllm="yes",
+        modalities=("text", "vision"),
         description="post-hoc calibration of answer labels against an image-free / content-free prior",
     )
 
@@ -42,7 +50,9 @@ if "uddia" not in _REGISTRY:
     register_method(
         UDDIAConfig,
         "debias_lm.methods.uddia.hf:UDDIAHF",
+        kind="decoding",
         vllm="no",
+        unsupported={"vllm": "UDDIA takes a gradient step per token; serve its distilled offsets with 'steer'"},
         description="UDDIA: per-token gradient steps on bias-site offsets (detox probe + group debias), HF only",
     )
 

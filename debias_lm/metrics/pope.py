@@ -11,6 +11,10 @@ POPE (Li et al. 2023), "yes" is the positive class:
 
 ECE (10 equal-width bins over [0, 1]): ``Σ_b |B_b|/n · |acc(B_b) − conf(B_b)|`` with conf = the top label
 probability of each sample and acc whether that top label is correct.
+
+Discrimination (:func:`yes_auc`): the ROC AUC of P(yes) for telling true from false questions, i.e. the share of
+(true, false) question pairs in which the true one gets the higher P(yes), ties counted half (Mann–Whitney U
+/ (n_yes · n_no)). 0.5 means the scores carry no information about the answer, whatever the yes-ratio.
 """
 
 from __future__ import annotations
@@ -75,3 +79,28 @@ def expected_calibration_error(probs: Sequence[Sequence[float]], gold: Sequence[
         sums[b][1] += float(pred == g)
         sums[b][2] += conf
     return sum(abs(c - f) for k, c, f in sums if k) / n
+
+
+def yes_auc(p_yes: Sequence[float], labels: Sequence[str]) -> float:
+    """ROC AUC of ``p_yes`` against ``labels`` ("yes"/"no"), from average ranks (ties share their rank)."""
+    if len(p_yes) != len(labels):
+        raise ValueError(f"{len(p_yes)} scores but {len(labels)} labels")
+    bad = sorted({str(y) for y in labels if y not in ("yes", "no")})
+    if bad:
+        raise ValueError(f"labels must be 'yes' or 'no'; got {bad[:5]}")
+    n_yes = sum(y == "yes" for y in labels)
+    n_no = len(labels) - n_yes
+    if not n_yes or not n_no:
+        raise ValueError("the AUC needs both true and false questions")
+    order = sorted(range(len(p_yes)), key=lambda i: p_yes[i])
+    ranks = [0.0] * len(p_yes)
+    i = 0
+    while i < len(order):  # average rank (1-based) over each run of tied scores
+        j = i
+        while j + 1 < len(order) and p_yes[order[j + 1]] == p_yes[order[i]]:
+            j += 1
+        for k in range(i, j + 1):
+            ranks[order[k]] = (i + j) / 2 + 1
+        i = j + 1
+    rank_sum = sum(r for r, y in zip(ranks, labels) if y == "yes")
+    return (rank_sum - n_yes * (n_yes + 1) / 2) / (n_yes * n_no)

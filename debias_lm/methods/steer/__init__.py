@@ -20,7 +20,9 @@ if "steer" not in _REGISTRY:
     register_method(
         SteerConfig,
         "debias_lm.methods.steer.hf:SteerHF",
+        kind="activation",
         vllm="no",
+        unsupported={"vllm": "the vLLM steering plugin is not built yet (next issue); HF generate only"},
         description="activation steering: CAA vectors / distilled UDDIA offsets added by hooks, per row "
                     "(vLLM: coming, the vLLM steering plugin)",
     )
