@@ -32,6 +32,7 @@ _LAZY = {
     "UDDIAConfig": "debias_lm.methods.uddia",
     "NBLSGrounding": "debias_lm.methods.nbls.grounding",
     "load_bls_table": "debias_lm.methods.nbls.table",
+    "SteerConfig": "debias_lm.methods.steer",
     "register_method": "debias_lm.registry",
     "get_method": "debias_lm.registry",
     "list_methods": "debias_lm.registry",

@@ -1,7 +1,7 @@
 """The ``debias-lm`` command line.
 
 Commands: ``generate``, ``eval`` (the harness; ``eval occupational`` for the older single suite), ``bench``,
-``ches``, ``uddia``, ``methods``, ``env``, ``serve``; each is one module in :mod:`debias_lm.cli.commands` with
+``ches``, ``uddia``, ``steer``, ``methods``, ``env``, ``serve``; each is one module in :mod:`debias_lm.cli.commands` with
 ``register(subparsers)`` and ``run(args) -> int``. Bad user input prints one line (``debias-lm: error: ...``)
 and exits with code 2; it never prints a traceback.
 """

@@ -2,6 +2,7 @@
 
     python eval/uddia/run_effect.py --suite toxicity --methods plain,t,u --n-samples 4 --out eval/uddia/results
     python eval/uddia/run_effect.py --suite gender --methods plain,b,u --n-samples 4 --out eval/uddia/results
+    python eval/uddia/run_effect.py --suite toxicity --methods steer --set vectors=toxicity --set scale=4 --tag tox4
 
 One JSONL per (suite, method) under --out, one line per prompt, appended batch by batch, so a stopped run
 resumes (finished prompts are skipped). Rows (prompt x sample) are batched across prompts (--batch-rows).
@@ -52,7 +53,7 @@ def parse_overrides(items: list[str]) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--suite", choices=["toxicity", "gender"], required=True)
-    ap.add_argument("--methods", default="plain,t,u", help="comma-separated: plain, t, b, u")
+    ap.add_argument("--methods", default="plain,t,u", help="comma-separated: plain, t, b, u, steer")
     ap.add_argument("--n-samples", type=int, default=4)
     ap.add_argument("--max-new-tokens", type=int, default=20)
     ap.add_argument("--batch-rows", type=int, default=48, help="rows (prompt x sample) per generate call")
@@ -60,7 +61,7 @@ def main() -> None:
     ap.add_argument("--every", type=int, default=1, help="only every k-th prompt (quick subsets)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="UDDIAConfig override")
+    ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="UDDIAConfig (SteerConfig for steer) override")
     ap.add_argument("--tag", default="", help="suffix of the output files (method-TAG)")
     ap.add_argument("--out", default=str(HERE / "results"))
     args = ap.parse_args()
@@ -88,7 +89,10 @@ def main() -> None:
         todo = [p for p in prompts if p["id"] not in done]
         cfg = runner = None
         t_wrap = time.process_time()
-        if method != "plain":
+        if method == "steer":  # activation steering (docs/steering.md): --set vectors=... --set scale=...
+            cfg = dl.SteerConfig(**overrides)
+            runner = dl.wrap(model, tok, cfg)
+        elif method != "plain":
             cfg = dl.UDDIAConfig(variant=method, **overrides)
             runner = dl.wrap(model, tok, cfg)
         wrap_cpu = time.process_time() - t_wrap
@@ -108,7 +112,7 @@ def main() -> None:
                 stats = None
             else:
                 seqs = runner.generate(**enc, **gen)
-                stats = runner.impl.last_stats
+                stats = getattr(runner.impl, "last_stats", None)  # UDDIA's counters (steer has none)
             dt, dc = time.time() - t0, time.process_time() - c0
             width = enc["input_ids"].shape[1]
             conts = [tok.decode(r[width:], skip_special_tokens=True) for r in seqs]

@@ -44,9 +44,10 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(1)
-    import debias_lm as dl
     from debias_lm.eval.occupational import FEMALE_WORDS, MALE_WORDS
     from debias_lm.eval.scorers import get_scorer
+
+    import debias_lm as dl
     from debias_lm.hf.base import encode_left_padded
     from debias_lm.metrics.counterfactual import uses_words
     from debias_lm.metrics.fluency import (

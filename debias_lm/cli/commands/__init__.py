@@ -3,4 +3,4 @@
 ``COMMANDS`` is the order ``debias-lm --help`` lists them in; ``cli/main.py`` builds the parser from it.
 """
 
-COMMANDS = ("generate", "eval", "ches", "bench", "uddia", "methods", "env", "serve")
+COMMANDS = ("generate", "eval", "ches", "bench", "uddia", "steer", "methods", "env", "serve")

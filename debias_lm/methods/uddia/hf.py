@@ -144,6 +144,8 @@ class UDDIAHF(HFMethod):
         self._warned_no_grad = False
         self._offsets_in_look_ahead = True  # the paper's: the look-ahead runs with the offsets too
         self.embed_scale = _embedding_scale(model)
+        # an observer of the offsets UDDIA applies (``distill.OffsetAccumulator``; None = nothing recorded)
+        self.offset_observer = None
 
     def describe(self) -> dict:
         """What this wrapper does on this model: depth, sites, step rule, triggers, redo threshold, probe, groups."""
@@ -247,6 +249,8 @@ class UDDIAHF(HFMethod):
         with self.hooks.installed():
             while True:
                 ids, mask = input_ids[rows], attention_mask[rows]
+                if self.offset_observer is not None:
+                    self.offset_observer.begin_attempt(rows)
                 new, new_mask, c, tuned = self._decode(ids, mask, T, gen)
                 for k in c:
                     counts[k] = max(counts[k], c[k]) if k == "kl_max" else counts[k] + c[k]
@@ -256,14 +260,17 @@ class UDDIAHF(HFMethod):
                     counts["ppl_passes"] += 1
                 else:  # nothing to decide: no perplexity pass
                     ppl = torch.full((len(rows),), math.nan, dtype=torch.float64)
-                accepted = []
+                accepted, kept = [], []
                 for j, r in enumerate(rows.tolist()):
                     attempts[r].append({"T": T, "ppl": float(ppl[j]), "tuned_tokens": int(tuned[j])})
-                    if best_new[r] is None or bool(ppl[j] < best_ppl[r]):
+                    kept.append(best_new[r] is None or bool(ppl[j] < best_ppl[r]))
+                    if kept[-1]:
                         best_ppl[r] = ppl[j]
                         best_new[r] = new[j][new_mask[j].bool()].cpu()
                     # an untuned row is plain decoding: redoing it would only resample it
                     accepted.append(bool(ppl[j] <= threshold) or int(tuned[j]) == 0)
+                if self.offset_observer is not None:
+                    self.offset_observer.end_attempt(kept)
                 rows = rows[~torch.tensor(accepted)]
                 T -= self.dT
                 if len(rows) == 0 or not redo or T < 1:
@@ -358,6 +365,8 @@ class UDDIAHF(HFMethod):
             tuned_logp = base_logp
             live = ~finished
             counts["row_tokens"] += int(live.sum())
+            if self.offset_observer is not None:
+                self.offset_observer.step(live)
             if tune:
                 # (2) trigger on the untuned context; later checks use the loss's own quantities
                 gate = torch.zeros(B, dtype=torch.bool, device=device)
@@ -514,6 +523,8 @@ class UDDIAHF(HFMethod):
         counts["kl_max"] = max(counts["kl_max"], float(kl.max()) if len(kl) else 0.0)
         counts["kl_values"].extend(kl.tolist())
         self._last_rows, self._last_deltas = rows_m, final
+        if self.offset_observer is not None:  # the offsets x_t's distribution was computed with (after KL shrink)
+            self.offset_observer.offsets(rows_m, final)
         self._last_logps = (tuned, base_m)
         return rows_m, tuned
 

@@ -9,7 +9,6 @@ hidden states of the model that produced its training features.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import math
@@ -19,28 +18,12 @@ import torch
 from torch import nn
 
 from ...errors import UserInputError
+from ...utils.fingerprint import model_fingerprint, model_name
 from .sites import collect_sites
 
 log = logging.getLogger(__name__)
 
 EMBEDDED_PROBE = "smollm2-135m-instruct.probe.safetensors"
-
-
-def model_fingerprint(model: nn.Module) -> str:
-    """A short hash of the model's shape and of the first input-embedding rows (bf16-rounded, so fp32 / bf16
-    copies of one model agree)."""
-    cfg = getattr(model, "config", None)
-    emb = model.get_input_embeddings().weight
-    head = emb[:16].detach().float().to(torch.bfloat16).float().cpu().contiguous()
-    h = hashlib.sha256()
-    h.update(json.dumps({"model_type": getattr(cfg, "model_type", None), "shape": list(emb.shape)}).encode())
-    h.update(head.numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
-def model_name(model: nn.Module) -> str:
-    cfg = getattr(model, "config", None)
-    return str(getattr(cfg, "_name_or_path", "") or getattr(cfg, "model_type", "model"))
 
 
 @dataclasses.dataclass

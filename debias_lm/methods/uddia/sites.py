@@ -3,103 +3,21 @@
 The model is never modified: offsets are separate ``[B, d]`` tensors added to the *outputs* of the Linear /
 Conv1D / norm modules of a block (for a module with a bias this is exactly tuning its bias; for bias-free
 Llama/Qwen/Gemma projections and RMSNorms it is a zero-initialised additive offset at the same site). Hooks
-are registered only while UDDIA runs and removed afterwards.
+are registered only while UDDIA runs and removed afterwards. Finding the sites is generic (``debias_lm.hf.sites``).
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 
 import torch
-from torch import nn
 
-from ...errors import UserInputError
+from ...hf.sites import Site, collect_sites, find_blocks, module_device
 
 log = logging.getLogger(__name__)
 
-_FINAL_NORM_NAMES = ("norm", "ln_f", "final_layer_norm", "final_norm", "norm_f")
-
-
-@dataclasses.dataclass
-class Site:
-    name: str
-    module: nn.Module
-    layer: int  # block index; depth for the final norm
-    dim: int
-
-
-def _base(model: nn.Module) -> nn.Module:
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-
-def _depth_of(config) -> int | None:
-    for key in ("num_hidden_layers", "n_layer", "num_layers"):
-        v = getattr(config, key, None)
-        if isinstance(v, int):
-            return v
-    text = getattr(config, "text_config", None)
-    return _depth_of(text) if text is not None else None
-
-
-def _out_dim(module: nn.Module) -> int | None:
-    cls = type(module).__name__
-    if isinstance(module, nn.Linear) or hasattr(module, "out_features"):
-        return int(module.out_features)
-    if cls == "Conv1D" and hasattr(module, "nf"):
-        return int(module.nf)
-    if "norm" in cls.lower():
-        w = getattr(module, "weight", None)
-        if isinstance(w, torch.Tensor) and w.dim() == 1:
-            return int(w.shape[0])
-        shape = getattr(module, "normalized_shape", None)
-        if shape:
-            return int(shape[-1])
-    return None
-
-
-def find_blocks(model: nn.Module) -> tuple[str, nn.ModuleList, nn.Module]:
-    """(name, decoder blocks, final norm) of a causal LM (GPT-2, Llama, Qwen, Gemma, Mistral, NeoX, OPT...)."""
-    base = _base(model)
-    depth = _depth_of(base.config)
-    named = dict(base.named_modules())
-    for name, mod in named.items():
-        if isinstance(mod, nn.ModuleList) and len(mod) > 0 and (depth is None or len(mod) == depth):
-            parent = named.get(name.rpartition(".")[0], base) if "." in name else base
-            for nm in _FINAL_NORM_NAMES:
-                norm = getattr(parent, nm, None)
-                if isinstance(norm, nn.Module):
-                    return name, mod, norm
-    raise UserInputError(f"UDDIA cannot find the decoder blocks and final norm of {type(base).__name__}; "
-                         "supported: GPT-2, Llama, Mistral, Qwen, Gemma, GPT-NeoX, OPT-style models")
-
-
-def collect_sites(model: nn.Module) -> tuple[list[Site], Site, int]:
-    """All candidate sites per block, the final-norm site, and the depth."""
-    name, blocks, final_norm = find_blocks(model)
-    sites: list[Site] = []
-    for i, block in enumerate(blocks):
-        for sub, mod in block.named_modules():
-            if any(True for _ in mod.children()):
-                continue
-            dim = _out_dim(mod)
-            low = sub.lower()
-            if dim is None or "rotary" in low or "emb" in low or "lora_" in low:
-                continue
-            sites.append(Site(f"{name}.{i}.{sub}", mod, i, dim))
-    fdim = _out_dim(final_norm)
-    if fdim is None:
-        raise UserInputError(f"UDDIA cannot read the width of the final norm {type(final_norm).__name__}")
-    return sites, Site("final_norm", final_norm, len(blocks), fdim), len(blocks)
-
-
-def module_device(module: nn.Module) -> torch.device:
-    for p in module.parameters(recurse=False):
-        return p.device
-    for p in module.parameters():
-        return p.device
-    return torch.device("cpu")
+__all__ = ["OffsetHooks", "Site", "collect_sites", "find_blocks", "module_device"]
 
 
 class OffsetHooks:
