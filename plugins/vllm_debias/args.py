@@ -16,6 +16,9 @@ Every key the plugin reads starts with ``debias_``, so it cannot collide with an
 ``debias_label_ids`` (list[int]) and ``debias_label_sizes`` (list[int])
     calibration: the token ids of every label variant, concatenated label by label, and how many belong to
     each label (``label_token_ids(tokenizer, labels)`` flattened).
+``debias_vectors``, ``debias_scale``, ``debias_layers``, ``debias_positions``, ``debias_mode``
+    steer (``debias_lm.methods.steer.vllm``): only on an engine started with steering vectors; the name must be
+    one the engine registered (checked by ``vllm_debias.steer.SteerLogitsProcessor``).
 
 :func:`request_args` builds all of this from a config. The generic key ``method`` of versions before 0.2 is
 refused with a pointer to ``debias_method`` when its value names a debias-lm method, and ignored otherwise (it
@@ -49,11 +52,13 @@ VOCAB_ENV = "VLLM_DEBIAS_VOCAB_SIZE"
 ROLES = ("main", "aux")
 # methods the processor acts on; the others are rejected with a pointer to what works instead
 LOGIT_METHODS = ("calibration", "debias_sampling")
+STEER_METHOD = "steer"
 # the config fields the processor reads; request_args sends only these (the rest are client-side settings)
 WIRE_FIELDS = {
     "calibration": ("labels", "mode", "prior", "prior_probs", "eps"),
     "debias_sampling": ("alpha", "beta"),
     "identity": (),
+    STEER_METHOD: ("vectors", "scale", "layers", "positions", "mode"),
 }
 
 UDDIA_MESSAGE = (
@@ -66,6 +71,10 @@ NBLS_MESSAGE = (
     "(vllm_debias.generate(llm, prompts, NBLSConfig()) or NBLSConfig().grounding().apply(prompt_or_messages)) "
     "or serve with 'debias-lm serve --model M --nbls' (a grounding chat template), and send the request "
     "without vllm_xargs"
+)
+STEER_ENGINE_MESSAGE = (
+    "method 'steer' needs an engine started with steering vectors: 'debias-lm serve --model M --steer NAME=FILE' "
+    "or LLM(model=M, **vllm_debias.steer_engine_args({NAME: FILE})); this engine has none"
 )
 OLD_KEY_MESSAGE = (
     "the opt-in key is 'debias_method' (and config fields are 'debias_<field>', e.g. debias_alpha); the "
@@ -92,6 +101,8 @@ class RequestSpec:
     beta: float = 0.1
     # (temperature, top_k, top_p, min_p, seed) carried in the request; None: the request's SamplingParams
     sampling: tuple | None = None
+    # steer: the request's debias_lm.methods.steer.vllm.SteerSetting (the model applies it, not the processor)
+    steer: Any = None
 
 
 def _fail(msg: str) -> DebiasArgsError:
@@ -149,7 +160,7 @@ def build_config(method: Any, extra: Mapping[str, Any]):
         ) from None
     if method == "nbls":
         raise _fail(NBLS_MESSAGE)
-    if method not in LOGIT_METHODS and method != "identity":
+    if method not in LOGIT_METHODS and method not in ("identity", STEER_METHOD):
         why = "it needs gradients or model internals" if spec.vllm == "no" else "it has no per-request vLLM form"
         raise _fail(f"method {method!r} cannot run inside vLLM ({why}); use the HF path debias_lm.wrap(...)")
     cfg, plug = _config_dict(extra, method)
@@ -166,8 +177,11 @@ def _check_old_key(extra: Mapping[str, Any]) -> None:
 
 
 def parse(extra: Mapping[str, Any] | None, sampling_params: Any = None, *,
-          vocab_size: int | None = None) -> RequestSpec | None:
-    """The :class:`RequestSpec` of a request, or None when it did not opt in. Raises DebiasArgsError."""
+          vocab_size: int | None = None, steer: bool = False) -> RequestSpec | None:
+    """The :class:`RequestSpec` of a request, or None when it did not opt in. Raises DebiasArgsError.
+
+    ``steer``: the engine serves steering vectors (else a ``steer`` request is refused); the vector name is
+    checked by the caller, which knows the engine's vectors."""
     if not extra:
         return None
     if not isinstance(extra, Mapping):
@@ -187,7 +201,19 @@ def parse(extra: Mapping[str, Any] | None, sampling_params: Any = None, *,
         return None
     if method == "calibration":
         return _parse_calibration(config, plug, vocab_size)
+    if method == STEER_METHOD:
+        return _parse_steer(config, plug, steer)
     return _parse_pair(config, plug, sampling_params)
+
+
+def _parse_steer(config, plug: dict[str, Any], steer: bool) -> RequestSpec:
+    if not steer:
+        raise _fail(STEER_ENGINE_MESSAGE)
+    if plug:
+        raise _fail(f"{', '.join(plug)} do not apply to method 'steer'")
+    from debias_lm.methods.steer.vllm import SteerSetting
+
+    return RequestSpec(method=STEER_METHOD, steer=SteerSetting.from_config(config))
 
 
 def _parse_calibration(config, plug: dict[str, Any], vocab_size: int | None) -> RequestSpec:
@@ -299,12 +325,12 @@ def frontend_vocab_size() -> int | None:
     return next(iter(_SEEN_VOCAB)) if len(_SEEN_VOCAB) == 1 else None
 
 
-def validate(sampling_params: Any) -> None:
+def validate(sampling_params: Any, *, steer: bool = False) -> RequestSpec | None:
     """``validate_params`` body: raise DebiasArgsError (a ValueError) on bad args; cheap for plain requests."""
     extra = getattr(sampling_params, "extra_args", None)
     if not extra:
-        return
-    parse(extra, sampling_params, vocab_size=frontend_vocab_size())
+        return None
+    return parse(extra, sampling_params, vocab_size=frontend_vocab_size(), steer=steer)
 
 
 # -- building request args (client side) ----------------------------------------------------------------
@@ -340,5 +366,5 @@ def request_args(config, tokenizer=None, *, pair: str | int | None = None, role:
         data[PAIR_KEY] = pair
     if role is not None:
         data[ROLE_KEY] = role
-    parse(data)
+    parse(data, steer=True)
     return data

@@ -20,9 +20,9 @@ if "steer" not in _REGISTRY:
     register_method(
         SteerConfig,
         "debias_lm.methods.steer.hf:SteerHF",
-        vllm="no",
+        vllm="partial",
         description="activation steering: CAA vectors / distilled UDDIA offsets added by hooks, per row "
-                    "(vLLM: coming, the vLLM steering plugin)",
+                    "(vLLM: residual-stream vectors per request, vllm_debias.steer)",
     )
 
 __all__ = ["SteerConfig", "shipped_names", *sorted(_LAZY)]
