@@ -121,6 +121,16 @@ def check_model_config(files: Mapping[str, str], hf_config) -> None:
                                  f"{f.meta['num_layers']} layers; the served model has {hidden} and {depth}")
 
 
+def check_served_model(files: Mapping[str, str], model: str) -> None:
+    """``debias-lm serve --steer``: the files against the model's config (the worker checks the fingerprint)."""
+    from transformers import AutoConfig
+
+    from ..serve import resolve_model
+
+    architecture_for(files)
+    check_model_config(files, AutoConfig.from_pretrained(resolve_model(model)))
+
+
 # -- what the frontend knows ---------------------------------------------------------------------------------
 _ANNOUNCED: dict[str, dict[str, VectorInfo]] = {}  # encoded files -> infos, engines configured in this process
 
