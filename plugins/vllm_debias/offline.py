@@ -193,6 +193,8 @@ def generate(llm, prompts, config=None, sampling_params=None, *, counterfactual:
             raise ValueError("vllm_debias.generate needs n=1 per prompt (repeat the prompt for more samples)")
     tok = llm.get_tokenizer()
     method = cfg.method
+    if method == "steer":  # the engine's own vectors say whether it steers (its processor comes with them)
+        return _label(_steer(llm, tok, items, cfg, sps, use_tqdm), "applied")
     if method not in ("identity", "nbls") and not _has_processor(llm):
         raise ValueError(
             f"method {method!r} needs the logits processor: LLM(..., logits_processors=["
@@ -208,8 +210,6 @@ def generate(llm, prompts, config=None, sampling_params=None, *, counterfactual:
         return _label(_calibration(llm, tok, items, cfg, sps, prior_prompts, use_tqdm), "applied")
     if method == "debias_sampling":
         return _debias_sampling(llm, tok, items, cfg, sps, counterfactual, fallback, lockstep_k, use_tqdm)
-    if method == "steer":
-        return _label(_steer(llm, tok, items, cfg, sps, use_tqdm), "applied")
     from .args import build_config
 
     build_config(method, {})  # raises the plugin's message (uddia, unsupported)
