@@ -332,6 +332,7 @@ def test_layer_hook_equals_the_hf_formulas_and_leaves_plain_tokens_alone(files):
     module = torch.nn.Module()
     module.steer_table, module.steer_index = tables.table[layer], buf.index
     module.steer_coef, module.steer_ablate = buf.coef[layer], buf.ablate
+    module.steer_tokens = buf
     g = torch.Generator().manual_seed(3)
     hidden, residual = torch.randn(6, H, generator=g), torch.randn(6, H, generator=g)
     h2, r2 = steer_hook(module, (), (hidden, residual))

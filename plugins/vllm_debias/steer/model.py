@@ -26,7 +26,8 @@
 
 CUDA graphs: everything the hooks and the fill read is a persistent tensor indexed by token, so a captured graph
 replays correctly for any mix of requests; the fill's only shortcut (skip when no row steers) is taken only when
-the step runs without a CUDA graph. Not supported: micro-batching (DBO / ubatches: the hooks index tokens from
+the step runs without a CUDA graph (then the hooks, when they run eagerly, also return at once; inside a
+compiled graph they always compute, with zero coefficients). Not supported: micro-batching (DBO / ubatches: the hooks index tokens from
 0), checked at the first forward.
 
 After the weights load, the embedding fingerprint of the served model is checked against every vector file
@@ -50,7 +51,10 @@ _BUFFERS = ("steer_table", "steer_index", "steer_coef", "steer_ablate")
 
 
 def steer_hook(module, args, output):
-    """Forward hook on a decoder layer (see the module docstring): tensor ops on the layer's buffers only."""
+    """Forward hook on a decoder layer (see the module docstring): tensor ops on the layer's buffers only. Run
+    eagerly in a step where nothing is steered and no CUDA graph is used, it returns at once."""
+    if not torch.compiler.is_compiling() and module.steer_tokens.skip:
+        return None
     hidden = output[0] if isinstance(output, tuple) else output
     n = hidden.shape[0]
     g = module.steer_table[module.steer_index[:n]]  # [n, H] float32
@@ -89,6 +93,7 @@ class SteerMixin:
             layer.register_buffer("steer_index", self.steer_tokens.index, persistent=False)
             layer.register_buffer("steer_coef", self.steer_tokens.coef[idx], persistent=False)
             layer.register_buffer("steer_ablate", self.steer_tokens.ablate, persistent=False)
+            layer.steer_tokens = self.steer_tokens  # for the eager no-op check only (never read when compiled)
             layer.register_forward_hook(steer_hook)
 
     # -- V1 runner: per-token fill from the processor's rows --------------------------------------------
@@ -101,8 +106,10 @@ class SteerMixin:
         n = positions.shape[-1]
         ctx = get_forward_context() if is_forward_context_available() else None
         graphless = ctx is None or ctx.cudagraph_runtime_mode == CUDAGraphMode.NONE
+        buf.skip = False
         if graphless and rows.num_active == 0:  # nothing steered: buffers zero, no work
             buf.zero()
+            buf.skip = True
             return
         md = ctx.attn_metadata if ctx is not None else None
         if not md:  # a dummy / profiling run without attention metadata

@@ -113,6 +113,9 @@ class TokenBuffers:
         self.ablate = torch.zeros(max_tokens, dtype=torch.bool, device=device)
         self.arange = torch.arange(max_tokens, device=device)
         self.dirty = False  # coef may hold non-zeros from an earlier step
+        # True only for a step known to run without a CUDA graph and with no steered row: then the hooks,
+        # when not traced by torch.compile, return at once (a compiled or captured graph always runs them)
+        self.skip = False
 
     def zero(self) -> None:
         if self.dirty:

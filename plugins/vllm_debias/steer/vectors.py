@@ -94,10 +94,28 @@ def load_files(files: Mapping[str, str]) -> dict:
     return loaded
 
 
+_INFO_CACHE: dict[tuple, dict[str, VectorInfo]] = {}
+
+
 def infos(files: Mapping[str, str]) -> dict[str, VectorInfo]:
-    """What admission needs (layers) for each name."""
-    return {name: VectorInfo(layers=tuple(f.layers), num_layers=int(f.meta["num_layers"]), path=f.path)
-            for name, f in load_files(files).items()}
+    """What admission needs (layers) for each name; files are read again only when they change."""
+    key = tuple(sorted((n, p, *_stamp(p)) for n, p in files.items()))
+    hit = _INFO_CACHE.get(key)
+    if hit is None:
+        hit = {name: VectorInfo(layers=tuple(f.layers), num_layers=int(f.meta["num_layers"]), path=f.path)
+               for name, f in load_files(files).items()}
+        if len(_INFO_CACHE) > 64:
+            _INFO_CACHE.clear()
+        _INFO_CACHE[key] = hit
+    return hit
+
+
+def _stamp(path: str) -> tuple:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return (None, None)
+    return (st.st_mtime_ns, st.st_size)
 
 
 def architecture_for(files: Mapping[str, str], model_type: str | None = None) -> str:
@@ -142,17 +160,12 @@ def announce(files: Mapping[str, str]) -> None:
         _ANNOUNCED[key] = infos(files)
 
 
-_ENV_CACHE: dict[str, dict[str, VectorInfo]] = {}
-
-
 def frontend_vectors() -> dict[str, VectorInfo] | None:
     """The vectors a steer request may name, as far as this process knows: ``VLLM_DEBIAS_STEER_VECTORS``, else
     every engine announced in this process (their union), else None (unknown: such requests are refused)."""
     raw = os.environ.get(ENV, "").strip()
     if raw:
-        if raw not in _ENV_CACHE:
-            _ENV_CACHE[raw] = infos(decode(raw, ENV))
-        return _ENV_CACHE[raw]
+        return infos(decode(raw, ENV))
     if not _ANNOUNCED:
         return None
     out: dict[str, VectorInfo] = {}
