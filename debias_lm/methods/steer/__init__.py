@@ -20,9 +20,9 @@ if "steer" not in _REGISTRY:
     register_method(
         SteerConfig,
         "debias_lm.methods.steer.hf:SteerHF",
-        vllm="partial",
+        vllm="yes",
         description="activation steering: CAA vectors / distilled UDDIA offsets added by hooks, per row "
-                    "(vLLM: residual-stream vectors per request, vllm_debias.steer)",
+                    "(vLLM: per request, vllm_debias.steer_engine_args / debias-lm serve --steer)",
     )
 
 __all__ = ["SteerConfig", "shipped_names", *sorted(_LAZY)]

@@ -39,9 +39,10 @@ SALT_PREFIX = "debias-steer-"
 class VectorInfo:
     """What admission needs to know about a registered vector file (no tensors)."""
 
-    layers: tuple[int, ...]
+    layers: tuple[int, ...]  # residual: the file's layers; uddia_sites: every block 0..num_layers (final norm)
     num_layers: int
     path: str = ""
+    site_kind: str = "residual"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,6 +86,16 @@ def check_setting(setting: SteerSetting, known: Mapping[str, VectorInfo], where:
         names = ", ".join(sorted(known)) or "none"
         raise UserInputError(f"unknown steering vectors {setting.name!r}; {where} serves: {names} "
                              "(register files with 'debias-lm serve --steer NAME=FILE')")
+    if info.site_kind != "residual":
+        if setting.mode == "ablate":
+            raise UserInputError(f"debias_mode='ablate' needs residual-stream vectors; {setting.name!r} holds "
+                                 f"{info.site_kind!r} offsets (use mode 'add')")
+        beyond = sorted(b for b in setting.layers if b > info.num_layers)
+        if beyond:
+            raise UserInputError(f"debias_layers={list(setting.layers)!r}: blocks {beyond} do not exist; the vectors "
+                                 f"{setting.name!r} have blocks 0..{info.num_layers - 1} and the final norm "
+                                 f"{info.num_layers}")
+        return
     missing = sorted(set(setting.layers) - set(info.layers))
     if missing:
         raise UserInputError(f"debias_layers={list(setting.layers)!r}: layer(s) {missing} are not in the vectors "

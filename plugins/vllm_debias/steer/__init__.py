@@ -54,13 +54,13 @@ def steer_engine_args(vectors: Mapping[str, str] | Sequence[str], *, model_type:
     ``hf_overrides`` (merged with yours) and ``logits_processors`` (``SteerLogitsProcessor`` first, then yours;
     do not add ``DebiasLogitsProcessor``: the steer processor includes it). The vectors are also announced to
     this process, so an in-process frontend refuses unknown names."""
-    from .vectors import announce, architecture_for, encode, parse_specs
+    from .vectors import DIGEST_KEY, announce, architecture_for, digest, encode, parse_specs
 
     files = parse_specs(vectors)
     arch = architecture_for(files, model_type)
     announce(files)
     overrides = dict(hf_overrides or {})
-    overrides.update({"architectures": [arch], HF_KEY: encode(files)})
+    overrides.update({"architectures": [arch], HF_KEY: encode(files), DIGEST_KEY: digest(files)})
     return {"hf_overrides": overrides, "logits_processors": [PROCESSOR, *logits_processors]}
 
 

@@ -30,6 +30,11 @@ the step runs without a CUDA graph (then the hooks, when they run eagerly, also 
 compiled graph they always compute, with zero coefficients). Not supported: micro-batching (DBO / ubatches: the hooks index tokens from
 0), checked at the first forward.
 
+Bias-site files (``uddia_sites``: distilled UDDIA offsets) add ``coef_b,t · offset`` to the output of each HF site's
+vLLM counterpart (:func:`llama_site_modules`: ``q/k/v_proj`` are slices of the fused ``qkv_proj``, ``gate/up_proj``
+of ``gate_up_proj``; a fused add-RMSNorm's normalised output is HF's norm output; ``final_norm`` is the model's
+norm), hooked only when the engine serves such a file; tensor parallelism 1.
+
 After the weights load, the embedding fingerprint of the served model is checked against every vector file
 (tensor-parallel rank 0 holds the rows it needs), so vectors built for another checkpoint stop the engine with
 a clear error before it serves.
@@ -44,6 +49,7 @@ import torch
 
 from .rows import SteerState, TokenBuffers, fill_tokens
 from .vectors import ARCHITECTURES, alias
+from .vectors import site_block as site_block_of
 
 log = logging.getLogger("vllm_debias")
 
@@ -73,6 +79,43 @@ def steer_hook(module, args, output):
     return hidden + off
 
 
+def site_hook(module, args, output):
+    """Forward hook on a module hosting bias sites: ``out[t] += cast(coef_b,t · table[index_t])`` (HF's
+    ``core.row_offsets`` added at the site); the module's (first) output only."""
+    if not torch.compiler.is_compiling() and module.steer_tokens.skip:
+        return None
+    out = output[0] if isinstance(output, tuple) else output
+    n = out.shape[0]
+    off = (module.steer_coef[:n].unsqueeze(1) * module.steer_site_table[module.steer_index[:n]]).to(out.dtype)
+    if isinstance(output, tuple):
+        return (out + off, *output[1:])
+    return out + off
+
+
+def llama_site_modules(model):
+    """``(vLLM module, [(HF site name, width), ...] in output order, block)`` for vLLM's Llama: the HF sites of
+    ``debias_lm.hf.sites`` and the module whose output holds them."""
+    m = model.model
+    cfg = model.config
+    hidden, inter = int(cfg.hidden_size), int(cfg.intermediate_size)
+    out = []
+    for i in range(m.start_layer, m.end_layer):
+        layer, p = m.layers[i], f"model.layers.{i}."
+        attn = layer.self_attn
+        out += [
+            (attn.qkv_proj, [(p + "self_attn.q_proj", attn.q_size), (p + "self_attn.k_proj", attn.kv_size),
+                             (p + "self_attn.v_proj", attn.kv_size)], i),
+            (attn.o_proj, [(p + "self_attn.o_proj", hidden)], i),
+            (layer.mlp.gate_up_proj, [(p + "mlp.gate_proj", inter), (p + "mlp.up_proj", inter)], i),
+            (layer.mlp.down_proj, [(p + "mlp.down_proj", hidden)], i),
+            (layer.input_layernorm, [(p + "input_layernorm", hidden)], i),
+            (layer.post_attention_layernorm, [(p + "post_attention_layernorm", hidden)], i),
+        ]
+    if m.end_layer == len(m.layers):  # the last pipeline stage holds the final norm
+        out.append((m.norm, [("final_norm", hidden)], len(m.layers)))
+    return out
+
+
 class SteerMixin:
     """The steering part of a steer-capable model (mixed in before the stock vLLM class)."""
 
@@ -83,7 +126,7 @@ class SteerMixin:
             raise ValueError("vllm_debias steering does not support micro-batching (DBO / ubatching); turn it off")
         param = next(self.parameters())
         st = self._steer = SteerState.of(vllm_config, param.device)
-        self.steer_tokens = TokenBuffers(st.max_tokens, st.num_layers, param.device)
+        self.steer_tokens = TokenBuffers(st.max_tokens, st.tables.num_blocks, param.device)
         table = st.tables.table.to(param.device)
         self._steer_mrv2 = False
         model = self.model
@@ -95,6 +138,46 @@ class SteerMixin:
             layer.register_buffer("steer_ablate", self.steer_tokens.ablate, persistent=False)
             layer.steer_tokens = self.steer_tokens  # for the eager no-op check only (never read when compiled)
             layer.register_forward_hook(steer_hook)
+        if st.tables.sites:
+            self._steer_hook_sites(vllm_config, param.device)
+
+    def _steer_hook_sites(self, vllm_config, device) -> None:
+        """Bias-site offsets (``uddia_sites`` files): a hook on each vLLM module that hosts HF sites (fused
+        ``qkv_proj`` = q|k|v, ``gate_up_proj`` = gate|up), with the parts' tables side by side."""
+        from debias_lm.errors import UserInputError
+
+        tables = self._steer.tables
+        if vllm_config.parallel_config.tensor_parallel_size != 1:
+            raise UserInputError("vllm_debias: bias-site steering files (uddia_sites) need tensor_parallel_size=1 "
+                                 "(fused projections are sharded otherwise); residual-stream files work with any")
+        v = tables.num_vectors
+        hosted: set[str] = set()
+        for module, parts, block in llama_site_modules(self):
+            if not any(name in tables.sites for name, _ in parts):
+                continue
+            cols = []
+            for name, width in parts:
+                t = tables.sites.get(name)
+                if t is None:
+                    t = torch.zeros(1 + 2 * v, width)
+                elif t.shape[1] != width:
+                    raise UserInputError(f"steering site {name!r}: the file's vector has {t.shape[1]} values; the "
+                                         f"served model's output there has {width}")
+                cols.append(t)
+                hosted.add(name)
+            module.register_buffer("steer_site_table", torch.cat(cols, 1).to(device), persistent=False)
+            module.register_buffer("steer_index", self.steer_tokens.index, persistent=False)
+            module.register_buffer("steer_coef", self.steer_tokens.coef[block], persistent=False)
+            module.steer_tokens = self.steer_tokens
+            module.register_forward_hook(site_hook)
+        model = self.model
+        local = set(range(model.start_layer, model.end_layer)) | {tables.num_layers}
+        unknown = sorted(n for n in tables.sites if n not in hosted
+                         and site_block_of(n, tables.num_layers) in local)
+        if unknown:
+            raise UserInputError(f"steering sites {unknown[:3]} have no counterpart in vLLM's "
+                                 f"{type(self).__name__} (sites: q/k/v/o/gate/up/down projections, the two layer "
+                                 "norms, final_norm)")
 
     # -- V1 runner: per-token fill from the processor's rows --------------------------------------------
     @torch.no_grad()

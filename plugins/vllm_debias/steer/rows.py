@@ -3,8 +3,8 @@
 ``SteerRows`` holds, per batch row (V1: the persistent-batch row; MRV2: the request slot):
 
 * ``index`` int64 — the table row of its vector (0 plain, ``id`` for ``add``, ``id + V`` for ``ablate``);
-* ``coef`` float32 ``[rows, L]`` — per layer: the scale (``add``), 1 (``ablate``), 0 where the request does not
-  steer that layer;
+* ``coef`` float32 ``[rows, L + 1]`` — per block (decoder layers, then the final norm): the scale (``add``), 1
+  (``ablate``), 0 where the request does not steer that block;
 * ``start`` int64 — the first steered position (0 for ``positions="all"``, the prompt length for
   ``"generated"``);
 * ``ablate`` bool.
@@ -35,7 +35,7 @@ class SteerRows:
 
     def __init__(self, tables, num_rows: int, device) -> None:
         self.tables = tables
-        layers = int(tables.table.shape[0])
+        layers = int(tables.num_blocks)
         self.h_index = np.zeros(num_rows, dtype=np.int64)
         self.h_coef = np.zeros((num_rows, layers), dtype=np.float32)
         self.h_start = np.zeros(num_rows, dtype=np.int64)
@@ -64,10 +64,11 @@ class SteerRows:
                       "runs unsteered", setting.name, ", ".join(t.names))
             return False
         layers = setting.layers or t.layers[setting.name]
-        bad = sorted(set(layers) - set(t.layers[setting.name]))
-        if bad:
-            log.error("vllm_debias: steering vectors %r have no layers %s; the request runs unsteered", setting.name,
-                      bad)
+        residual = t.kinds[setting.name] == "residual"
+        bad = sorted(set(layers) - set(t.layers[setting.name] if residual else range(t.num_blocks)))
+        if bad or (setting.mode == "ablate" and not residual):
+            log.error("vllm_debias: steering vectors %r cannot steer blocks %s in mode %r; the request runs "
+                      "unsteered", setting.name, list(layers), setting.mode)
             return False
         ablate = setting.mode == "ablate"
         self.h_index[row] = vid + (t.num_vectors if ablate else 0)
@@ -155,7 +156,7 @@ class SteerState:
     _live: dict[int, SteerState] = {}
 
     def __init__(self, vllm_config, device) -> None:
-        from .vectors import HF_KEY, VectorTables, announce, decode
+        from .vectors import DIGEST_KEY, HF_KEY, VectorTables, announce, decode, digest
 
         hf = vllm_config.model_config.hf_config
         text = hf.get_text_config() if hasattr(hf, "get_text_config") else hf
@@ -164,6 +165,10 @@ class SteerState:
             raise ValueError(f"vllm_debias: the steer model needs hf_overrides['{HF_KEY}'] (use "
                              "vllm_debias.steer_engine_args or debias-lm serve --steer)")
         self.files = decode(raw, f"hf_config.{HF_KEY}")
+        want = getattr(hf, DIGEST_KEY, None)
+        if want and digest(self.files) != want:
+            raise ValueError("vllm_debias: a steering-vector file changed after the engine arguments were made "
+                             f"({', '.join(f'{n}={p}' for n, p in sorted(self.files.items()))}); make them again")
         self.num_layers = int(text.num_hidden_layers)
         self.tables = VectorTables(self.files, hidden_size=int(text.hidden_size), num_layers=self.num_layers)
         announce(self.files)  # an in-process frontend can now judge names

@@ -9,7 +9,12 @@ process (:func:`announce`).
 
 Tables (worker): per layer ``l``, ``table[l]`` is ``[1 + 2V, hidden]`` float32: row 0 zeros (plain tokens), rows
 ``1..V`` the vectors ``v_l`` (``add``), rows ``V+1..2V`` the unit directions ``v_l / |v_l|`` (``ablate``); a layer a
-file does not hold has zero rows. Only residual-stream files (``site_kind = "residual"``) are served.
+file does not hold has zero rows. Bias-site files (``site_kind = "uddia_sites"``, distilled UDDIA offsets) fill
+per-site tables ``sites[name]`` ``[1 + 2V, width]`` the same way (``add`` rows only) and zero rows of the residual
+tables; residual files leave the site tables' rows zero. One index per token thus serves both kinds.
+
+Every file's content is hashed into the engine arguments (``debias_steer_digest``), so vLLM's compile cache (keyed
+by the HF config) never mixes engines whose files differ, and the worker refuses files changed since.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from debias_lm.methods.steer.vllm import VectorInfo
 
 ENV = "VLLM_DEBIAS_STEER_VECTORS"
 HF_KEY = "debias_steer_vectors"
+DIGEST_KEY = "debias_steer_digest"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 # HF model_type -> vLLM architecture whose decoder layers return (hidden, residual), the stream being their sum
 ARCHITECTURES = {"llama": "LlamaForCausalLM"}
@@ -65,6 +71,19 @@ def encode(files: Mapping[str, str]) -> str:
     return json.dumps(dict(sorted(files.items())), sort_keys=True)
 
 
+def digest(files: Mapping[str, str]) -> str:
+    """sha256 over the names and the bytes of the files (what the engine will load)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, path in sorted(files.items()):
+        h.update(name.encode() + b"\0")
+        with open(path, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()[:32]
+
+
 def decode(raw: str, where: str) -> dict[str, str]:
     try:
         data = json.loads(raw)
@@ -82,9 +101,6 @@ def load_files(files: Mapping[str, str]) -> dict:
     loaded = {name: SteerFile.load(path) for name, path in files.items()}
     first = None
     for name, f in loaded.items():
-        if f.site_kind != "residual":
-            raise UserInputError(f"--steer {name}: {f.where} holds {f.site_kind!r} offsets; vLLM steering serves "
-                                 "residual-stream vectors (site_kind 'residual') only; use the HF path for it")
         shape = (f.meta["model_type"], f.meta["hidden_size"], f.meta["num_layers"], f.meta["model_fingerprint"])
         if first is None:
             first = (name, shape)
@@ -102,8 +118,11 @@ def infos(files: Mapping[str, str]) -> dict[str, VectorInfo]:
     key = tuple(sorted((n, p, *_stamp(p)) for n, p in files.items()))
     hit = _INFO_CACHE.get(key)
     if hit is None:
-        hit = {name: VectorInfo(layers=tuple(f.layers), num_layers=int(f.meta["num_layers"]), path=f.path)
-               for name, f in load_files(files).items()}
+        hit = {}
+        for name, f in load_files(files).items():
+            depth = int(f.meta["num_layers"])
+            layers = tuple(f.layers) if f.site_kind == "residual" else tuple(range(depth + 1))
+            hit[name] = VectorInfo(layers=layers, num_layers=depth, path=f.path, site_kind=f.site_kind)
         if len(_INFO_CACHE) > 64:
             _INFO_CACHE.clear()
         _INFO_CACHE[key] = hit
@@ -183,16 +202,31 @@ class VectorTables:
         loaded = load_files(files)
         self.names = sorted(loaded)
         self.ids = {n: i + 1 for i, n in enumerate(self.names)}  # add rows; ablate rows are id + V
-        self.layers = {n: tuple(loaded[n].layers) for n in self.names}
         self.files = {n: loaded[n] for n in self.names}
+        self.kinds = {n: loaded[n].site_kind for n in self.names}
+        self.num_layers = num_layers
+        # blocks a request steers by default: a residual file's layers; every block of a site file that holds a
+        # site there (the final norm is block num_layers)
+        self.layers = {n: tuple(loaded[n].layers) if self.kinds[n] == "residual" else
+                       tuple(sorted({site_block(k, num_layers) for k in loaded[n].site_vectors()}))
+                       for n in self.names}
         v = len(self.names)
         self.table = torch.zeros(num_layers, 1 + 2 * v, hidden_size, dtype=torch.float32)
+        self.sites: dict[str, torch.Tensor] = {}  # HF site name -> [1 + 2V, width]
         for name, f in loaded.items():
             if f.meta["hidden_size"] != hidden_size or f.meta["num_layers"] != num_layers:
                 raise UserInputError(f"steering vectors {name!r}: {f.where} was built for hidden size "
                                      f"{f.meta['hidden_size']} and {f.meta['num_layers']} layers; the served model "
                                      f"has {hidden_size} and {num_layers}")
             i = self.ids[name]
+            if f.site_kind != "residual":
+                for site, vec in f.site_vectors().items():
+                    t = self.sites.setdefault(site, torch.zeros(1 + 2 * v, vec.numel(), dtype=torch.float32))
+                    if t.shape[1] != vec.numel():
+                        raise UserInputError(f"steering vectors {name!r}: site {site!r} has {vec.numel()} values, "
+                                             f"another file's has {t.shape[1]}")
+                    t[i] = vec.float()
+                continue
             for layer, vec in f.layer_vectors().items():
                 u = vec.float()
                 self.table[layer, i] = u
@@ -202,3 +236,18 @@ class VectorTables:
     @property
     def num_vectors(self) -> int:
         return len(self.names)
+
+    @property
+    def num_blocks(self) -> int:
+        """Rows of the per-token coefficients: the decoder layers and the final norm."""
+        return self.num_layers + 1
+
+
+def site_block(site: str, num_layers: int) -> int:
+    """The block of an HF site name (``model.layers.3.mlp.down_proj`` -> 3; ``final_norm`` -> num_layers)."""
+    if site == "final_norm":
+        return num_layers
+    m = re.search(r"\.(\d+)\.", site)
+    if m is None:
+        raise UserInputError(f"steering site {site!r} names no decoder block")
+    return int(m.group(1))
