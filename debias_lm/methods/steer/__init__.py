@@ -22,7 +22,7 @@ if "steer" not in _REGISTRY:
         "debias_lm.methods.steer.hf:SteerHF",
         vllm="yes",
         description="activation steering: CAA vectors / distilled UDDIA offsets added by hooks, per row "
-                    "(vLLM: per request, vllm_debias.steer_engine_args / debias-lm serve --steer)",
+                    "(vLLM: per request, the vLLM steering plugin: debias-lm serve --steer)",
     )
 
 __all__ = ["SteerConfig", "shipped_names", *sorted(_LAZY)]
