@@ -346,6 +346,12 @@ def test_layer_hook_equals_the_hf_formulas_and_leaves_plain_tokens_alone(files):
     assert not torch.allclose(new[4:], stream[4:])  # the ablation did something
     out = steer_hook(module, (), hidden)  # a layer that returns the stream itself
     torch.testing.assert_close(out[:2], hidden[:2] + 2.0 * v, rtol=0, atol=1e-6)
+    rows.set(2, None, 0)  # no ablate row left: the eager add-only path gives the same additions
+    rows.flush()
+    fill_tokens(buf, rows, torch.tensor([0, 2, 4, 6], dtype=torch.int32), torch.arange(6), 6)
+    full = steer_hook(module, (), (hidden, residual))[1]
+    buf.add_only = True
+    assert torch.equal(steer_hook(module, (), (hidden, residual))[1], full)
 
 
 # -- the registry --------------------------------------------------------------------------------------------

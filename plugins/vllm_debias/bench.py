@@ -101,27 +101,35 @@ def engine_bench(model: str, dtype: str, batches: list[int], max_tokens: int, re
             ntok = sum(len(o.outputs[0].token_ids) for o in outs)
             return ntok / dt, ntok / dc
 
-        for name in CONFIGS:  # warm-up
-            run(name)
-        wall: dict[str, list[float]] = {k: [] for k in CONFIGS}
-        cpu: dict[str, list[float]] = {k: [] for k in CONFIGS}
-        for _ in range(repeats):
-            for name in CONFIGS:
-                w, c = run(name)
-                wall[name].append(w)
-                cpu[name].append(c)
-        med_w = {k: statistics.median(v) for k, v in wall.items()}
-        med_c = {k: statistics.median(v) for k, v in cpu.items()}
-        out[str(b)] = {"wall_tok_per_s_median": med_w, "cpu_tok_per_s_median": med_c,
-                       "wall_ratio": {k: v / med_w["no_processor"] for k, v in med_w.items()},
-                       "cpu_ratio": {k: v / med_c["no_processor"] for k, v in med_c.items()},
-                       "wall_tok_per_s_all": wall, "cpu_tok_per_s_all": cpu}
-        print(f"\nbatch {b} ({n} new tokens each; debias sampling: tokens per pair)")
-        print(f"{'configuration':<26}{'wall tok/s (ratio)':>24}{'tok per CPU-s (ratio)':>26}")
-        for k in CONFIGS:
-            print(f"{k:<26}{med_w[k]:>14.1f} ({med_w[k] / med_w['no_processor']:.3f})"
-                  f"{med_c[k]:>16.1f} ({med_c[k] / med_c['no_processor']:.3f})")
+        out[str(b)] = side_by_side(CONFIGS, run, repeats,
+                                   f"batch {b} ({n} new tokens each; debias sampling: tokens per pair)")
     return out
+
+
+def side_by_side(configs: tuple[str, ...], run, repeats: int, title: str) -> dict:
+    """``run(name) -> (wall tok/s, tok per CPU-s)`` for every configuration: one warm-up round, then ``repeats``
+    rounds interleaved (so background load hits them alike); medians and ratios to the first configuration."""
+    base = configs[0]
+    for name in configs:  # warm-up
+        run(name)
+    wall: dict[str, list[float]] = {k: [] for k in configs}
+    cpu: dict[str, list[float]] = {k: [] for k in configs}
+    for _ in range(repeats):
+        for name in configs:
+            w, c = run(name)
+            wall[name].append(w)
+            cpu[name].append(c)
+    med_w = {k: statistics.median(v) for k, v in wall.items()}
+    med_c = {k: statistics.median(v) for k, v in cpu.items()}
+    print(f"\n{title}")
+    print(f"{'configuration':<26}{'wall tok/s (ratio)':>24}{'tok per CPU-s (ratio)':>26}")
+    for k in configs:
+        print(f"{k:<26}{med_w[k]:>14.1f} ({med_w[k] / med_w[base]:.3f})"
+              f"{med_c[k]:>16.1f} ({med_c[k] / med_c[base]:.3f})")
+    return {"wall_tok_per_s_median": med_w, "cpu_tok_per_s_median": med_c,
+            "wall_ratio": {k: v / med_w[base] for k, v in med_w.items()},
+            "cpu_ratio": {k: v / med_c[base] for k, v in med_c.items()},
+            "wall_tok_per_s_all": wall, "cpu_tok_per_s_all": cpu}
 
 
 STEER_CONFIGS = ("no_plugin", "steer_loaded_unused", "steer_all", "steer_half")
@@ -188,26 +196,8 @@ def steer_bench(model: str, dtype: str, batches: list[int], max_tokens: int, rep
             ntok = sum(len(o.outputs[0].token_ids) for o in outs)
             return ntok / dt, ntok / dc
 
-        for name in STEER_CONFIGS:  # warm-up
-            run(name)
-        wall: dict[str, list[float]] = {k: [] for k in STEER_CONFIGS}
-        cpu: dict[str, list[float]] = {k: [] for k in STEER_CONFIGS}
-        for _ in range(repeats):
-            for name in STEER_CONFIGS:
-                w, c = run(name)
-                wall[name].append(w)
-                cpu[name].append(c)
-        med_w = {k: statistics.median(v) for k, v in wall.items()}
-        med_c = {k: statistics.median(v) for k, v in cpu.items()}
-        out[str(b)] = {"wall_tok_per_s_median": med_w, "cpu_tok_per_s_median": med_c,
-                       "wall_ratio": {k: v / med_w["no_plugin"] for k, v in med_w.items()},
-                       "cpu_ratio": {k: v / med_c["no_plugin"] for k, v in med_c.items()},
-                       "wall_tok_per_s_all": wall, "cpu_tok_per_s_all": cpu}
-        print(f"\nsteering, batch {b} ({n} new tokens each, {'compiled' if compiled else 'eager'})")
-        print(f"{'configuration':<26}{'wall tok/s (ratio)':>24}{'tok per CPU-s (ratio)':>26}")
-        for k in STEER_CONFIGS:
-            print(f"{k:<26}{med_w[k]:>14.1f} ({med_w[k] / med_w['no_plugin']:.3f})"
-                  f"{med_c[k]:>16.1f} ({med_c[k] / med_c['no_plugin']:.3f})")
+        out[str(b)] = side_by_side(STEER_CONFIGS, run, repeats, f"steering, batch {b} ({n} new tokens each, "
+                                   f"{'compiled' if compiled else 'eager'})")
     for llm in (plain_llm, steer_llm):
         try:
             llm.llm_engine.engine_core.shutdown()

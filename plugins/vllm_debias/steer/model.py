@@ -26,8 +26,9 @@
 
 CUDA graphs: everything the hooks and the fill read is a persistent tensor indexed by token, so a captured graph
 replays correctly for any mix of requests; the fill's only shortcut (skip when no row steers) is taken only when
-the step runs without a CUDA graph (then the hooks, when they run eagerly, also return at once; inside a
-compiled graph they always compute, with zero coefficients). Not supported: micro-batching (DBO / ubatches: the hooks index tokens from
+the step runs without a CUDA graph (then the hooks, when they run eagerly, also return at once, and with no row in
+ablate mode they skip the projection; inside a compiled graph they always compute everything, with zero
+coefficients where nothing is steered). Not supported: micro-batching (DBO / ubatches: the hooks index tokens from
 0), checked at the first forward.
 
 Bias-site files (``uddia_sites``: distilled UDDIA offsets) add ``coef_b,t · offset`` to the output of each HF site's
@@ -65,14 +66,11 @@ def steer_hook(module, args, output):
     n = hidden.shape[0]
     g = module.steer_table[module.steer_index[:n]]  # [n, H] float32
     coef = module.steer_coef[:n]
-    if isinstance(output, tuple):
-        residual = output[1]
-        stream = hidden.float() + residual.float()
-    else:
-        residual = hidden
-        stream = hidden.float()
-    along = (stream * g).sum(-1)
-    coef = coef * torch.where(module.steer_ablate[:n], -along, torch.ones_like(along))
+    residual = output[1] if isinstance(output, tuple) else hidden
+    if torch.compiler.is_compiling() or not module.steer_tokens.add_only:
+        stream = hidden.float() + residual.float() if isinstance(output, tuple) else hidden.float()
+        along = (stream * g).sum(-1)
+        coef = coef * torch.where(module.steer_ablate[:n], -along, torch.ones_like(along))
     off = (coef.unsqueeze(1) * g).to(residual.dtype)
     if isinstance(output, tuple):
         return (hidden, residual + off, *output[2:])
@@ -189,11 +187,12 @@ class SteerMixin:
         n = positions.shape[-1]
         ctx = get_forward_context() if is_forward_context_available() else None
         graphless = ctx is None or ctx.cudagraph_runtime_mode == CUDAGraphMode.NONE
-        buf.skip = False
+        buf.skip = buf.add_only = False
         if graphless and rows.num_active == 0:  # nothing steered: buffers zero, no work
             buf.zero()
             buf.skip = True
             return
+        buf.add_only = graphless and not rows.h_ablate.any()
         md = ctx.attn_metadata if ctx is not None else None
         if not md:  # a dummy / profiling run without attention metadata
             buf.coef[:, :n] = 0.0

@@ -117,6 +117,9 @@ class TokenBuffers:
         # True only for a step known to run without a CUDA graph and with no steered row: then the hooks,
         # when not traced by torch.compile, return at once (a compiled or captured graph always runs them)
         self.skip = False
+        # True only for a step known to run without a CUDA graph and with no row in ablate mode: then eager hooks
+        # leave out the projection onto the direction (add-only arithmetic)
+        self.add_only = False
 
     def zero(self) -> None:
         if self.dirty:
