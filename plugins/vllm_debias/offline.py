@@ -13,6 +13,9 @@
   rows to the same token. Afterwards every pair is checked: main and aux token ids are identical exactly when
   every step was contrasted (the processor makes a broken pair's outputs differ). Pairs that drifted apart are
   re-run in batched waves, then (``fallback="lockstep"``) decoded with the exact lockstep driver.
+* ``steer``: on an engine built with ``vllm_debias.steer_engine_args``, every request carries the setting (the
+  engine's vector name for ``config.vectors``) and a ``cache_salt`` derived from it; the model's layer hooks
+  steer it (:mod:`vllm_debias.steer`).
 
 Every returned ``RequestOutput`` carries ``debias_status`` (:class:`DebiasStatus`): ``applied`` (every step
 debiased in the first pass), ``recomputed`` (debiased in a re-run), ``lockstep`` (decoded by the lockstep
@@ -156,7 +159,7 @@ def generate(llm, prompts, config=None, sampling_params=None, *, counterfactual:
 
     Args:
         llm: a ``vllm.LLM`` built with ``logits_processors=[vllm_debias.DebiasLogitsProcessor]`` (not needed
-            for ``identity`` / ``nbls``).
+            for ``identity`` / ``nbls``); for ``steer``, with ``**vllm_debias.steer_engine_args({NAME: FILE})``.
         prompts: a string, a list of strings, one chat (list of message dicts) or a list of chats, token-id
             lists or vLLM prompt dicts.
         config: a debias-lm config (``dl.CalibrationConfig(...)``), a method name or a flat dict: the same
