@@ -53,9 +53,12 @@ def steer_engine_args(vectors: Mapping[str, str] | Sequence[str], *, model_type:
     ``toxicity``). Every file is checked now (format, NaN, residual kind, one model shape). Returns
     ``hf_overrides`` (merged with yours) and ``logits_processors`` (``SteerLogitsProcessor`` first, then yours;
     do not add ``DebiasLogitsProcessor``: the steer processor includes it). The vectors are also announced to
-    this process, so an in-process frontend refuses unknown names."""
+    this process, so an in-process frontend refuses unknown names, and the alias is registered here too (the
+    entry point does it in every process of an installed package; this covers an engine in this process, or forked
+    from it, when the package runs from a source tree)."""
     from .vectors import DIGEST_KEY, announce, architecture_for, digest, encode, parse_specs
 
+    register()
     files = parse_specs(vectors)
     arch = architecture_for(files, model_type)
     announce(files)
