@@ -55,7 +55,7 @@ def server(tmp_path_factory):
     with serve_local(path, tmp / "server.log", args=[a for n, f in files.items() for a in ("--steer", f"{n}={f}")],
                      vllm_args=("--enforce-eager", "--seed", "0", "--dtype", "float32", "--max-model-len", "512",
                                 "--enable-prompt-tokens-details", "--enable-prefix-caching", "--block-size", "32"),
-                     env=_entry_point_env(tmp)) as srv:
+                     env=_entry_point_env(tmp), timeout_s=900) as srv:
         yield {"url": srv.url, "model": srv.model, "dir": str(path), "files": files, "hf": model, "tok": tok,
                "log": srv.log, "proc": srv}
 
