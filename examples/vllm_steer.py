@@ -2,6 +2,8 @@
 
     python examples/vllm_steer.py --vectors tox=TOX.safetensors [--model M]
 
+The package must be installed (``pip install .``): vLLM's worker processes learn the steer-capable model from
+its ``vllm.general_plugins`` entry point (from a source tree, run with ``VLLM_ENABLE_V1_MULTIPROCESSING=0``).
 Build vectors for your model first (``debias-lm steer build --model M --pairs pairs.jsonl --out TOX.safetensors``)
 or use a file shipped for the embedded model (``--vectors tox=toxicity``). The same vectors over HTTP::
 

@@ -54,8 +54,9 @@ def steer_engine_args(vectors: Mapping[str, str] | Sequence[str], *, model_type:
     ``hf_overrides`` (merged with yours) and ``logits_processors`` (``SteerLogitsProcessor`` first, then yours;
     do not add ``DebiasLogitsProcessor``: the steer processor includes it). The vectors are also announced to
     this process, so an in-process frontend refuses unknown names, and the alias is registered here too (the
-    entry point does it in every process of an installed package; this covers an engine in this process, or forked
-    from it, when the package runs from a source tree)."""
+    entry point does it in every process of an installed package; this covers an in-process engine,
+    ``VLLM_ENABLE_V1_MULTIPROCESSING=0``, when the package runs from a source tree without its metadata: vLLM's
+    worker processes then know the alias only through the installed entry point)."""
     from .vectors import DIGEST_KEY, announce, architecture_for, digest, encode, parse_specs
 
     register()
