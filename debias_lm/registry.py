@@ -83,7 +83,7 @@ def _load(target: Any) -> Any:
 
 
 # -- the vLLM form of a method: what a method package's ``vllm.py`` declares as ``MAPPING`` ----------------------
-VLLM_BEHAVIOURS = ("none", "prompt", "label_bias", "pair")
+VLLM_BEHAVIOURS = ("none", "prompt", "label_bias", "pair", "activation")
 VLLM_PREFIX = "debias_"  # every request key the vLLM plugin reads starts with it (``debias_method``, ``debias_<field>``)
 
 
@@ -95,6 +95,8 @@ class VLLMRequest:
     token. ``"pair"``: contrast the ``role`` ``"main"`` row with the ``"aux"`` row of the same ``pair`` id,
     ``(1+alpha)·l_main − alpha·l_aux`` under the ``beta`` cutoff, and force both rows to the chosen token;
     ``sampling`` is the pair's own ``(temperature, top_k, top_p, min_p, seed)`` or ``None`` (the request's).
+    ``"activation"``: the model's hooks add ``steer`` (the method's per-request setting) to hidden states; the
+    logits processor does nothing for it.
     """
 
     method: str
@@ -106,6 +108,7 @@ class VLLMRequest:
     alpha: float = 1.0
     beta: float = 0.1
     sampling: tuple | None = None
+    steer: Any = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,7 +117,8 @@ class VLLMMapping:
 
     Attributes:
         behaviour: ``"none"`` (plain generation), ``"prompt"`` (the client transforms prompts; requests cannot opt
-            in per request), ``"label_bias"`` (step-0 label offsets) or ``"pair"`` (twin-row contrast).
+            in per request), ``"label_bias"`` (step-0 label offsets), ``"pair"`` (twin-row contrast) or ``"activation"`` (hidden-state offsets applied by
+            the model's hooks on an engine started with them).
         wire_fields: config fields a request carries as ``debias_<field>`` (the rest are client-side settings).
         plugin_keys: the other ``debias_*`` keys the method reads (label ids, pair id, ...).
         parse: ``parse(config, keys, *, vocab_size, sampling_params) -> VLLMRequest``: checks the request's
@@ -136,7 +140,7 @@ class VLLMMapping:
     def __post_init__(self) -> None:
         if self.behaviour not in VLLM_BEHAVIOURS:
             raise ValueError(f"behaviour must be one of {VLLM_BEHAVIOURS}, got {self.behaviour!r}")
-        if self.behaviour in ("label_bias", "pair") and self.parse is None:
+        if self.behaviour in ("label_bias", "pair", "activation") and self.parse is None:
             raise ValueError(f"a {self.behaviour!r} mapping needs parse=")
         if self.behaviour == "prompt" and (self.transform is None or not self.refusal):
             raise ValueError("a 'prompt' mapping needs transform= and refusal=")

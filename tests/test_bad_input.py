@@ -351,6 +351,10 @@ CLI_CASES = [
     C("serve-port-huge", "serve --port 70000 --dry-run", "expected a port in [1, 65535]"),
     C("serve-nbls-k-0", "serve --nbls --nbls-k 0 --dry-run", "--nbls-k: '0' is invalid"),
     C("serve-max-model-len-0", "serve --max-model-len 0 --dry-run", "--max-model-len: '0' is invalid"),
+    C("serve-steer-no-file", "serve --steer gender --dry-run", "--steer 'gender' is invalid: expected NAME=FILE"),
+    C("serve-steer-missing-file", "serve --steer g=missing.safetensors --dry-run", "'missing.safetensors': no such file"),
+    C("serve-steer-bad-name", ("serve", "--steer", "a b=x.safetensors", "--dry-run"),
+      "steering vector name 'a b' is invalid"),
     # -- the command itself
     C("no-command", "", "the following arguments are required: COMMAND"),
     C("unknown-command", "bogus", "invalid choice: 'bogus'"),

@@ -493,7 +493,7 @@ def test_bad_row_scales_are_refused_before_generation(tiny_llama, tmp_path, no_g
 
 def test_registry_and_roundtrip():
     spec = dl.get_method("steer")
-    assert spec.config_cls is dl.SteerConfig and spec.vllm == "no" and "vLLM steering plugin" in spec.description
+    assert spec.config_cls is dl.SteerConfig and spec.vllm == "yes" and "vLLM steering plugin" in spec.description
     cfg = dl.SteerConfig(vectors="gender", scale=-2.0, layers=(3, 12), positions="generated", mode="ablate")
     assert dl.config_from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
 

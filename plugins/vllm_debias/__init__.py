@@ -12,6 +12,12 @@ then use any debias-lm config::
     outs = vllm_debias.generate(llm, prompts, dl.DebiasSamplingConfig(counterfactual_swap="gender"), params)
     [o.debias_status.status for o in outs]   # "applied", "recomputed", "lockstep" or "not_applied"
 
+Steering (per-request activation offsets; vectors loaded once per engine)::
+
+    llm = LLM(model=M, **vllm_debias.steer_engine_args({"tox": "tox.safetensors"}))
+    outs = vllm_debias.generate(llm, prompts, dl.SteerConfig(vectors="tox", scale=4.0), params)
+    debias-lm serve --model M --steer tox=tox.safetensors
+
 Importing this package is light (no torch, no vLLM); the names below load on first use.
 """
 
@@ -36,6 +42,8 @@ _LAZY = {
     "PairJob": "vllm_debias.lockstep",
     "nbls_chat_template": "debias_lm.methods.nbls.vllm",
     "server_command": "vllm_debias.serve",
+    "steer_engine_args": "vllm_debias.steer",
+    "SteerLogitsProcessor": "vllm_debias.steer.processor",
 }
 
 __all__ = sorted(_LAZY)

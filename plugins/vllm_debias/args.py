@@ -16,6 +16,9 @@ Every key the plugin reads starts with ``debias_``, so it cannot collide with an
 ``debias_label_ids`` (list[int]) and ``debias_label_sizes`` (list[int])
     calibration: the token ids of every label variant, concatenated label by label, and how many belong to
     each label (``label_token_ids(tokenizer, labels)`` flattened).
+``debias_vectors``, ``debias_scale``, ``debias_layers``, ``debias_positions``, ``debias_mode``
+    steer (``debias_lm.methods.steer.vllm``): only on an engine started with steering vectors; the name must be
+    one the engine registered (checked by ``vllm_debias.steer.SteerLogitsProcessor``).
 
 :func:`request_args` builds all of this from a config. The generic key ``method`` of versions before 0.2 is
 refused with a pointer to ``debias_method`` when its value names a debias-lm method, and ignored otherwise (it
@@ -45,7 +48,11 @@ METHOD_KEY = "debias_method"
 OLD_METHOD_KEY = "method"
 VOCAB_ENV = "VLLM_DEBIAS_VOCAB_SIZE"
 RequestSpec = VLLMRequest  # the name this module used before the record moved to the registry
-PER_REQUEST = ("label_bias", "pair")  # behaviours the processor acts on
+PER_REQUEST = ("label_bias", "pair", "activation")  # behaviours a request opts in to
+STEER_ENGINE_MESSAGE = (
+    "method 'steer' needs an engine started with steering vectors: 'debias-lm serve --model M --steer NAME=FILE' "
+    "or LLM(model=M, **vllm_debias.steer_engine_args({NAME: FILE})); this engine has none"
+)
 
 OLD_KEY_MESSAGE = (
     "the opt-in key is 'debias_method' (and config fields are 'debias_<field>', e.g. debias_alpha); the "
@@ -140,9 +147,12 @@ def _check_old_key(extra: Mapping[str, Any]) -> None:
 
 
 def parse(extra: Mapping[str, Any] | None, sampling_params: Any = None, *,
-          vocab_size: int | None = None) -> VLLMRequest | None:
+          vocab_size: int | None = None, steer: bool = False) -> VLLMRequest | None:
     """The :class:`~debias_lm.registry.VLLMRequest` of a request, or None when it did not opt in (or opted in to
-    plain generation). Raises DebiasArgsError."""
+    plain generation). Raises DebiasArgsError.
+
+    ``steer``: the engine serves steering vectors (else an ``activation`` request is refused); the vector name is
+    checked by the caller, which knows the engine's vectors."""
     if not extra:
         return None
     if not isinstance(extra, Mapping):
@@ -160,6 +170,8 @@ def parse(extra: Mapping[str, Any] | None, sampling_params: Any = None, *,
         if plug:
             raise _fail(f"{', '.join(plug)} given with method {config.method!r}")
         return None
+    if mapping.behaviour == "activation" and not steer:
+        raise _fail(STEER_ENGINE_MESSAGE)
     foreign = [k for k in plug if k not in mapping.plugin_keys]
     if foreign:
         raise _fail(f"{', '.join(foreign)} do not apply to method {config.method!r}")
@@ -181,12 +193,12 @@ def frontend_vocab_size() -> int | None:
     return next(iter(_SEEN_VOCAB)) if len(_SEEN_VOCAB) == 1 else None
 
 
-def validate(sampling_params: Any) -> None:
+def validate(sampling_params: Any, *, steer: bool = False) -> RequestSpec | None:
     """``validate_params`` body: raise DebiasArgsError (a ValueError) on bad args; cheap for plain requests."""
     extra = getattr(sampling_params, "extra_args", None)
     if not extra:
-        return
-    parse(extra, sampling_params, vocab_size=frontend_vocab_size())
+        return None
+    return parse(extra, sampling_params, vocab_size=frontend_vocab_size(), steer=steer)
 
 
 # -- building request args (client side) ----------------------------------------------------------------
@@ -214,7 +226,7 @@ def request_args(config, tokenizer=None, *, pair: str | int | None = None, role:
         data[PAIR_KEY] = pair
     if role is not None:
         data[ROLE_KEY] = role
-    parse(data)
+    parse(data, steer=True)
     return data
 
 

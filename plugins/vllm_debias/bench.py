@@ -4,6 +4,7 @@
     python -m vllm_debias.bench --batch 8,32 --max-tokens 64 --repeats 5 --out bench.json
     python -m vllm_debias.bench --apply-only --rows 8,64,256      # apply() microbenchmark only (no engine)
     python -m vllm_debias.bench --apply-only --before ../old-checkout   # ... next to an earlier version
+    python -m vllm_debias.bench --steer --no-apply                # steering: plain / loaded / all / half steered
 
 Engine part: two engines in this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``), one without the processor and
 one with it; per batch size the configurations run interleaved round by round (after a warm-up round), so
@@ -17,6 +18,13 @@ background load hits them alike; medians over rounds. Configurations:
   greedy / temperature 1; throughput counts the main rows' tokens, i.e. tokens per *pair*.
 
 Each configuration reports wall tokens/s and tokens per CPU-second with its ratio to ``no_processor``.
+
+Steering part (``--steer``): an engine without the plugin and one with steering vectors (``--steer-vectors FILE``,
+default: a random direction of norm 8 at every second layer, written for the model), configurations
+``no_plugin``, ``steer_loaded_unused`` (plain requests), ``steer_all`` (every request steered, scale 4) and
+``steer_half`` (every second request), interleaved round by round like the engine part. ``--compile`` runs both
+engines compiled (vLLM's CPU default: the hooks are traced into the graph) instead of eager. Goals:
+loaded-and-unused >= 0.98x and steered >= 0.9x ``no_plugin`` tokens/s.
 
 ``apply()`` part: the processor alone on ``rows`` rows of 49,152-wide logits (SmolLM2's vocabulary), every row
 in a twin-row pair (greedy; T = 1 unseeded, seeded, and with top-p 0.95, which sorts the vocabulary), plus a
@@ -58,7 +66,6 @@ def engine_bench(model: str, dtype: str, batches: list[int], max_tokens: int, re
     from vllm import LLM, SamplingParams
 
     import debias_lm as dl
-    from debias_lm.utils.timing import interleaved_rounds, ratios
 
     from . import DebiasLogitsProcessor, generate, request_args
 
@@ -91,21 +98,101 @@ def engine_bench(model: str, dtype: str, batches: list[int], max_tokens: int, re
                 outs = generate(plug_llm, gendered, ds, sp if name.endswith("greedy") else sp_t1, fallback="raise")
             return sum(len(o.outputs[0].token_ids) for o in outs)
 
-        # the one benchmark loop of the project: a warm-up round, then every configuration once per round
-        timing = interleaved_rounds({name: (lambda name=name: run(name)) for name in CONFIGS}, repeats, warmup=True)
-        wall = {k: [n / t for n, t in zip(v.results, v.wall)] for k, v in timing.items()}
-        cpu = {k: [n / t for n, t in zip(v.results, v.cpu)] for k, v in timing.items()}
-        med_w = {k: statistics.median(v) for k, v in wall.items()}
-        med_c = {k: statistics.median(v) for k, v in cpu.items()}
-        out[str(b)] = {"wall_tok_per_s_median": med_w, "cpu_tok_per_s_median": med_c,
-                       "wall_ratio": ratios(med_w, "no_processor"),
-                       "cpu_ratio": ratios(med_c, "no_processor"),
-                       "wall_tok_per_s_all": wall, "cpu_tok_per_s_all": cpu}
-        print(f"\nbatch {b} ({n} new tokens each; debias sampling: tokens per pair)")
-        print(f"{'configuration':<26}{'wall tok/s (ratio)':>24}{'tok per CPU-s (ratio)':>26}")
-        for k in CONFIGS:
-            print(f"{k:<26}{med_w[k]:>14.1f} ({med_w[k] / med_w['no_processor']:.3f})"
-                  f"{med_c[k]:>16.1f} ({med_c[k] / med_c['no_processor']:.3f})")
+        out[str(b)] = side_by_side(CONFIGS, run, repeats,
+                                   f"batch {b} ({n} new tokens each; debias sampling: tokens per pair)")
+    return out
+
+
+def side_by_side(configs: tuple[str, ...], run, repeats: int, title: str) -> dict:
+    """``run(name) -> generated tokens`` for every configuration, timed by the project's one benchmark loop
+    (``debias_lm.utils.timing.interleaved_rounds``: a warm-up round, then ``repeats`` rounds interleaved so
+    background load hits them alike); medians of tokens/s and tokens per CPU-second, ratios to the first one."""
+    from debias_lm.utils.timing import interleaved_rounds, ratios
+
+    base = configs[0]
+    timing = interleaved_rounds({name: (lambda name=name: run(name)) for name in configs}, repeats, warmup=True)
+    wall = {k: [n / t for n, t in zip(v.results, v.wall)] for k, v in timing.items()}
+    cpu = {k: [n / t for n, t in zip(v.results, v.cpu)] for k, v in timing.items()}
+    med_w = {k: statistics.median(v) for k, v in wall.items()}
+    med_c = {k: statistics.median(v) for k, v in cpu.items()}
+    print(f"\n{title}")
+    print(f"{'configuration':<26}{'wall tok/s (ratio)':>24}{'tok per CPU-s (ratio)':>26}")
+    for k in configs:
+        print(f"{k:<26}{med_w[k]:>14.1f} ({med_w[k] / med_w[base]:.3f})"
+              f"{med_c[k]:>16.1f} ({med_c[k] / med_c[base]:.3f})")
+    return {"wall_tok_per_s_median": med_w, "cpu_tok_per_s_median": med_c,
+            "wall_ratio": ratios(med_w, base), "cpu_ratio": ratios(med_c, base),
+            "wall_tok_per_s_all": wall, "cpu_tok_per_s_all": cpu}
+
+
+STEER_CONFIGS = ("no_plugin", "steer_loaded_unused", "steer_all", "steer_half")
+
+
+def _bench_vectors(model: str, path: str) -> str:
+    """A random-direction vectors file for ``model`` (norm 8 at every second layer), for timing only."""
+    from debias_lm.models import load_model
+    from debias_lm.testing.steer import random_directions, write_steer_file
+
+    hf, _ = load_model(model, dtype="float32")
+    hidden, depth = int(hf.config.hidden_size), int(hf.config.num_hidden_layers)
+    out = write_steer_file(path, random_directions(hidden, range(0, depth, 2), norm=8.0), model=hf)
+    del hf
+    return out
+
+
+def steer_bench(model: str, dtype: str, batches: list[int], max_tokens: int, repeats: int, *,
+                vectors: str | None = None, compiled: bool = False) -> dict:
+    """Tokens/s of plain vs steering loaded-and-unused vs all / half requests steered (see the module doc)."""
+    import tempfile
+
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    from vllm import LLM, SamplingParams
+
+    import debias_lm as dl
+
+    from .offline import generate as debias_generate
+    from .steer import register, steer_engine_args
+
+    register()  # what the installed entry point does; harmless when it already ran
+    vectors = vectors or _bench_vectors(model, os.path.join(tempfile.mkdtemp(prefix="vsteer-bench-"),
+                                                            "bench.safetensors"))
+    kw = dict(model=model, dtype=dtype, max_model_len=1024, enforce_eager=not compiled, seed=0)
+    plain_llm = LLM(**kw)
+    steer_llm = LLM(**kw, **steer_engine_args({"bench": vectors}))
+    n = max_tokens
+    sp = SamplingParams(max_tokens=n, min_tokens=n, ignore_eos=True, temperature=0.0)
+    cfg = dl.SteerConfig(vectors="bench", scale=4.0)
+    from debias_lm.methods.steer.vllm import cache_salt
+
+    from .offline import steer_request
+
+    extra, setting = steer_request(steer_llm, cfg)
+    salt = cache_salt(setting)
+    sp_steer = SamplingParams(max_tokens=n, min_tokens=n, ignore_eos=True, temperature=0.0, extra_args=extra)
+    out: dict = {}
+    for b in batches:
+        prompts = (PROMPTS * (b // len(PROMPTS) + 1))[:b]
+
+        def run(name, b=b, prompts=prompts):
+            if name == "no_plugin":
+                outs = plain_llm.generate(prompts, sp, use_tqdm=False)
+            elif name == "steer_loaded_unused":
+                outs = steer_llm.generate(prompts, sp, use_tqdm=False)
+            elif name == "steer_all":
+                outs = debias_generate(steer_llm, prompts, cfg, sp)
+            else:  # every second request steered (salted like generate() does it)
+                outs = steer_llm.generate([{"prompt": p, "cache_salt": salt} if i % 2 else {"prompt": p}
+                                           for i, p in enumerate(prompts)],
+                                          [sp_steer if i % 2 else sp for i in range(b)], use_tqdm=False)
+            return sum(len(o.outputs[0].token_ids) for o in outs)
+
+        out[str(b)] = side_by_side(STEER_CONFIGS, run, repeats, f"steering, batch {b} ({n} new tokens each, "
+                                   f"{'compiled' if compiled else 'eager'})")
+    for llm in (plain_llm, steer_llm):
+        try:
+            llm.llm_engine.engine_core.shutdown()
+        except Exception:  # noqa: BLE001
+            pass
     return out
 
 
@@ -218,6 +305,12 @@ def main(argv=None) -> int:
     ap.add_argument("--before", default=None, metavar="CHECKOUT",
                     help="also run the apply() microbenchmark on the plugin of this other checkout (e.g. an "
                          "earlier commit's worktree), side by side")
+    ap.add_argument("--steer", action="store_true",
+                    help="run the steering benchmark (no_plugin / steer_loaded_unused / steer_all / steer_half) "
+                         "instead of the logits-processor one")
+    ap.add_argument("--steer-vectors", default=None, metavar="FILE",
+                    help="steering vectors for --steer (default: random directions written for the model)")
+    ap.add_argument("--compile", action="store_true", help="--steer: compiled engines (vLLM's CPU default)")
     ap.add_argument("--out", default=None, help="write the numbers as JSON here")
     args = ap.parse_args(argv)
     if args.max_tokens < 1 or args.repeats < 1 or args.apply_steps < 1:
@@ -225,7 +318,15 @@ def main(argv=None) -> int:
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     report: dict = {}
-    if not args.apply_only:
+    if args.steer:
+        from .serve import resolve_model
+
+        model = resolve_model(args.model)
+        report.update(model=model, dtype=args.dtype, max_tokens=args.max_tokens, repeats=args.repeats,
+                      compiled=args.compile,
+                      steer=steer_bench(model, args.dtype, args.batch, args.max_tokens, args.repeats,
+                                        vectors=args.steer_vectors, compiled=args.compile))
+    elif not args.apply_only:
         from .serve import resolve_model
 
         model = resolve_model(args.model)

@@ -13,6 +13,9 @@
   rows to the same token. Afterwards every pair is checked: main and aux token ids are identical exactly when
   every step was contrasted (the processor makes a broken pair's outputs differ). Pairs that drifted apart are
   re-run in batched waves, then (``fallback="lockstep"``) decoded with the exact lockstep driver.
+* ``steer``: on an engine built with ``vllm_debias.steer_engine_args``, every request carries the setting (the
+  engine's vector name for ``config.vectors``) and a ``cache_salt`` derived from it; the model's layer hooks
+  steer it (:mod:`vllm_debias.steer`).
 
 Every returned ``RequestOutput`` carries ``debias_status`` (:class:`DebiasStatus`): ``applied`` (every step
 debiased in the first pass), ``recomputed`` (debiased in a re-run), ``lockstep`` (decoded by the lockstep
@@ -94,7 +97,7 @@ def _is_ours(obj) -> bool:
     from .processor import DebiasLogitsProcessor
 
     if isinstance(obj, str):
-        return obj.rsplit(":", 1)[-1].rsplit(".", 1)[-1] == "DebiasLogitsProcessor" and (
+        return obj.rsplit(":", 1)[-1].rsplit(".", 1)[-1] in ("DebiasLogitsProcessor", "SteerLogitsProcessor") and (
             obj.startswith("vllm_debias"))
     return isinstance(obj, type) and issubclass(obj, DebiasLogitsProcessor)
 
@@ -158,7 +161,7 @@ def generate(llm, prompts, config=None, sampling_params=None, *, counterfactual:
 
     Args:
         llm: a ``vllm.LLM`` built with ``logits_processors=[vllm_debias.DebiasLogitsProcessor]`` (not needed
-            for ``identity`` / ``nbls``).
+            for ``identity`` / ``nbls``); for ``steer``, with ``**vllm_debias.steer_engine_args({NAME: FILE})``.
         prompts: a string, a list of strings, one chat (list of message dicts) or a list of chats, token-id
             lists or vLLM prompt dicts.
         config: a debias-lm config (``dl.CalibrationConfig(...)``), a method name or a flat dict: the same
@@ -195,6 +198,8 @@ def generate(llm, prompts, config=None, sampling_params=None, *, counterfactual:
             raise ValueError("vllm_debias.generate needs n=1 per prompt (repeat the prompt for more samples)")
     tok = llm.get_tokenizer()
     method = cfg.method
+    if mapping.behaviour == "activation":  # the engine's own vectors say whether it steers (its processor comes with them)
+        return _label(_steer(llm, tok, items, cfg, sps, use_tqdm), "applied")
     if mapping.behaviour not in ("none", "prompt") and not _has_processor(llm):
         raise ValueError(
             f"method {method!r} needs the logits processor: LLM(..., logits_processors=["
@@ -212,6 +217,63 @@ def generate(llm, prompts, config=None, sampling_params=None, *, counterfactual:
 
 def _unsupported(p, method):
     raise ValueError(f"{method}: prompts must be strings or chat messages, got {type(p).__name__}")
+
+
+# -- steer -----------------------------------------------------------------------------------------------
+def steer_request(llm, config) -> tuple[dict[str, Any], Any]:
+    """(``extra_args``, setting) of a ``SteerConfig`` on this engine: ``config.vectors`` is one of the engine's
+    vector names, or a file (or shipped short name) the engine serves under some name."""
+    import os
+
+    from debias_lm.errors import UserInputError
+    from debias_lm.methods.steer.config import resolve_vectors
+    from debias_lm.methods.steer.vllm import SteerSetting, check_setting
+
+    from .steer import engine_vectors
+    from .steer.vectors import infos
+
+    served = engine_vectors(llm)
+    if not served:
+        raise ValueError("method 'steer' needs an engine with steering vectors: "
+                         "LLM(model=M, **vllm_debias.steer_engine_args({NAME: FILE}))")
+    name = config.vectors if config.vectors in served else None
+    if name is None:
+        path = os.path.abspath(resolve_vectors(config.vectors))
+        name = next((n for n, f in sorted(served.items()) if os.path.exists(f) and os.path.samefile(f, path)), None)
+        if name is None:
+            raise UserInputError(f"SteerConfig.vectors={config.vectors!r} is not served by this engine (it serves "
+                                 f"{', '.join(f'{n}={f}' for n, f in sorted(served.items()))}); add it to "
+                                 "steer_engine_args")
+    setting = SteerSetting.from_config(config, name)
+    check_setting(setting, infos(served))
+    return setting.wire(), setting
+
+
+def _salted(tok, p, salt):
+    """The vLLM prompt for ``p`` with ``cache_salt`` (combined with a salt the prompt dict already has)."""
+
+    if _is_chat(p):
+        p = {"prompt_token_ids": _render_chat(tok, p)}
+    elif isinstance(p, str):
+        p = {"prompt": p}
+    elif isinstance(p, (list, tuple)):
+        p = {"prompt_token_ids": list(p)}
+    elif isinstance(p, dict):
+        p = dict(p)
+    else:
+        raise ValueError(f"steer: prompts must be strings, chats, token-id lists or prompt dicts, got {type(p).__name__}")
+    s = salt(p.get("cache_salt"))
+    if s is not None:
+        p["cache_salt"] = s
+    return p
+
+
+def _steer(llm, tok, items, cfg, sps, use_tqdm):
+    from debias_lm.methods.steer.vllm import cache_salt
+
+    extra, setting = steer_request(llm, cfg)
+    prompts = [_salted(tok, p, lambda user: cache_salt(setting, user)) for p in items]
+    return llm.generate(prompts, [_with_args(sp, extra) for sp in sps], use_tqdm=use_tqdm)
 
 
 # -- calibration -------------------------------------------------------------------------------------------

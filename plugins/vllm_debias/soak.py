@@ -2,6 +2,7 @@
 
     python -m vllm_debias.soak                                  # embedded SmolLM2-135M-Instruct, 240 requests
     python -m vllm_debias.soak --model DIR --requests 400 --max-seconds 600 --out soak.json
+    python -m vllm_debias.soak --steer tox=V.safetensors --steer g=G.safetensors     # + steering kinds
 
 What it does, in order (only on 127.0.0.1; the request count and the wall time are bounded):
 
@@ -14,6 +15,10 @@ What it does, in order (only on 127.0.0.1; the request count and the wall time a
    included), and invalid ones (alpha 1e38 / -1 / "nan" / "inf", beta 0 / 2, label ids beyond the vocabulary,
    negative or repeated ids, a zero prior with eps 0, an overflowing prior, wrong types, unknown keys, the old
    ``method`` key, a body with a NaN literal, a plain request longer than the context);
+   With ``--steer NAME=FILE`` the server serves those vectors and the load adds steered requests (add,
+   generated positions only, ablation, scale 0) on the same prompts as the plain ones — so plain requests also
+   check the prefix-cache salt — and bad ones (unknown name, scale 1e9 / "nan", bad positions / mode / layers,
+   a misspelt key); steered tokens are checked against the HF ``steer`` path;
 4. checks: the server is still up (``/health`` and a last plain request); every plain request returned exactly
    the reference tokens; every request meant to succeed got HTTP 200 with its tokens; every bad one got HTTP 400
    (never 500, never a dropped connection).
@@ -66,10 +71,36 @@ def _post(url: str, data: bytes, timeout: float) -> tuple[int, dict | str]:
         return -1, f"{type(e).__name__}: {e}"
 
 
+def steer_kinds(steer: dict[str, tuple[int, ...]]) -> list[tuple[str, object, dict, dict]]:
+    """Steering request kinds for the served vectors ``{name: layers in its file}`` (two names at most used)."""
+    names = sorted(steer)
+    a, b = names[0], names[-1]
+
+    def x(name, **kw):
+        return {"debias_method": "steer", "debias_vectors": name, **kw}
+
+    return [
+        ("steer_add", "steer", x(a, debias_scale=4.0), {}),
+        ("steer_generated", "steer", x(b, debias_scale=-4.0, debias_positions="generated"), {}),
+        ("steer_ablate_one_layer", "steer", x(a, debias_mode="ablate", debias_layers=[steer[a][-1]]), {}),
+        ("steer_scale_0_is_plain", "ref", x(a, debias_scale=0.0), {}),
+        ("bad_steer_unknown_name", 400, x("no-such-vectors"), {}),
+        ("bad_steer_scale_1e9", 400, x(a, debias_scale=1e9), {}),
+        ("bad_steer_scale_nan_string", 400, x(a, debias_scale="nan"), {}),
+        ("bad_steer_positions", 400, x(a, debias_positions="prompt"), {}),
+        ("bad_steer_mode", 400, x(a, debias_mode="subtract"), {}),
+        ("bad_steer_layer_not_in_file", 400, x(a, debias_layers=[max(steer[a]) + 1000]), {}),
+        ("bad_steer_misspelt_key", 400, {**x(a), "debias_scal": 2.0}, {}),
+    ]
+
+
 def build_requests(n: int, tokenizer, vocab_size: int, max_model_len: int, max_tokens: int,
-                   seed: int = 0, prompts: list[str] = PROMPTS, labels: tuple[str, ...] = ("yes", "no")) -> list[dict]:
+                   seed: int = 0, prompts: list[str] = PROMPTS, labels: tuple[str, ...] = ("yes", "no"),
+                   steer: dict[str, tuple[int, ...]] | None = None) -> list[dict]:
     """``n`` requests cycling through the kinds below; each is ``{"kind", "expect", "body", "raw"?}`` where
-    ``expect`` is ``"ref"`` (200 and the reference tokens), ``200`` or ``400``."""
+    ``expect`` is ``"ref"`` (200 and the reference tokens), ``"steer"`` (200, and the HF steer path's tokens when
+    a reference has them), ``200`` or ``400``. ``steer``: the server's vectors ``{name: layers}`` (adds
+    :func:`steer_kinds`)."""
     import debias_lm as dl
 
     from .args import request_args
@@ -119,6 +150,8 @@ def build_requests(n: int, tokenizer, vocab_size: int, max_model_len: int, max_t
         ("bad_nan_literal_body", 400, None, {"raw": True}),
         ("bad_plain_too_long", 400, None, {"prompt": long_prompt}),
     ]
+    if steer:
+        kinds += steer_kinds(steer)
     out = []
     for i in range(n):
         name, expect, xargs, extra = kinds[i % len(kinds)]
@@ -147,6 +180,30 @@ def reference_from_llm(llm, requests: list[dict]) -> dict[tuple, list[int]]:
     return {k: list(o.outputs[0].token_ids) for k, o in zip(keys, outs)}
 
 
+def steer_reference_hf(model: str, dtype: str, requests: list[dict], files: dict[str, str]) -> dict[tuple, list[int]]:
+    """Greedy tokens of every distinct valid steered request through the HF ``steer`` path (``dl.wrap``)."""
+    import debias_lm as dl
+    from debias_lm.models import load_model
+
+    wanted = {}
+    for r in requests:
+        if r["expect"] == "steer" and float(r["body"].get("temperature", 0.0)) == 0.0:
+            wanted[_ref_key(r["body"])] = r["body"]
+    if not wanted:
+        return {}
+    hf, tok = load_model(model, dtype=dtype)
+    out = {}
+    for key, body in wanted.items():
+        xa = body["vllm_xargs"]
+        config = dl.SteerConfig(vectors=files[xa["debias_vectors"]], **{
+            k[len("debias_"):]: (tuple(v) if isinstance(v, list) else v) for k, v in xa.items()
+            if k not in ("debias_method", "debias_vectors")})
+        enc = tok(body["prompt"], return_tensors="pt")
+        gen = dl.wrap(hf, tok, config).generate(**enc, do_sample=False, max_new_tokens=body["max_tokens"])
+        out[key] = gen[0, enc["input_ids"].shape[1]:].tolist()
+    return out
+
+
 def reference_tokens(model: str, dtype: str, max_model_len: int, requests: list[dict]) -> dict[tuple, list[int]]:
     """:func:`reference_from_llm` on an in-process engine without the plugin, shut down afterwards."""
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
@@ -164,19 +221,24 @@ def reference_tokens(model: str, dtype: str, max_model_len: int, requests: list[
 
 
 def _ref_key(body: dict) -> tuple:
-    return (body["prompt"], body["max_tokens"], float(body.get("temperature", 0.0)), body.get("seed"))
+    xa = body.get("vllm_xargs") or {}
+    steer = json.dumps(xa, sort_keys=True) if xa.get("debias_method") == "steer" and xa.get("debias_scale") != 0 \
+        else None
+    return (body["prompt"], body["max_tokens"], float(body.get("temperature", 0.0)), body.get("seed")) + (
+        (steer,) if steer else ())
 
 
 class _Server:
     """``debias-lm serve`` on 127.0.0.1 in its own process group, stopped on exit."""
 
-    def __init__(self, model: str, dtype: str, max_model_len: int, log_path: str, timeout: float = 600.0):
+    def __init__(self, model: str, dtype: str, max_model_len: int, log_path: str, timeout: float = 600.0,
+                 steer: dict[str, str] | None = None):
         from .serve import server_command, server_env
 
         self.port = _free_port()
         cmd = server_command(model, host="127.0.0.1", port=self.port, dtype=dtype, max_model_len=max_model_len,
-                             extra=["--enforce-eager", "--seed", "0"])
-        env = server_env(model=model)
+                             extra=["--enforce-eager", "--seed", "0"], steer=steer)
+        env = server_env(model=model, steer=steer)
         env.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)
         self.log = open(log_path, "w")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
@@ -245,6 +307,9 @@ def soak(url: str, model_name: str, requests: list[dict], reference: dict | None
                 problem = "HTTP 200 without tokens"
             elif r["expect"] == "ref" and reference is not None and toks != reference[_ref_key(r["body"])]:
                 problem = "plain request differs from the no-plugin reference"
+            elif r["expect"] == "steer" and reference is not None and _ref_key(r["body"]) in reference and \
+                    toks != reference[_ref_key(r["body"])]:
+                problem = "steered request differs from the HF steer path"
         if problem:
             findings.append({"kind": r["kind"], "problem": problem})
         else:
@@ -257,7 +322,7 @@ def soak(url: str, model_name: str, requests: list[dict], reference: dict | None
                                                       f"plain request HTTP {last_code})"})
     expects = [r["expect"] for r in requests]
     return {"requests": len(requests), "concurrency": min(workers, len(requests)), "elapsed_s": round(elapsed, 2),
-            "plain_requests": expects.count("ref"), "opted_in_ok": sum(1 for e in expects if e == 200),
+            "plain_requests": expects.count("ref"), "opted_in_ok": sum(1 for e in expects if e in (200, "steer")),
             "bad_requests": expects.count(400), "median_latency_s": round(statistics.median(latencies), 3)
             if latencies else None, "server_up_after": alive and last_code == 200, "per_kind": per_kind,
             "findings": findings, "passed": not findings}
@@ -275,6 +340,8 @@ def main(argv=None) -> int:
     ap.add_argument("--url", default=None, help="a running server on this machine (127.0.0.1) instead of starting one")
     ap.add_argument("--no-reference", action="store_true", help="skip the no-plugin reference engine")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--steer", action="append", default=[], metavar="NAME=FILE",
+                    help="serve these steering vectors and add steered / bad steer requests (repeatable)")
     ap.add_argument("--out", default=None, help="write the findings as JSON here")
     args = ap.parse_args(argv)
     if not 1 <= args.requests <= 5000:
@@ -289,9 +356,18 @@ def main(argv=None) -> int:
 
     model = resolve_model(args.model)
     tok = AutoTokenizer.from_pretrained(model)
+    steer = None
+    if args.steer:
+        from .steer.vectors import check_served_model, infos, parse_specs
+
+        steer = parse_specs(args.steer)
+        check_served_model(steer, model)
     requests = build_requests(args.requests, tok, vocab_size(model) or len(tok), args.max_model_len,
-                              args.max_tokens, args.seed)
+                              args.max_tokens, args.seed,
+                              steer={n: i.layers for n, i in infos(steer).items()} if steer else None)
     reference = None if args.no_reference else reference_tokens(model, args.dtype, args.max_model_len, requests)
+    if reference is not None and steer:
+        reference.update(steer_reference_hf(model, args.dtype, requests, steer))
     server = None
     try:
         if args.url:
@@ -299,7 +375,7 @@ def main(argv=None) -> int:
         else:
             log_path = os.path.join(tempfile.mkdtemp(prefix="vllm-debias-soak-"), "server.log")
             print(f"starting debias-lm serve (log: {log_path})", file=sys.stderr)
-            server = _Server(model, args.dtype, args.max_model_len, log_path)
+            server = _Server(model, args.dtype, args.max_model_len, log_path, steer=steer)
             url = server.url
         with urllib.request.urlopen(url + "/v1/models", timeout=10) as r:
             served = json.loads(r.read())["data"][0]["id"]

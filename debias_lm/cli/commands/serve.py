@@ -16,6 +16,9 @@ def register(sub) -> None:
     sv.add_argument("--max-model-len", type=POSITIVE_INT, default=None)
     sv.add_argument("--nbls", action="store_true", help="ground every chat request (NBLS chat template)")
     sv.add_argument("--nbls-k", type=POSITIVE_INT, default=32, help="occupations in the NBLS grounding (default 32)")
+    sv.add_argument("--steer", action="append", default=[], metavar="NAME=FILE",
+                    help="serve steering vectors under NAME (repeatable; FILE may be a shipped short name); requests "
+                         "opt in with vllm_xargs {\"debias_method\": \"steer\", \"debias_vectors\": NAME, ...}")
     sv.add_argument("--dry-run", action="store_true", help="print the server command and exit")
     sv.add_argument("vllm_args", nargs=argparse.REMAINDER, help="further vLLM server arguments, after --")
     sv.set_defaults(run=run)
@@ -30,10 +33,16 @@ def run(args) -> int:
     from ...methods.nbls import NBLSConfig
 
     extra = [a for a in args.vllm_args if a != "--"] if args.vllm_args else []
+    steer = None
+    if args.steer:  # every file checked against the model before the server starts
+        from vllm_debias.steer.vectors import check_served_model, parse_specs
+
+        steer = parse_specs(args.steer)
+        check_served_model(steer, args.model)
     cmd = server_command(args.model, host=args.host, port=args.port, dtype=args.dtype,
                          max_model_len=args.max_model_len,
-                         nbls_config=NBLSConfig(k=args.nbls_k) if args.nbls else None, extra=extra)
+                         nbls_config=NBLSConfig(k=args.nbls_k) if args.nbls else None, extra=extra, steer=steer)
     if args.dry_run:
         print(shlex.join(cmd))
         return 0
-    return subprocess.call(cmd, env=server_env(model=args.model))
+    return subprocess.call(cmd, env=server_env(model=args.model, steer=steer))

@@ -21,10 +21,12 @@ if "steer" not in _REGISTRY:
         SteerConfig,
         "debias_lm.methods.steer.hf:SteerHF",
         kind="activation",
-        vllm="no",
-        unsupported={"vllm": "the vLLM steering plugin is not built yet (next issue); HF generate only"},
+        vllm="yes",
+        vllm_mapping="debias_lm.methods.steer.vllm:MAPPING",
+        unsupported={"vllm": "needs an engine started with the vectors (debias-lm serve --steer NAME=FILE); "
+                             "Llama-family models"},
         description="activation steering: CAA vectors / distilled UDDIA offsets added by hooks, per row "
-                    "(vLLM: coming, the vLLM steering plugin)",
+                    "(vLLM: per request, the vLLM steering plugin: debias-lm serve --steer)",
     )
 
 __all__ = ["SteerConfig", "shipped_names", *sorted(_LAZY)]
