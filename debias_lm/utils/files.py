@@ -117,3 +117,14 @@ def prepare_parent(path: str | os.PathLike) -> Path:
     p = Path(path).expanduser()
     p.parent.mkdir(parents=True, exist_ok=True)
     return p
+
+
+def file_sha256(path) -> str:
+    """sha256 of a file's bytes, read in 1 MiB chunks (provenance of data files)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

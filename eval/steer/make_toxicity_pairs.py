@@ -158,7 +158,7 @@ def main() -> None:
     _check_disjoint()
 
     import torch
-    from debias_lm.eval.scorers import get_scorer
+    from debias_lm.evaluation.scorers import get_scorer
 
     import debias_lm as dl
 

@@ -40,7 +40,7 @@ def main() -> None:
     args = ap.parse_args()
 
     import torch
-    from debias_lm.eval.scorers import get_scorer
+    from debias_lm.evaluation.scorers import get_scorer
     from make_toxicity_pairs import label
 
     import debias_lm as dl

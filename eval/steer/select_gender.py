@@ -47,7 +47,7 @@ def main() -> None:
     args = ap.parse_args()
 
     import torch
-    from debias_lm.eval.occupational import FEMALE_WORDS, MALE_WORDS
+    from debias_lm.words import FEMALE_WORDS, MALE_WORDS
 
     import debias_lm as dl
     from debias_lm.methods.steer.build import build_file

@@ -44,8 +44,8 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(1)
-    from debias_lm.eval.occupational import FEMALE_WORDS, MALE_WORDS
-    from debias_lm.eval.scorers import get_scorer
+    from debias_lm.words import FEMALE_WORDS, MALE_WORDS
+    from debias_lm.evaluation.scorers import get_scorer
 
     import debias_lm as dl
     from debias_lm.hf.base import encode_left_padded

@@ -226,8 +226,7 @@ def steer_request(llm, config) -> tuple[dict[str, Any], Any]:
     import os
 
     from debias_lm.errors import UserInputError
-    from debias_lm.methods.steer.config import resolve_vectors
-    from debias_lm.methods.steer.vllm import SteerSetting, check_setting
+    from debias_lm.methods.steer.vllm import SteerSetting, check_setting, resolve_vectors
 
     from .steer import engine_vectors
     from .steer.vectors import infos

@@ -96,3 +96,14 @@ def server_env(base: dict[str, str] | None = None, model: str | None = None,
         if n:
             env[VOCAB_ENV] = str(n)
     return env
+
+
+def check_served_model(files, model: str) -> None:
+    """``debias-lm serve --steer``: the vector files against the model's config before the server starts (each
+    worker checks the fingerprint once the weights are loaded)."""
+    from transformers import AutoConfig
+
+    from .steer.vectors import architecture_for, check_model_config
+
+    architecture_for(files)
+    check_model_config(files, AutoConfig.from_pretrained(resolve_model(model)))

@@ -222,7 +222,7 @@ def reference_tokens(model: str, dtype: str, max_model_len: int, requests: list[
 
 def _ref_key(body: dict) -> tuple:
     xa = body.get("vllm_xargs") or {}
-    steer = json.dumps(xa, sort_keys=True) if xa.get("debias_method") == "steer" and xa.get("debias_scale") != 0 \
+    steer = json.dumps(xa, sort_keys=True) if "debias_vectors" in xa and xa.get("debias_scale") != 0 \
         else None
     return (body["prompt"], body["max_tokens"], float(body.get("temperature", 0.0)), body.get("seed")) + (
         (steer,) if steer else ())
@@ -358,7 +358,8 @@ def main(argv=None) -> int:
     tok = AutoTokenizer.from_pretrained(model)
     steer = None
     if args.steer:
-        from .steer.vectors import check_served_model, infos, parse_specs
+        from .serve import check_served_model
+        from .steer.vectors import infos, parse_specs
 
         steer = parse_specs(args.steer)
         check_served_model(steer, model)

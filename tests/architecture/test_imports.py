@@ -36,6 +36,7 @@ ARM_LABELS = {
     "debias_lm.evaluation.suites.occupational.probes": "the four arms of the NBLS comparison and their configs",
     "debias_lm.evaluation.suites.occupational.standalone": "its report's rows keyed by arm label",
     "debias_lm.evaluation.suites.overhead": "the plain row of the timing table",
+    "debias_lm.cli.commands": "the command list: 'uddia' and 'steer' are commands as well as method names",
 }
 
 

@@ -20,6 +20,10 @@ ALLOWED = {
     # BBQ's own annotation vocabulary (its stereotyped_groups labels -> BBQ's answer-info codes), part of the
     # dataset format, not a list for finding gender in text; metrics/ imports nothing of the project but core/.
     "debias_lm/metrics/bbq.py",
+    # the steering recipe's data generators pick template nouns from words.GENDER_PAIRS (make_gender_pairs asserts
+    # it): a selection of sentence subjects, not a list for finding gender in text
+    "eval/steer/make_gender_pairs.py",
+    "eval/steer/select_gender.py",
 }
 
 

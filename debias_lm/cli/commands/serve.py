@@ -35,7 +35,8 @@ def run(args) -> int:
     extra = [a for a in args.vllm_args if a != "--"] if args.vllm_args else []
     steer = None
     if args.steer:  # every file checked against the model before the server starts
-        from vllm_debias.steer.vectors import check_served_model, parse_specs
+        from vllm_debias.serve import check_served_model
+        from vllm_debias.steer.vectors import parse_specs
 
         steer = parse_specs(args.steer)
         check_served_model(steer, args.model)

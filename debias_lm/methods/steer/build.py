@@ -10,7 +10,6 @@ so building and steering see the same residual stream. ``v_l = mean(positive) âˆ
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from datetime import datetime, timezone
 from pathlib import Path
@@ -21,6 +20,7 @@ from ...core.steer import mean_difference
 from ...errors import UserInputError
 from ...hf.base import encode_left_padded, get_tokenizer
 from ...hf.sites import find_blocks
+from ...utils.files import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -48,15 +48,6 @@ def read_pairs(path: str | Path) -> list[dict]:
     return rows
 
 
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-@torch.no_grad()
 def last_token_activations(model, tokenizer, texts: list[str], layers: list[int], *, batch_size: int = 16,
                            progress: bool = False) -> dict[int, torch.Tensor]:
     """``{layer: [N, d] float32}``: the output of each decoder layer at each text's last token."""

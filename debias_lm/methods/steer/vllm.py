@@ -29,7 +29,7 @@ from typing import Any
 
 from ...errors import UserInputError
 from ...registry import VLLMMapping, VLLMRequest
-from .config import SteerConfig
+from .config import SteerConfig, resolve_vectors  # noqa: F401  (the plugin resolves shipped names through here)
 
 METHOD = "steer"
 WIRE_FIELDS = ("vectors", "scale", "layers", "positions", "mode")

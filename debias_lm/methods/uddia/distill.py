@@ -155,9 +155,9 @@ def distilled_file(wrapped, acc: OffsetAccumulator, stats: dict, *, average: str
     """The :class:`~debias_lm.utils.steer_file.SteerFile` (``site_kind="uddia_sites"``) of a distillation."""
     from ... import __version__
     from ...hf.sites import find_blocks
+    from ...utils.files import file_sha256
     from ...utils.fingerprint import model_fingerprint, model_name
     from ...utils.steer_file import SteerFile
-    from ..steer.build import file_sha256
 
     model = wrapped.model
     impl = wrapped.impl

@@ -43,7 +43,7 @@ def alias(arch: str) -> str:
 def parse_specs(specs: Mapping[str, str] | Sequence[str]) -> dict[str, str]:
     """``{name: file}`` from a mapping or ``NAME=FILE`` strings; names checked, files resolved (shipped short
     names like ``toxicity`` allowed as FILE), each name once."""
-    from debias_lm.methods.steer.config import resolve_vectors
+    from debias_lm.methods.steer.vllm import resolve_vectors
 
     items: list[tuple[str, str]] = []
     if isinstance(specs, Mapping):
@@ -156,16 +156,6 @@ def check_model_config(files: Mapping[str, str], hf_config) -> None:
         if f.meta["hidden_size"] != hidden or f.meta["num_layers"] != depth:
             raise UserInputError(f"--steer {name}: {f.where} was built for hidden size {f.meta['hidden_size']} and "
                                  f"{f.meta['num_layers']} layers; the served model has {hidden} and {depth}")
-
-
-def check_served_model(files: Mapping[str, str], model: str) -> None:
-    """``debias-lm serve --steer``: the files against the model's config (the worker checks the fingerprint)."""
-    from transformers import AutoConfig
-
-    from ..serve import resolve_model
-
-    architecture_for(files)
-    check_model_config(files, AutoConfig.from_pretrained(resolve_model(model)))
 
 
 # -- what the frontend knows ---------------------------------------------------------------------------------

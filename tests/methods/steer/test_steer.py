@@ -501,8 +501,8 @@ def test_registry_and_roundtrip():
 # -- the harness and the benchmark ---------------------------------------------------------------------------
 def test_eval_harness_runs_steer_beside_plain(tiny_llama, tiny_llama_dir, tmp_path):
     """``debias-lm eval --method none,steer``: same prompts and seeds; the plain rows equal a run without steer."""
-    from debias_lm.eval.harness import EvalSettings
-    from debias_lm.eval.run import run_eval
+    from debias_lm.evaluation.runner import run_eval
+    from debias_lm.evaluation.settings import EvalSettings
 
     model, _ = tiny_llama
     vec = _save(tmp_path, model, _random_vectors(model, layers=(0, 1), seed=10, norm=40.0))
@@ -524,7 +524,7 @@ def test_eval_harness_runs_steer_beside_plain(tiny_llama, tiny_llama_dir, tmp_pa
 
 
 def test_bench_runs_steer(tiny_llama, tiny_llama_dir, tmp_path):
-    from tests.test_cli import run_cli
+    from tests.cli.test_cli import run_cli
 
     model, _ = tiny_llama
     vec = _save(tmp_path, model, _random_vectors(model, layers=(0,)))
@@ -550,7 +550,7 @@ def test_shipped_vectors_fit_the_embedded_model_and_record_their_data(embedded):
 
     model, tok = embedded
     assert set(shipped_names()) == {"toxicity", "gender"}
-    eval_dir = Path(__file__).resolve().parents[1] / "eval" / "steer"
+    eval_dir = Path(__file__).resolve().parents[3] / "eval" / "steer"
     enc = _enc(tok, ["The coach called him a", "My neighbour is"])
     plain = model.generate(**enc, max_new_tokens=6, do_sample=False)
     for name in shipped_names():

@@ -392,7 +392,7 @@ def test_general_plugin_entry_point_declared_and_reentrant():
     from vllm import ModelRegistry
     from vllm_debias.steer import register
 
-    meta = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    meta = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())
     assert meta["project"]["entry-points"]["vllm.general_plugins"] == {"debias_lm_steer": "vllm_debias.steer:register"}
     register()
     register()
