@@ -32,6 +32,9 @@ def _entry_point_env(tmp: Path) -> dict:
     from importlib.metadata import entry_points
 
     env = dict(os.environ)
+    # a real server, as deployed: its engine core runs in its own process (other test modules set this to 0 for
+    # their in-process engines, and pytest imports them all before any test runs)
+    env.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)
     if any(ep.value == "vllm_debias.steer:register" for ep in entry_points(group="vllm.general_plugins")):
         return env
     dist = tmp / "site" / "debias_lm_steer_entry-0.dist-info"

@@ -16,6 +16,7 @@ def register(subparsers) -> None:
     s = subparsers.add_parser("steer", help="activation steering: build vectors from contrast pairs, show a file")
     ssub = s.add_subparsers(dest="steer_command", metavar="ACTION", parser_class=Parser)
     ssub.required = True
+    s.set_defaults(run=run)
     b = ssub.add_parser("build", help="CAA: mean difference of last-token activations over positive/negative pairs",
                         description="debias-lm steer build --model M --pairs pairs.jsonl --out v.safetensors")
     b.add_argument("--model", default="default", help="HF model id or local path (default: the embedded model)")
