@@ -12,8 +12,8 @@ from typing import Any
 
 from ..errors import UserInputError
 from ..utils.files import check_output_path
+from ..utils.provenance import git_commit, package_versions
 from .common import nan_to_none
-from .provenance import git_commit, package_versions
 from .settings import EvalSettings, method_config, method_spec
 from .store import SampleStore
 

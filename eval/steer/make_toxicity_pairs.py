@@ -158,9 +158,9 @@ def main() -> None:
     _check_disjoint()
 
     import torch
-    from debias_lm.evaluation.scorers import get_scorer
 
     import debias_lm as dl
+    from debias_lm.evaluation.scorers import get_scorer
 
     torch.set_num_threads(args.threads)
     model, tok = dl.load_default_model(dtype="float32")

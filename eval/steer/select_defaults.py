@@ -40,10 +40,10 @@ def main() -> None:
     args = ap.parse_args()
 
     import torch
-    from debias_lm.evaluation.scorers import get_scorer
     from make_toxicity_pairs import label
 
     import debias_lm as dl
+    from debias_lm.evaluation.scorers import get_scorer
     from debias_lm.methods.steer.build import build_file
     from debias_lm.metrics.fluency import conditional_perplexities, mean_dist_n, mean_perplexity
 

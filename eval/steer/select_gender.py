@@ -47,13 +47,12 @@ def main() -> None:
     args = ap.parse_args()
 
     import torch
-    from debias_lm.words import FEMALE_WORDS, MALE_WORDS
 
     import debias_lm as dl
     from debias_lm.methods.steer.build import build_file
     from debias_lm.metrics.counterfactual import uses_words
     from debias_lm.metrics.fluency import conditional_perplexities, mean_perplexity
-    from debias_lm.words import swap_terms
+    from debias_lm.words import FEMALE_WORDS, MALE_WORDS, swap_terms
 
     torch.set_num_threads(args.threads)
     model, tok = dl.load_default_model(dtype="float32")

@@ -44,10 +44,8 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(1)
-    from debias_lm.words import FEMALE_WORDS, MALE_WORDS
-    from debias_lm.evaluation.scorers import get_scorer
-
     import debias_lm as dl
+    from debias_lm.evaluation.scorers import get_scorer
     from debias_lm.hf.base import encode_left_padded
     from debias_lm.metrics.counterfactual import uses_words
     from debias_lm.metrics.fluency import (
@@ -57,6 +55,7 @@ def main() -> None:
         median_perplexity,
     )
     from debias_lm.metrics.toxicity import toxicity_metrics
+    from debias_lm.words import FEMALE_WORDS, MALE_WORDS
 
     model, tok = dl.load_default_model(dtype="float32")
     k = args.samples

@@ -57,7 +57,7 @@ def run(args) -> int:
                              repeats=args.repeats, dtype=args.dtype, overrides=overrides, progress=not args.no_progress)
     print(markdown(rows))
     if args.out:
-        from ...evaluation.provenance import package_versions
+        from ...utils.provenance import package_versions
 
         with open(prepare_parent(args.out), "w", encoding="utf-8") as fh:
             json.dump({"model": args.model, "dtype": args.dtype, "torch_threads": torch.get_num_threads(),
