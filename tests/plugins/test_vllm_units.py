@@ -24,7 +24,7 @@ pytest.importorskip("vllm")
 from vllm import SamplingParams  # noqa: E402
 from vllm.v1.sample.logits_processor import BatchUpdate, MoveDirectionality  # noqa: E402
 from vllm.v1.worker.gpu.sample.logits_processor import LogitsContext, LogitsProcRequestState  # noqa: E402
-from vllm_debias import DebiasLogitsProcessor, request_args  # noqa: E402
+from vllm_debias import LOGITS_PROCESSORS, CalibrationLogitsProcessor, ContrastLogitsProcessor, request_args  # noqa: E402
 from vllm_debias.args import DebiasArgsError, parse  # noqa: E402
 
 import debias_lm as dl  # noqa: E402
@@ -32,7 +32,48 @@ from debias_lm.core.contrast import calibration_offsets, contrast  # noqa: E402
 from debias_lm.core.sampling import pick_tokens, seeded_uniform  # noqa: E402
 
 VOCAB = 40
-FQCN = "vllm_debias:DebiasLogitsProcessor"
+CLASSES = (CalibrationLogitsProcessor, ContrastLogitsProcessor)
+
+
+class Engine:
+    """What vLLM does with the classes of ``LOGITS_PROCESSORS`` in one engine: one instance of each, built with
+    the engine's config, each given every batch update / request and applied in turn (``LogitsProcessors``)."""
+
+    def __init__(self, vllm_config, *rest, classes=CLASSES):
+        self.procs = [cls(vllm_config, *rest) for cls in classes]
+
+    @staticmethod
+    def validate_params(sp):  # the frontend: every loaded class's validate_params
+        for cls in CLASSES:
+            cls.validate_params(sp)
+
+    def update_state(self, batch_update):
+        for p in self.procs:
+            p.update_state(batch_update)
+
+    def add_request(self, slot, sp):
+        return any([p.add_request(slot, sp) for p in self.procs])
+
+    def apply_staged_writes(self):
+        for p in self.procs:
+            p.apply_staged_writes()
+
+    def apply(self, logits, ctx=None):
+        for p in self.procs:
+            logits = p.apply(logits, ctx) if ctx is not None else p.apply(logits)
+        return logits
+
+    @property
+    def _reqs(self):
+        return {k: v for p in self.procs for k, v in p._reqs.items()}
+
+    @property
+    def _active(self):
+        return np.logical_or.reduce([p._active for p in self.procs])
+
+    @property
+    def _pt(self):
+        return self.procs[-1]._pt
 
 
 def _sp(extra=None, **kw):
@@ -53,9 +94,9 @@ def _pair_args(pair, role, alpha=1.0, beta=0.1):
     return request_args(dl.DebiasSamplingConfig(alpha=alpha, beta=beta, counterfactual_prefix="x"), pair=pair, role=role)
 
 
-def _v1_processor():
-    return DebiasLogitsProcessor(SimpleNamespace(model_config=SimpleNamespace(get_vocab_size=lambda: VOCAB, seed=0)),
-                                 torch.device("cpu"), False)
+def _v1_processor(classes=CLASSES):
+    return Engine(SimpleNamespace(model_config=SimpleNamespace(get_vocab_size=lambda: VOCAB, seed=0)),
+                  torch.device("cpu"), False, classes=classes)
 
 
 # -- validation -------------------------------------------------------------------------------------------
@@ -86,7 +127,7 @@ def _v1_processor():
 ])
 def test_validate_params_rejects_with_our_message(extra, needle):
     with pytest.raises(ValueError) as e:
-        DebiasLogitsProcessor.validate_params(_sp(extra))
+        Engine.validate_params(_sp(extra))
     assert needle in str(e.value)
     assert str(e.value).startswith("vllm_debias: ")
     assert "math domain" not in str(e.value)
@@ -96,10 +137,10 @@ def test_validate_params_accepts_plain_and_valid():
     for extra in (None, {}, {"other_plugin": 1}, {"method": "beam"}, {"debias_method": "identity"}, _cal_args(),
                   _pair_args("p", "aux"), {**_pair_args(3, "main"), "kv_transfer_params": {"x": 1}},
                   {**_pair_args("p", "main"), "method": "someone_elses"}):
-        DebiasLogitsProcessor.validate_params(_sp(extra))
+        Engine.validate_params(_sp(extra))
     assert parse({"other_plugin": 1}) is None and parse({"method": "beam"}) is None
     with pytest.raises(DebiasArgsError, match="penalt"):
-        DebiasLogitsProcessor.validate_params(_sp(_pair_args("p", "main"), repetition_penalty=1.3))
+        Engine.validate_params(_sp(_pair_args("p", "main"), repetition_penalty=1.3))
 
 
 def test_booleans_survive_the_server_schema():
@@ -138,8 +179,8 @@ def test_label_ids_beyond_the_vocabulary_are_refused(monkeypatch):
     bad = _cal_args(ids=((3, 4), (VOCAB + 5,)))
     monkeypatch.setenv("VLLM_DEBIAS_VOCAB_SIZE", str(VOCAB))
     with pytest.raises(ValueError, match=r"beyond the model's vocabulary \(40 tokens\)"):
-        DebiasLogitsProcessor.validate_params(_sp(bad))
-    DebiasLogitsProcessor.validate_params(_sp(_cal_args()))
+        Engine.validate_params(_sp(bad))
+    Engine.validate_params(_sp(_cal_args()))
     # the worker checks too, and never crashes: the request is left unmodified with an error in the log
     proc = _v1_processor()
     proc.update_state(BatchUpdate(batch_size=1, removed=[], added=[(0, _sp(bad), [1], [])], moved=[]))
@@ -147,7 +188,7 @@ def test_label_ids_beyond_the_vocabulary_are_refused(monkeypatch):
 
 
 # -- vLLM's own loader checks -------------------------------------------------------------------------------
-def test_both_vllm_loaders_accept_the_class():
+def test_both_vllm_loaders_accept_the_classes():
     from vllm.v1.sample.logits_processor import LogitsProcessor as V1
     from vllm.v1.sample.logits_processor import (
         _load_custom_logitsprocs,
@@ -157,33 +198,51 @@ def test_both_vllm_loaders_accept_the_class():
     from vllm.v1.worker.gpu.sample.logits_processor import build_custom_logits_processors_params_validator
     from vllm.v1.worker.gpu.sample.logits_processor.loader import _load_v2_logitsprocs
 
-    assert issubclass(DebiasLogitsProcessor, V1) and issubclass(DebiasLogitsProcessor, V2)
-    assert DebiasLogitsProcessor in _load_custom_logitsprocs([FQCN])  # V1 loader (+ installed entry points)
-    assert DebiasLogitsProcessor in _load_v2_logitsprocs([FQCN])  # MRV2 loader: raises for V1-only classes
-    assert DebiasLogitsProcessor in _load_v2_logitsprocs([DebiasLogitsProcessor])
+    fqcns = list(LOGITS_PROCESSORS)
+    for cls in CLASSES:
+        assert issubclass(cls, V1) and issubclass(cls, V2)
+        assert cls in _load_custom_logitsprocs(fqcns)  # V1 loader (+ installed entry points)
+        assert cls in _load_v2_logitsprocs(fqcns)  # MRV2 loader: raises for V1-only classes
+        assert cls in _load_v2_logitsprocs([cls])
     from vllm.exceptions import VLLMValidationError
 
-    v2_validate = build_custom_logits_processors_params_validator([FQCN])
-    for validate in (v2_validate, lambda sp: validate_logits_processors_parameters([FQCN], sp)):
+    v2_validate = build_custom_logits_processors_params_validator(fqcns)
+    for validate in (v2_validate, lambda sp: validate_logits_processors_parameters(fqcns, sp)):
         validate(_sp(None))
         validate(_sp(_cal_args()))
         with pytest.raises(VLLMValidationError, match="needs gradients"):
             validate(_sp({"debias_method": "uddia"}))
 
 
-def test_entry_point_processor_is_recognised(monkeypatch):
-    """A processor installed under vLLM's ``vllm.logits_processors`` entry point counts as loaded."""
+def test_entry_point_processors_are_recognised(monkeypatch):
+    """Processors installed under vLLM's ``vllm.logits_processors`` entry point (read by vLLM's own loader)
+    count as loaded, each for its own behaviour; without them (or explicit ones) generate refuses."""
     import importlib.metadata as md
 
     from vllm_debias import offline
 
     llm = SimpleNamespace(llm_engine=SimpleNamespace(vllm_config=SimpleNamespace(
-        model_config=SimpleNamespace(logits_processors=None))))
-    assert not offline._has_processor(llm)
-    ep = md.EntryPoint(name="debias", value="vllm_debias.processor:DebiasLogitsProcessor",
-                       group="vllm.logits_processors")
+        model_config=SimpleNamespace(logits_processors=None))), get_tokenizer=lambda: None)
+    monkeypatch.setattr(md, "entry_points", lambda group=None: [])
+    assert not offline._has_processor(llm, "label_bias") and not offline._has_processor(llm, "pair")
+    with pytest.raises(ValueError, match="serving 'label_bias', which this engine does not load"):
+        offline.generate(llm, ["x"], dl.CalibrationConfig(labels=("a", "b"), prior="given", prior_probs=(0.5, 0.5)))
+    ep = md.EntryPoint(name="debias_lm_contrast", value=LOGITS_PROCESSORS[1], group="vllm.logits_processors")
     monkeypatch.setattr(md, "entry_points", lambda group=None: [ep] if group == "vllm.logits_processors" else [])
-    assert offline._has_processor(llm)
+    assert offline._has_processor(llm, "pair") and not offline._has_processor(llm, "label_bias")
+    llm.llm_engine.vllm_config.model_config.logits_processors = [LOGITS_PROCESSORS[0]]  # explicit, as a string
+    assert offline._has_processor(llm, "label_bias")
+    llm.llm_engine.vllm_config.model_config.logits_processors = [CalibrationLogitsProcessor]  # or the class
+    assert offline._has_processor(llm, "label_bias")
+
+
+def test_pyproject_declares_the_classes_as_entry_points():
+    import tomllib
+    from pathlib import Path
+
+    meta = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())
+    eps = meta["project"]["entry-points"]["vllm.logits_processors"]
+    assert sorted(eps.values()) == sorted(LOGITS_PROCESSORS)
 
 
 # -- a deterministic fake model, a vLLM-like sampler for unmodified rows, and independent references --------
@@ -419,13 +478,13 @@ class _Buf:
         self.gpu = self.cpu
 
 
-def _v2_processor(max_reqs=8, spec=False):
+def _v2_processor(max_reqs=8, spec=False, classes=CLASSES):
     vllm_config = SimpleNamespace(model_config=SimpleNamespace(get_vocab_size=lambda: VOCAB, seed=0),
                                   speculative_config=object() if spec else None)
     rs = LogitsProcRequestState(device=torch.device("cpu"), max_num_reqs=max_reqs, vocab_size=VOCAB,
                                 all_token_ids=_Buf((max_reqs, 64)), prompt_len=_Buf(max_reqs),
                                 prefill_len=_Buf(max_reqs), total_len=_Buf(max_reqs))
-    return DebiasLogitsProcessor(vllm_config, rs), rs
+    return Engine(vllm_config, rs, classes=classes), rs
 
 
 class V2Sim:
@@ -891,7 +950,8 @@ def test_serve_command_and_environment(tmp_path, tiny_llama_dir):
     cmd = server_command(str(tiny_llama_dir), port=8123, nbls=True, chat_template_dir=str(tmp_path),
                          extra=["--enforce-eager"])
     assert cmd[1:3] == ["-m", "vllm.entrypoints.openai.api_server"]
-    assert "vllm_debias:DebiasLogitsProcessor" in cmd and cmd[-1] == "--enforce-eager"
+    at = cmd.index("--logits-processors")
+    assert cmd[at + 1:at + 3] == list(LOGITS_PROCESSORS) and cmd[-1] == "--enforce-eager"
     assert (tmp_path / "nbls_chat_template.jinja").is_file()
     from transformers import AutoConfig
 

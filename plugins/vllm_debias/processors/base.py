@@ -20,10 +20,10 @@ builtins each serve one sampling parameter (``vllm/v1/sample/logits_processor/bu
   loaded; the fields of a request are judged only by the class of its behaviour. Identity requests
   (``debias_method: identity``, behaviour ``none``) pass every class and no class touches their logits.
 * **bookkeeping** (V1): the opted-in requests of this behaviour in a dict ``row -> state``, updated from each
-  ``BatchUpdate`` by vLLM's own :func:`~vllm.v1.sample.logits_processor.builtin.process_dict_updates` (the
-  MinTokens / LogitBias shape); the states that left (removed, replaced, overwritten by a one-way move) and
-  those that entered go to the subclass's ``_leave`` / ``_enter`` hooks, and every state's ``key`` follows its
-  row. MRV2: ``add_request`` replaces the slot's previous state.
+  ``BatchUpdate`` by :func:`update_dict`, the shape of vLLM's ``process_dict_updates`` (MinTokens / LogitBias)
+  plus what a stateful processor needs: the states that left (removed, replaced, overwritten by a one-way
+  move) and those that entered go to the subclass's ``_leave`` / ``_enter`` hooks, and every state's ``key``
+  follows its row. MRV2: ``add_request`` replaces the slot's previous state.
 * **dedupe**: vLLM loads the classes of the ``vllm.logits_processors`` entry point into every engine, then the
   ones passed explicitly; a user who does both gets each class twice. Only the first instance serving a
   behaviour in an engine (keyed on the engine's ``vllm_config`` object) works; later ones are inert, so an
@@ -47,12 +47,10 @@ from ..args import _SEEN_VOCAB, DebiasArgsError, RequestSpec, behaviour_of, pars
 try:
     from vllm.v1.sample.logits_processor import BatchUpdate, MoveDirectionality
     from vllm.v1.sample.logits_processor import LogitsProcessor as _V1LogitsProcessor
-    from vllm.v1.sample.logits_processor.builtin import process_dict_updates
 except ImportError:  # pragma: no cover - vLLM without the V1 interface
     _V1LogitsProcessor = object  # type: ignore[assignment,misc]
     BatchUpdate = Any  # type: ignore[assignment,misc]
     MoveDirectionality = None  # type: ignore[assignment]
-    process_dict_updates = None  # type: ignore[assignment]
 
 try:
     from vllm.v1.worker.gpu.sample.logits_processor import LogitsProcessor as _V2LogitsProcessor
@@ -103,6 +101,39 @@ class Req:
         self.out = out  # V1: vLLM's live list of generated ids
         self.prompt_len = prompt_len
         self.key = key
+
+
+def update_dict(reqs: dict[int, Req], batch_update: BatchUpdate, new_state) -> tuple[list[Req], list[Req]]:
+    """vLLM's ``process_dict_updates`` (``builtin.py``) with what a stateful processor also needs: the states
+    that left (removed, replaced by an add, overwritten by a one-way move) and those that entered, in the order
+    ``BatchUpdate`` documents (removed, added, moved), and each state's ``key`` kept equal to its row.
+    ``new_state(params, out, prompt_len, row)`` returns a state or None (not ours)."""
+    left: list[Req] = []
+    entered: list[Req] = []
+    for index in batch_update.removed:
+        req = reqs.pop(index, None)
+        if req is not None:
+            left.append(req)
+    for index, params, prompt_ids, output_ids in batch_update.added:
+        old = reqs.pop(index, None)
+        if old is not None:
+            left.append(old)
+        req = new_state(params, output_ids, len(prompt_ids) if prompt_ids is not None else 0, index)
+        if req is not None:
+            reqs[index] = req
+            entered.append(req)
+    for a, b, direction in batch_update.moved:
+        ra, rb = reqs.pop(a, None), reqs.pop(b, None)
+        if ra is not None:
+            reqs[b] = ra
+            ra.key = b
+        if rb is not None:
+            if MoveDirectionality is not None and direction == MoveDirectionality.SWAP:
+                reqs[a] = rb
+                rb.key = a
+            else:  # one-way a -> b: b's previous occupant is gone
+                left.append(rb)
+    return left, entered
 
 
 class DebiasProcessorBase(*_bases()):  # type: ignore[misc]
@@ -191,27 +222,12 @@ class DebiasProcessorBase(*_bases()):  # type: ignore[misc]
         if self.inert:
             return
         if batch_update and (self._reqs or batch_update.added):
-            reqs = self._reqs
-            before = {id(r): r for r in reqs.values()}
-            entered: list[Req] = []
-
-            def new_state(params, prompt_ids, output_ids):
-                req = self._state(params, output_ids, len(prompt_ids) if prompt_ids is not None else 0, -1)
-                if req is not None:
-                    entered.append(req)
-                return req
-
-            if process_dict_updates(reqs, batch_update, new_state) or entered:
-                now = set()
-                for index, req in reqs.items():
-                    req.key = index
-                    now.add(id(req))
-                for rid, req in before.items():
-                    if rid not in now:
-                        self._leave(req)
-                for req in entered:
-                    if id(req) in now:
-                        self._enter(req, resumed=bool(req.out))
+            left, entered = update_dict(self._reqs, batch_update, self._state)
+            for req in left:
+                self._leave(req)
+            for req in entered:
+                self._enter(req, resumed=bool(req.out))
+            if left or entered or batch_update.moved:
                 self._dirty = True
         self._step_v1()
 
