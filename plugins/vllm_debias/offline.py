@@ -124,8 +124,12 @@ def _installed_processors() -> list:
 
 def _has_processor(llm, behaviour: str) -> bool:
     """The engine loads a processor serving ``behaviour``: passed to ``LLM(logits_processors=...)`` or installed
-    under vLLM's ``vllm.logits_processors`` entry point (which vLLM loads into every engine)."""
-    procs = getattr(llm.llm_engine.vllm_config.model_config, "logits_processors", None) or []
+    under vLLM's ``vllm.logits_processors`` entry point (which vLLM loads into every engine). The V1 runner loads
+    none under speculative decoding (entry-point classes are skipped silently)."""
+    cfg = llm.llm_engine.vllm_config
+    if getattr(cfg, "speculative_config", None) is not None and not getattr(cfg, "use_v2_model_runner", False):
+        return False
+    procs = getattr(cfg.model_config, "logits_processors", None) or []
     return any(_behaviour_served(p) == behaviour for p in [*procs, *_installed_processors()])
 
 
@@ -214,7 +218,8 @@ def generate(llm, prompts, config=None, sampling_params=None, *, counterfactual:
         raise ValueError(
             f"method {method!r} needs the vllm_debias logits processor serving {mapping.behaviour!r}, which this "
             "engine does not load: install debias-lm (its entry points load the processors into every engine) or "
-            "pass LLM(..., logits_processors=list(vllm_debias.LOGITS_PROCESSORS))"
+            "pass LLM(..., logits_processors=list(vllm_debias.LOGITS_PROCESSORS)); vLLM's V1 runner loads none "
+            "under speculative decoding"
         )
     if mapping.behaviour == "prompt":  # the method rewrites prompts on the client (e.g. nbls grounding)
         apply = mapping.transform(cfg)

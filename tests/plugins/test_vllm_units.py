@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import random
+import re
 from types import SimpleNamespace
 
 import numpy as np
@@ -234,12 +235,17 @@ def test_entry_point_processors_are_recognised(monkeypatch):
     assert offline._has_processor(llm, "label_bias")
     llm.llm_engine.vllm_config.model_config.logits_processors = [CalibrationLogitsProcessor]  # or the class
     assert offline._has_processor(llm, "label_bias")
+    # the V1 runner loads no custom processor under speculative decoding (entry points skipped silently)
+    llm.llm_engine.vllm_config.speculative_config = object()
+    assert not offline._has_processor(llm, "label_bias") and not offline._has_processor(llm, "pair")
+    llm.llm_engine.vllm_config.use_v2_model_runner = True  # Model Runner V2 loads them
+    assert offline._has_processor(llm, "label_bias")
 
 
 def test_pyproject_declares_the_classes_as_entry_points():
-    import tomllib
     from pathlib import Path
 
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
     meta = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())
     eps = meta["project"]["entry-points"]["vllm.logits_processors"]
     assert sorted(eps.values()) == sorted(LOGITS_PROCESSORS)
@@ -627,6 +633,102 @@ def test_mrv2_plain_batch_untouched():
                         input_ids=torch.zeros(3, dtype=torch.long), pos=torch.tensor([3, 3, 3]),
                         seq_lens_upper_bound_np=np.array([4, 4, 4]))
     assert torch.equal(proc.apply(logits, ctx), before)
+
+
+# -- one class per behaviour: each alone, both together (above), twice in one engine ---------------------------
+def _run_v1(engine, reqs, steps):
+    sim = V1Sim(engine)
+    for n, r in reqs.items():
+        sim.add(n, r["prompt"], _sp(r["extra"], max_tokens=steps))
+    order = list(reqs)
+    rng = random.Random(1)
+    for _ in range(steps):
+        rng.shuffle(order)
+        sim.step(order)
+    return sim.outputs()
+
+
+def _run_v2(engine, rs, reqs, steps):
+    sim = V2Sim(engine, rs)
+    for n, r in reqs.items():
+        sim.add(n, r["prompt"], _sp(r["extra"], max_tokens=steps))
+    for _ in range(steps):
+        sim.step(list(reqs))
+    return sim.outputs()
+
+
+@pytest.mark.parametrize("cls, kinds", [(CalibrationLogitsProcessor, ("cal",)),
+                                        (ContrastLogitsProcessor, ("main", "aux"))])
+def test_each_class_alone_serves_its_behaviour_and_leaves_the_others_plain(cls, kinds, caplog):
+    """One class loaded without the other: its own requests get exactly the reference treatment, the other
+    behaviour's requests are generated as plain ones (with an error in the log naming what is missing)."""
+    reqs, steps = _scenario(), 6
+    want = _reference({n: r if r.get("kind") in kinds else {"prompt": r["prompt"]} for n, r in reqs.items()}, steps)
+    assert want != _reference(reqs, steps) and want != _reference(  # the test can tell the three apart
+        {n: {"prompt": r["prompt"]} for n, r in reqs.items()}, steps)
+    assert _run_v1(_v1_processor(classes=(cls,)), reqs, steps) == want
+    assert "runs unmodified: this engine loads no processor serving" in caplog.text
+    engine, rs = _v2_processor(classes=(cls,))
+    assert _run_v2(engine, rs, reqs, steps) == want
+
+
+def test_a_class_loaded_twice_in_one_engine_acts_once():
+    """Entry points and explicit registration together: vLLM builds every class twice with the same vllm_config.
+    The second instances are inert: the outputs are the reference's, and the calibration offset is added once
+    (closed form), not twice; another engine's instances work."""
+    reqs, steps = _scenario(), 6
+    twice = _v1_processor(classes=CLASSES + CLASSES)
+    assert [p.inert for p in twice.procs] == [False, False, True, True]
+    assert _run_v1(twice, reqs, steps) == _reference(reqs, steps)
+    engine, rs = _v2_processor(classes=CLASSES + CLASSES)
+    assert [p.inert for p in engine.procs] == [False, False, True, True]
+    assert _run_v2(engine, rs, reqs, steps) == _reference(reqs, steps)
+    prior = (0.9, 0.1)
+    off = calibration_offsets(torch.tensor(prior, dtype=torch.float64), dl.CalibrationConfig().eps)
+    one = _v1_processor(classes=CLASSES + CLASSES)
+    one.update_state(BatchUpdate(batch_size=1, removed=[], added=[(0, _sp(_cal_args(prior)), [9], [])], moved=[]))
+    out = one.apply(torch.zeros(1, VOCAB))
+    want = torch.zeros(VOCAB, dtype=torch.float64)
+    want[[3, 4]], want[7] = float(off[0]), float(off[1])
+    assert torch.allclose(out[0].double(), want, atol=1e-6)
+    assert not any(p.inert for p in _v1_processor().procs)  # a fresh engine (another vllm_config)
+
+
+def test_each_class_judges_only_its_own_requests_and_every_class_refuses_what_none_serves(monkeypatch):
+    from vllm_debias.steer import vectors
+
+    monkeypatch.delenv(vectors.ENV, raising=False)
+    monkeypatch.setattr(vectors, "_ANNOUNCED", {})
+    bad_pair = {"debias_method": "debias_sampling", "debias_alpha": -1.0, "debias_pair": "p", "debias_role": "main"}
+    bad_cal = {**_cal_args(), "debias_prior_probs": [0.0, 1.0], "debias_eps": 0.0}
+    CalibrationLogitsProcessor.validate_params(_sp(bad_pair))  # not its request: the contrast class judges it
+    with pytest.raises(ValueError, match="alpha=-1.0 is invalid"):
+        ContrastLogitsProcessor.validate_params(_sp(bad_pair))
+    ContrastLogitsProcessor.validate_params(_sp(bad_cal))
+    with pytest.raises(ValueError, match="needs eps > 0"):
+        CalibrationLogitsProcessor.validate_params(_sp(bad_cal))
+    for cls in CLASSES:
+        for extra, needle in (({"debias_method": "uddia"}, "needs gradients"),
+                              ({"debias_method": "nope"}, "unknown method 'nope'"),
+                              ({"debias_method": "nbls"}, "prompt transform"),
+                              ({"debias_method": "steer", "debias_vectors": "x"},
+                               "needs an engine started with steering vectors"),
+                              ({"method": "calibration"}, "opt-in key is 'debias_method'"),
+                              ({"debias_pair": "p"}, "without 'debias_method'")):
+            with pytest.raises(ValueError, match=re.escape(needle)):
+                cls.validate_params(_sp(extra))
+        cls.validate_params(_sp({"debias_method": "identity"}))  # identity: every class lets it pass ...
+        with pytest.raises(ValueError, match="given with method 'identity'"):  # ... unless it carries our keys
+            cls.validate_params(_sp({"debias_method": "identity", "debias_pair": "p"}))
+
+
+def test_identity_requests_are_left_alone_by_every_class():
+    engine = _v1_processor()
+    engine.update_state(BatchUpdate(batch_size=2, removed=[], moved=[],
+                                    added=[(0, _sp({"debias_method": "identity"}), [1], []), (1, _sp(None), [2], [])]))
+    assert not engine._reqs
+    logits = torch.randn(2, VOCAB)
+    assert torch.equal(engine.apply(logits.clone()), logits)
 
 
 # -- the batched sampler -----------------------------------------------------------------------------------------
