@@ -103,13 +103,15 @@ class Req:
         self.key = key
 
 
-def update_dict(reqs: dict[int, Req], batch_update: BatchUpdate, new_state) -> tuple[list[Req], list[Req]]:
+def update_dict(reqs: dict[int, Req], batch_update: BatchUpdate, new_state) -> tuple[list[Req], list[Req], bool]:
     """vLLM's ``process_dict_updates`` (``builtin.py``) with what a stateful processor also needs: the states
     that left (removed, replaced by an add, overwritten by a one-way move) and those that entered, in the order
     ``BatchUpdate`` documents (removed, added, moved), and each state's ``key`` kept equal to its row.
-    ``new_state(params, out, prompt_len, row)`` returns a state or None (not ours)."""
+    ``new_state(params, out, prompt_len, row)`` returns a state or None (not ours). Returns (left, entered,
+    whether a state changed rows)."""
     left: list[Req] = []
     entered: list[Req] = []
+    moved = False
     for index in batch_update.removed:
         req = reqs.pop(index, None)
         if req is not None:
@@ -127,13 +129,15 @@ def update_dict(reqs: dict[int, Req], batch_update: BatchUpdate, new_state) -> t
         if ra is not None:
             reqs[b] = ra
             ra.key = b
+            moved = True
         if rb is not None:
             if MoveDirectionality is not None and direction == MoveDirectionality.SWAP:
                 reqs[a] = rb
                 rb.key = a
+                moved = True
             else:  # one-way a -> b: b's previous occupant is gone
                 left.append(rb)
-    return left, entered
+    return left, entered, moved
 
 
 class DebiasProcessorBase(*_bases()):  # type: ignore[misc]
@@ -222,12 +226,12 @@ class DebiasProcessorBase(*_bases()):  # type: ignore[misc]
         if self.inert:
             return
         if batch_update and (self._reqs or batch_update.added):
-            left, entered = update_dict(self._reqs, batch_update, self._state)
+            left, entered, moved = update_dict(self._reqs, batch_update, self._state)
             for req in left:
                 self._leave(req)
             for req in entered:
                 self._enter(req, resumed=bool(req.out))
-            if left or entered or batch_update.moved:
+            if left or entered or moved:
                 self._dirty = True
         self._step_v1()
 
