@@ -251,8 +251,11 @@ def apply_bench(rows_list: list[int], vocab: int = 49152, steps: int = 30, devic
         request_args = importlib.import_module(pkg.__name__ + ".args").request_args
 
     dev = torch.device(device)
-    cfg = SimpleNamespace(model_config=SimpleNamespace(get_vocab_size=lambda: vocab, seed=0),
-                          scheduler_config=SimpleNamespace(max_num_seqs=max(rows_list)))
+
+    def engine_config():  # one per processor: a second processor on one engine's config is inert (dedupe)
+        return SimpleNamespace(model_config=SimpleNamespace(get_vocab_size=lambda: vocab, seed=0),
+                               scheduler_config=SimpleNamespace(max_num_seqs=max(rows_list)))
+
     ds = dl.DebiasSamplingConfig(alpha=1.0, beta=0.1, counterfactual_prefix="x")
     variants = {
         "plain": lambda i: SamplingParams(temperature=0.0),
@@ -266,7 +269,7 @@ def apply_bench(rows_list: list[int], vocab: int = 49152, steps: int = 30, devic
     for rows in rows_list:
         src = torch.randn(rows, vocab, generator=gen, device=dev) * 3
         for name, make in variants.items():
-            proc = Processor(cfg, dev, False)
+            proc = Processor(engine_config(), dev, False)
             outs = [[] for _ in range(rows)]
             added = []
             for i in range(rows):

@@ -27,7 +27,8 @@ builtins each serve one sampling parameter (``vllm/v1/sample/logits_processor/bu
 * **dedupe**: vLLM loads the classes of the ``vllm.logits_processors`` entry point into every engine, then the
   ones passed explicitly; a user who does both gets each class twice. Only the first instance serving a
   behaviour in an engine (keyed on the engine's ``vllm_config`` object) works; later ones are inert, so an
-  offset or a contrast is never applied twice.
+  offset or a contrast is never applied twice. (Code that builds processors by hand, a benchmark or a test,
+  gives each one its own config object while an earlier one is alive.)
 
 A plain request costs one dict look-up per class when it enters; with no opted-in request in the batch
 ``apply`` returns at once. ``apply`` is batched tensor code with no host sync (subclasses keep it so).
