@@ -40,11 +40,12 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 # Four arms with one system prompt: plain, the grounding's wording without figures, the same lines with the
-# figures permuted across occupations, and the real grounding. float32: on CPUs without bf16 instructions
+# figures permuted across occupations (NBLS's registered variants), and the real grounding; the harness's
+# occupational suite (a rerun into the same directory resumes it). float32: on CPUs without bf16 instructions
 # bfloat16 runs the 1.8k-token grounding prefill ~5x slower.
 run: install
-	$(VENV)/bin/debias-lm eval occupational --method none,nbls_instructions,nbls_shuffled,nbls \
-	    --probe likelihood,generation --dtype float32 --n-samples 8 --max-new-tokens 16 --batch-size 64 \
+	$(VENV)/bin/debias-lm eval --suite occupational --method none,nbls_instructions,nbls_shuffled,nbls \
+	    --probe likelihood,generation --dtype float32 --occupational-samples 8 --max-new-tokens 16 --batch-size 64 \
 	    --out $(RESULTS)
 
 test: install

@@ -40,6 +40,10 @@ class MethodSpec:
         modalities: inputs the method handles: ``("text",)`` or ``("text", "vision")``.
         eval_defaults: config fields the evaluation harness sets when the user did not (e.g. the counterfactual
             context of debias sampling on text suites).
+        variants: named presets of the method: variant name -> config fields (e.g. NBLS's controls
+            ``nbls_shuffled`` -> ``{"control": "shuffled"}``). A variant name works wherever a method name does
+            (``get_method`` gives this spec, ``resolve_config`` the config with those fields set), so an
+            evaluation can compare a method with its controls side by side, each row labelled by its name.
         description: one line for ``debias-lm methods`` / ``--help``.
     """
 
@@ -53,6 +57,7 @@ class MethodSpec:
     aliases: tuple[str, ...] = ()
     modalities: tuple[str, ...] = ("text",)
     eval_defaults: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    variants: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
     description: str = ""
 
     @property
@@ -162,6 +167,7 @@ def register_method(
     aliases: tuple[str, ...] = (),
     modalities: tuple[str, ...] = ("text",),
     eval_defaults: Mapping[str, Any] | None = None,
+    variants: Mapping[str, Mapping[str, Any]] | None = None,
     description: str = "",
     overwrite: bool = False,
 ) -> MethodSpec:
@@ -176,17 +182,23 @@ def register_method(
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     if (name in _REGISTRY or name in _ALIASES) and not overwrite:
         raise ValueError(f"method {name!r} is already registered; pass overwrite=True to replace it")
-    for alias in aliases:
+    for alias in (*aliases, *(variants or {})):
         owner = _ALIASES.get(alias, name if alias not in _REGISTRY else alias)
         if owner != name and not overwrite:
             raise ValueError(f"alias {alias!r} already names method {owner!r}")
+    fields = {f.name for f in dataclasses.fields(config_cls)}
+    for variant, preset in (variants or {}).items():
+        unknown = sorted(set(preset) - fields)
+        if unknown or "method" in preset:
+            raise ValueError(f"variant {variant!r} sets {unknown or ['method']}, not fields of {config_cls.__name__}")
     spec = MethodSpec(
         name=name, config_cls=config_cls, hf_impl=hf_impl, kind=kind, backends={"hf": hf, "vllm": vllm},
         unsupported=dict(unsupported or {}), vllm_mapping=vllm_mapping, aliases=tuple(aliases),
-        modalities=tuple(modalities), eval_defaults=dict(eval_defaults or {}), description=description,
+        modalities=tuple(modalities), eval_defaults=dict(eval_defaults or {}),
+        variants={v: dict(p) for v, p in (variants or {}).items()}, description=description,
     )
     _REGISTRY[name] = spec
-    for alias in aliases:
+    for alias in (*aliases, *spec.variants):
         _ALIASES[alias] = name
     return spec
 
@@ -194,7 +206,7 @@ def register_method(
 def unregister_method(name: str) -> None:
     """Remove a method (and its aliases); for tests and plugins that replace a method."""
     spec = _REGISTRY.pop(name, None)
-    for alias in spec.aliases if spec else ():
+    for alias in (*spec.aliases, *spec.variants) if spec else ():
         _ALIASES.pop(alias, None)
 
 
@@ -212,7 +224,7 @@ def _ensure_builtins() -> None:
 
 
 def get_method(name: str) -> MethodSpec:
-    """The spec of a method by name or alias (``"none"`` -> identity)."""
+    """The spec of a method by name, alias (``"none"`` -> identity) or variant (``"nbls_shuffled"`` -> nbls)."""
     _ensure_builtins()
     if not isinstance(name, str):
         raise UserInputError(f"a method name must be a string, got {name!r}")
@@ -239,7 +251,7 @@ def config_from_dict(data: Mapping[str, Any]) -> MethodConfig:
     if not isinstance(data["method"], str):
         raise UserInputError(f"config 'method' must be a method name (a string), got {data['method']!r}")
     spec = get_method(data["method"])
-    return spec.config_cls.from_dict({**data, "method": spec.name})
+    return spec.config_cls.from_dict({**spec.variants.get(data["method"], {}), **data, "method": spec.name})
 
 
 def default_config(name: str) -> MethodConfig:
@@ -277,8 +289,9 @@ def resolve_config(
 ) -> MethodConfig:
     """THE one path from user input to a validated config (CLI, ``wrap``, the harness, the vLLM plugin).
 
-    ``value``: a config (returned as is, re-validated), a method name or alias (``"nbls"``, ``"none"``), a flat
-    dict with a ``"method"`` key, or ``None`` (identity). ``config_json`` (a JSON object or a file holding one),
+    ``value``: a config (returned as is, re-validated), a method name, alias or variant (``"nbls"``, ``"none"``,
+    ``"nbls_shuffled"``: the variant's fields come first), a flat dict with a ``"method"`` key, or ``None``
+    (identity). ``config_json`` (a JSON object or a file holding one),
     ``overrides`` (field -> value) and ``sets`` (``"field=value"`` strings, values parsed as JSON when they
     are JSON) are applied on top, in that order. Validation happens once, in the config's ``__post_init__``.
     """
@@ -288,7 +301,8 @@ def resolve_config(
             return value
         data: dict[str, Any] = value.to_dict()
     elif value is None or isinstance(value, str):
-        data = {"method": value if value is not None else "identity"}
+        name = value if value is not None else "identity"
+        data = {"method": name, **get_method(name).variants.get(name, {})}
     elif isinstance(value, Mapping):
         data = dict(value)
         if "method" not in data:
@@ -312,7 +326,7 @@ def resolve_config(
             # method is an error from the config class ("expected 'nbls'"), never a silent switch of method.
             name = value.method if isinstance(value, MethodConfig) else value
             spec = get_method(name if name is not None else "identity")
-            if data.get("method") in (spec.name, *spec.aliases):
+            if data.get("method") in (spec.name, *spec.aliases, *spec.variants):
                 data["method"] = spec.name
             return spec.config_cls.from_dict(data)
         return config_from_dict(data)

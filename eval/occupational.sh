@@ -6,5 +6,6 @@ set -euo pipefail
 MODEL=${1:-default}
 OUT=${2:-results/occupational-$(echo "$MODEL" | tr '/:' '__')}
 shift $(( $# > 2 ? 2 : $# ))
-exec debias-lm eval occupational --model "$MODEL" --method none,nbls_instructions,nbls_shuffled,nbls \
-    --probe likelihood,generation --dtype float32 --n-samples 8 --max-new-tokens 16 --batch-size 64 --out "$OUT" "$@"
+exec debias-lm eval --suite occupational --model "$MODEL" --method none,nbls_instructions,nbls_shuffled,nbls \
+    --probe likelihood,generation --dtype float32 --occupational-samples 8 --max-new-tokens 16 --batch-size 64 \
+    --out "$OUT" "$@"

@@ -5,19 +5,23 @@
 
 The same thing from the shell:
 
-    debias-lm eval occupational --model M --method none,nbls_instructions,nbls_shuffled,nbls \
+    debias-lm eval --suite occupational --model M --method none,nbls_instructions,nbls_shuffled,nbls \
         --probe likelihood,generation --out DIR
 """
 
 import argparse
 
 import debias_lm as dl
+from debias_lm.evaluation.report import suite_table
+from debias_lm.evaluation.runner import run_eval
+from debias_lm.evaluation.settings import EvalSettings
+from debias_lm.evaluation.suites import get_suite
 from debias_lm.evaluation.suites.occupational import evaluate_occupational
-from debias_lm.evaluation.suites.occupational.standalone import run_occupational_suite
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--model", default="default")
-parser.add_argument("--out", default=None, help="write JSON, report.md and a scatter plot here")
+parser.add_argument("--out", default="runs/occupational-example",
+                    help="run directory: samples.jsonl, results.json, report.md, plots (a rerun resumes it)")
 args = parser.parse_args()
 
 model, tok = dl.load_model(args.model)
@@ -29,7 +33,10 @@ for row in res.occupations:
     print(f"{row['occupation']:<22} BLS {row['bls_women']:5.1f}%   model {100 * row['p_female']:5.1f}%")
 print(res.metrics)
 
-# The comparison on the default 50 held-out occupations with NBLS's two controls (the wording without figures,
-# and the same lines with the figures permuted across occupations), likelihood probe only, printed as a table.
-run_occupational_suite(model, tok, methods=["none", "nbls_instructions", "nbls_shuffled", "nbls"],
-                       probes=["likelihood"], occupations=None, model_name=args.model, out_dir=args.out)
+# The comparison on the default 50 held-out occupations with NBLS's two controls (its registered variants: the
+# wording without figures, and the same lines with the figures permuted across occupations), likelihood probe
+# only: the harness's occupational suite (it loads the model named in the settings), printed as a table.
+settings = EvalSettings(suites=("occupational",), methods=("none", "nbls_instructions", "nbls_shuffled", "nbls"),
+                        model=args.model, occupational_probes=("likelihood",), out=args.out)
+payload = run_eval(settings)
+print(suite_table(get_suite("occupational"), payload["results"]["occupational"], payload))

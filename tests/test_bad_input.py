@@ -69,6 +69,7 @@ def paths(tmp_path_factory, tiny_llama_dir) -> dict[str, Path]:
         "config_list.json": b"[1, 2]",
         "occ_latin1.txt": b"Cooks\nCaf\xe9 workers\n",
         "occ_empty.txt": b"# nothing here\n\n",
+        "occ_wizard.txt": b"Cooks\nwizard\n",
         "pairs_latin1.jsonl": b'{"id": "a", "female": "she", "male": "he"}\n{"id": "b", "female": "caf\xe9", "male": "x"}\n',
         "pairs_nonjson.jsonl": b'{"id": "a", "female": "she", "male": "he"}\n{oops\n',
         "labeled_latin1.jsonl": b'{"text": "fine", "label": 0}\n{"text": "caf\xe9", "label": 1}\n',
@@ -144,7 +145,7 @@ GEN_ID = "generate --method identity --model @tiny --prompt Hi --max-new-tokens 
 CHES_S = "ches score --model @tiny --no-progress --out @tmp/ches_out --dataset"
 CHES_F = "ches filter --model @tiny --no-progress --keep-fraction 0.5 --dataset @good.jsonl"
 EVAL = "eval --suite toxicity --method none --model @tiny --limit 1 --n-samples 1"
-OCC = "eval occupational --model @tiny --occupation Cooks"
+OCC = "eval --suite occupational --model @tiny --limit 1"
 BENCH = "bench --model @tiny --backend hf --batch 1 --max-new-tokens 1 --repeats 1 --no-progress"
 PROBE = "uddia train-probe --model @tiny --out @tmp/probe.safetensors --data"
 
@@ -252,22 +253,23 @@ CLI_CASES = [
     C("eval-set-bad-value", EVAL + " --method none,nbls --set nbls.k=0 --out @tmp/e3", "NBLSConfig.k=0"),
     C("eval-unknown-scorer", EVAL + " --toxicity-scorer nope --out @tmp/e3", "nope"),
     C("eval-probe", "eval --suite occupational --probe vibes --out @tmp/e3", "--probe vibes is invalid"),
-    # -- eval occupational
-    C("occ-json-is-dir", OCC + " --json @adir", "--json '{adir}' is a directory"),
-    C("occ-json-under-file", OCC + " --json @afile/r.json", "is a file, not a folder"),
+    # -- eval --suite occupational (make run's path)
     C("occ-out-is-file", OCC + " --out @afile", "--out '{afile}' is a file"),
     C("occ-out-unwritable", OCC + " --out @ro/run", "is not writable", nonroot=True),
-    C("occ-unknown-occupation", "eval occupational --occupation wizard", "unknown occupation 'wizard'"),
-    C("occ-file-missing", "eval occupational --occupations missing.txt", "occupations file"),
-    C("occ-file-not-utf8", "eval occupational --occupations @occ_latin1.txt", "occ_latin1.txt:2: not valid UTF-8"),
-    C("occ-file-empty", "eval occupational --occupations @occ_empty.txt", "lists no occupations"),
-    C("occ-k-0", "eval occupational --method nbls --k 0", "--k: '0' is invalid"),
-    C("occ-k-300", "eval occupational --method nbls --k 300", "k=300 is larger than the 102 eligible occupations left after excluding 50 and 108 related"),
-    C("occ-n-samples-0", "eval occupational --n-samples 0", "--n-samples: '0' is invalid"),
-    C("occ-batch-size-0", "eval occupational --batch-size 0", "--batch-size: '0' is invalid"),
-    C("occ-method", "eval occupational --method uddia", "not supported by the occupational suite"),
-    C("occ-probe", "eval occupational --probe vibes", "--probe 'vibes' is invalid"),
-    C("occ-json-two-methods", "eval occupational --method none,nbls --json x.json", "--json takes one method"),
+    C("occ-unknown-occupation", OCC + " --dataset occupational=@occ_wizard.txt --out @tmp/o1",
+      "unknown occupation 'wizard'"),
+    C("occ-file-missing", OCC + " --dataset occupational=missing.txt --out @tmp/o1", "occupations file not found"),
+    C("occ-file-not-utf8", OCC + " --dataset occupational=@occ_latin1.txt --out @tmp/o1",
+      "occ_latin1.txt:2: not valid UTF-8"),
+    C("occ-file-empty", OCC + " --dataset occupational=@occ_empty.txt --out @tmp/o1", "lists no occupations"),
+    C("occ-k-0", OCC + " --method nbls --set nbls.k=0 --out @tmp/o1", "NBLSConfig.k=0"),
+    C("occ-k-150", "eval --suite occupational --method none,nbls_shuffled --set nbls_shuffled.k=150 --out @tmp/o1",
+      "k=150 is larger than the 102 eligible occupations left after excluding 50 and 108 related"),
+    C("occ-samples-0", OCC + " --occupational-samples 0 --out @tmp/o1", "--occupational-samples: '0' is invalid"),
+    C("occ-batch-size-0", OCC + " --batch-size 0 --out @tmp/o1", "--batch-size: '0' is invalid"),
+    C("occ-method", OCC + " --method calibration --out @tmp/o1", "does not apply to the occupational suite"),
+    C("occ-unknown-variant", OCC + " --method nbls_sorted --out @tmp/o1", "unknown method 'nbls_sorted'"),
+    C("occ-old-subcommand", "eval occupational --method none", "unrecognized arguments: occupational"),
     # -- bench
     C("bench-method-comma", BENCH + " --method ,", "--method needs at least one method"),
     C("bench-method-twice", BENCH + " --method nbls,nbls", "--method lists nbls more than once"),

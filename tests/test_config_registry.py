@@ -86,6 +86,44 @@ def test_register_a_new_method_and_wrap_it(tiny_llama):
         _REGISTRY.pop("test-shout", None)
 
 
+def test_a_variant_name_is_the_method_with_its_preset_fields(tiny_llama):
+    """NBLS's controls are registered variants: the name resolves to the nbls spec and a config with the preset
+    field set, user fields on top; a toy method's variants are checked at registration and leave with it."""
+    from debias_lm.registry import resolve_config, unregister_method
+
+    assert get_method("nbls_shuffled") is get_method("nbls")
+    assert resolve_config("nbls_shuffled") == dl.NBLSConfig(control="shuffled")
+    assert resolve_config("nbls_instructions", overrides={"k": 4}) == dl.NBLSConfig(k=4, control="instructions")
+    assert resolve_config("nbls_shuffled", overrides={"control": ""}).control == ""  # the user's field wins
+    assert config_from_dict({"method": "nbls_instructions", "seed": 2}) == dl.NBLSConfig(seed=2, control="instructions")
+    assert resolve_config("nbls") == dl.NBLSConfig()
+
+    @dataclasses.dataclass(frozen=True)
+    class LoudConfig(MethodConfig):
+        method: ClassVar[str] = "test-loud"
+        level: int = 1
+
+    class LoudHF(HFMethod):
+        is_prompt_transform = True
+
+        def transform_prompt(self, prompt):
+            return prompt + "!" * self.config.level
+
+    with pytest.raises(ValueError, match="not fields of LoudConfig"):
+        register_method(LoudConfig, LoudHF, variants={"test-loud-x": {"volume": 3}})
+    with pytest.raises(ValueError, match="already names method 'nbls'"):
+        register_method(LoudConfig, LoudHF, variants={"nbls_shuffled": {"level": 3}})
+    try:
+        register_method(LoudConfig, LoudHF, variants={"test-louder": {"level": 3}})
+        model, tok = tiny_llama
+        w = dl.wrap(model, tok, "test-louder")
+        assert w.config == LoudConfig(level=3) and w.impl.transform_prompt("hi") == "hi!!!"
+    finally:
+        unregister_method("test-loud")
+    with pytest.raises(UserInputError, match="unknown method 'test-louder'"):
+        get_method("test-louder")
+
+
 def test_import_is_light():
     code = (
         "import sys, debias_lm as dl; "

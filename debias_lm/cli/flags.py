@@ -21,7 +21,7 @@ class Parser(argparse.ArgumentParser):
 
 
 def add_model_flags(p: argparse.ArgumentParser) -> None:
-    """``--model``, ``--dtype`` and ``--chat/--no-chat``, as ``generate`` and ``eval occupational`` take them."""
+    """``--model``, ``--dtype`` and ``--chat/--no-chat``, as ``generate`` takes them."""
     p.add_argument("--model", default="default",
                    help="HF model id or local path (default: the embedded SmolLM2-135M-Instruct)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="model dtype")

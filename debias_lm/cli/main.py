@@ -1,6 +1,6 @@
 """The ``debias-lm`` command line.
 
-Commands: ``generate``, ``eval`` (the harness; ``eval occupational`` for the older single suite), ``bench``,
+Commands: ``generate``, ``eval`` (the harness), ``bench``,
 ``ches``, ``uddia``, ``steer``, ``methods``, ``env``, ``serve``; each is one module in :mod:`debias_lm.cli.commands` with
 ``register(subparsers)`` and ``run(args) -> int``. Bad user input prints one line (``debias-lm: error: ...``)
 and exits with code 2; it never prints a traceback.

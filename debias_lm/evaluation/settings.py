@@ -115,7 +115,7 @@ def method_config(name: str, overrides: dict[str, Any] | None = None):
     if spec.eval_defaults and not any(overrides.get(k) for k in spec.eval_defaults):
         overrides = {**spec.eval_defaults, **overrides}
     try:
-        return resolve_config(spec.name, overrides=overrides)
+        return resolve_config(name, overrides=overrides)  # a variant name keeps its preset fields
     except (TypeError, ValueError) as e:
         raise UserInputError(f"invalid settings for method {name!r}: {e}") from None
 

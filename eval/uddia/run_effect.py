@@ -12,6 +12,14 @@ Sampling: nucleus p = 0.9, temperature 1, no top-k, --max-new-tokens (20) new to
 template), fp32, one torch thread. UDDIA runs with the DEFAULT UDDIAConfig(variant=...) unless --set overrides
 a field. Seeds: torch.manual_seed(seed + index of the batch's first row); plain and UDDIA batches hold the same
 rows. Each line records wall and CPU seconds of its batch and UDDIA's per-row attempt log.
+
+--backend vllm (methods plain and steer only) samples the same rows through an offline vLLM engine with the
+vllm_debias steering plugin (one engine serving --set vectors=FILE under the name "v"; plain rows on the same
+engine are untouched): each row is one request seeded seed + row index, so the random streams differ from HF's
+and the comparison with the HF arms is statistical, not row by row.
+
+    python eval/uddia/run_effect.py --suite toxicity --backend vllm --methods plain,steer \
+        --set vectors=uddia-t.mean.safetensors --set scale=1 --tag vllm --out eval/steer/results
 """
 
 from __future__ import annotations
@@ -39,6 +47,73 @@ def load_prompts(suite: str) -> list[dict]:
     return out
 
 
+def _todo(args, method: str, prompts: list[dict]):
+    """The output file of one arm and the prompts it still lacks (a stopped run resumes)."""
+    name = f"{method}-{args.tag}" if args.tag else method
+    path = Path(args.out) / f"{args.suite}-{name}.jsonl"
+    done = set()
+    if path.exists():
+        done = {json.loads(line)["id"] for line in path.open() if line.strip()}
+    return name, path, [p for p in prompts if p["id"] not in done]
+
+
+def run_vllm(args, methods: list[str]) -> None:
+    """The plain and steer arms through vLLM (see the module docstring)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import vllm_debias
+    from vllm import SamplingParams
+
+    import debias_lm as dl
+    from debias_lm.evaluation.backends import vllm_engine, vllm_model_path
+
+    prompts = load_prompts(args.suite)[:: args.every]
+    if args.limit:
+        prompts = prompts[: args.limit]
+    overrides = parse_overrides(args.set)
+    cfg = None
+    engine_kw = {}
+    if "steer" in methods:
+        cfg = dl.SteerConfig(**{**overrides, "vectors": "v"})
+        engine_kw = vllm_debias.steer_engine_args({"v": str(overrides["vectors"])})
+    llm = vllm_engine(vllm_model_path("default"), dtype="float32", seed=args.seed, plugin=False,
+                      max_num_seqs=args.batch_rows, **engine_kw)
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    for method in methods:
+        name, path, todo = _todo(args, method, prompts)
+        rows = [(p, j) for p in todo for j in range(args.n_samples)]
+        per_batch = max(args.n_samples, args.batch_rows // args.n_samples * args.n_samples)
+        t_start = time.time()
+        for i in range(0, len(rows), per_batch):
+            chunk = rows[i : i + per_batch]
+            first = args.seed + prompts.index(chunk[0][0]) * args.n_samples
+            sps = [SamplingParams(temperature=1.0, top_p=0.9, top_k=0, max_tokens=args.max_new_tokens,
+                                  seed=first + r) for r in range(len(chunk))]
+            t0, c0 = time.time(), time.process_time()
+            texts = [p["prompt"] for p, _ in chunk]
+            outs = (vllm_debias.generate(llm, texts, cfg, sps) if method == "steer"
+                    else llm.generate(texts, sps, use_tqdm=False))  # plain: the engine's own path
+            dt, dc = time.time() - t0, time.process_time() - c0
+            if method == "steer":
+                bad = [o.debias_status.status for o in outs if o.debias_status.status != "applied"]
+                if bad:
+                    raise SystemExit(f"{len(bad)} steered rows were not applied: {sorted(set(bad))}")
+            conts = [o.outputs[0].text for o in outs]
+            by_prompt: dict[str, list[int]] = {}
+            for r, (p, _) in enumerate(chunk):
+                by_prompt.setdefault(p["id"], []).append(r)
+            with path.open("a", encoding="utf-8") as fh:
+                for idx in by_prompt.values():
+                    p = chunk[idx[0]][0]
+                    fh.write(json.dumps({**p, "method": method, "backend": "vllm",
+                                         "continuations": [conts[r] for r in idx],
+                                         "config": {**cfg.to_dict(), "vectors": str(overrides["vectors"])}
+                                         if method == "steer" else None,
+                                         "batch_rows": len(chunk), "seconds_batch": dt,
+                                         "cpu_seconds_batch": dc}) + "\n")
+            print(f"[{args.suite}/{name} vllm] {i + len(chunk)}/{len(rows)} rows, {time.time() - t_start:.0f}s wall",
+                  flush=True)
+
+
 def parse_overrides(items: list[str]) -> dict:
     out = {}
     for item in items:
@@ -64,7 +139,14 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="UDDIAConfig (SteerConfig for steer) override")
     ap.add_argument("--tag", default="", help="suffix of the output files (method-TAG)")
     ap.add_argument("--out", default=str(HERE / "results"))
+    ap.add_argument("--backend", choices=["hf", "vllm"], default="hf")
     args = ap.parse_args()
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if args.backend == "vllm":
+        bad = sorted(set(methods) - {"plain", "steer"})
+        if bad:
+            ap.error(f"--backend vllm runs the methods plain and steer only (UDDIA itself needs gradients), not {bad}")
+        return run_vllm(args, methods)
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
@@ -80,13 +162,8 @@ def main() -> None:
     overrides = parse_overrides(args.set)
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    for method in [m.strip() for m in args.methods.split(",") if m.strip()]:
-        name = f"{method}-{args.tag}" if args.tag else method
-        path = out_dir / f"{args.suite}-{name}.jsonl"
-        done = set()
-        if path.exists():
-            done = {json.loads(line)["id"] for line in path.open() if line.strip()}
-        todo = [p for p in prompts if p["id"] not in done]
+    for method in methods:
+        name, path, todo = _todo(args, method, prompts)
         cfg = runner = None
         t_wrap = time.process_time()
         if method == "steer":  # activation steering (docs/steering.md): --set vectors=... --set scale=...

@@ -29,12 +29,9 @@ LAZY_BUILTINS = {("debias_lm.registry", "_ensure_builtins")}
 # (module prefix -> why it is exempt for now)
 ALLOWED_AREAS: dict[str, str] = {}
 
-# Modules whose string comparisons name *result labels*, not registry lookups: the occupational evaluation's arms
-# ("none" = the plain arm, "nbls_instructions" / "nbls_shuffled" = NBLS's controls, which are not registry
-# methods) and the overhead table's plain row. Exempt from the name check only.
+# Modules whose string comparisons name *result labels*, not registry lookups: the overhead table's plain row.
+# Exempt from the name check only.
 ARM_LABELS = {
-    "debias_lm.evaluation.suites.occupational.probes": "the four arms of the NBLS comparison and their configs",
-    "debias_lm.evaluation.suites.occupational.standalone": "its report's rows keyed by arm label",
     "debias_lm.evaluation.suites.overhead": "the plain row of the timing table",
     "debias_lm.cli.commands": "the command list: 'uddia' and 'steer' are commands as well as method names",
 }

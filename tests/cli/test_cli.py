@@ -33,65 +33,24 @@ def test_generate_no_baseline(tiny_llama_dir):
     assert "--- plain:" not in r.stdout and "--- identity:" in r.stdout
 
 
-def test_eval_occupational_json_schema(tiny_llama_dir, tmp_path):
+def test_eval_occupational_suite_on_a_user_occupations_file(tiny_llama_dir, tmp_path):
     occ_file = tmp_path / "occ.txt"
-    occ_file.write_text("# two occupations\nCooks\n\nBakers\n")
-    out = tmp_path / "res.json"
-    r = run_cli("eval", "occupational", "--model", str(tiny_llama_dir), "--method", "nbls", "--probe", "likelihood",
-                "--occupations", str(occ_file), "--occupation", "Lawyers", "--json", str(out), "--no-progress")
-    assert r.returncode == 0, r.stderr
-    data = json.loads(out.read_text())
-    assert data["method"] == "nbls" and data["probe"] == "likelihood"
-    assert [o["occupation"] for o in data["occupations"]] == ["Cooks", "Bakers", "Lawyers"]
-    assert [o["bls_women"] for o in data["occupations"]] == [38.4, 63.6, 38.5]
-    assert all(0.0 <= o["p_female"] <= 1.0 for o in data["occupations"])
-    assert set(data["metrics"]) >= {"mae_pp", "pearson_r", "parity_gap_pp", "amplification_pp"}
-    assert not {"Cooks", "Bakers", "Lawyers"} & set(data["details"]["grounding_occupations"])
-    assert "| likelihood | nbls |" in r.stdout
-
-
-def test_eval_occupational_out_dir(tiny_llama_dir, tmp_path):
+    occ_file.write_text("# three occupations\nCooks\n\nBakers\nLawyers\n")
     out = tmp_path / "run"
-    r = run_cli("eval", "occupational", "--model", str(tiny_llama_dir), "--method", "none,nbls", "--probe",
-                "likelihood", "--occupation", "Cooks", "--occupation", "Electricians", "--k", "4", "--out", str(out),
-                "--no-progress")
+    r = run_cli("eval", "--suite", "occupational", "--model", str(tiny_llama_dir), "--method", "nbls", "--probe",
+                "likelihood", "--dataset", f"occupational={occ_file}", "--out", str(out), "--no-progress")
     assert r.returncode == 0, r.stderr
-    assert {p.name for p in out.iterdir()} >= {"none_likelihood.json", "nbls_likelihood.json", "summary.json",
-                                                "report.md", "occupational.png", "manifest.json"}
-    summary = json.loads((out / "summary.json").read_text())
-    none, nbls = summary["rows"]
-    base, new = none["mae_pp"], nbls["mae_pp"]
-    assert nbls["mae_reduction_vs_none"] == pytest.approx((base - new) / base)
-    assert str(out) in r.stdout
-    # the four-arm comparison into the same directory: the earlier run's files are replaced, none left stale
-    r = run_cli("eval", "occupational", "--model", str(tiny_llama_dir), "--method",
-                "none,nbls_instructions,nbls_shuffled,nbls", "--probe", "likelihood", "--occupation", "Cooks",
-                "--occupation", "Electricians", "--k", "4", "--out", str(out), "--no-progress")
-    assert r.returncode == 0, r.stderr
-    rows = json.loads((out / "summary.json").read_text())["rows"]
-    assert [x["method"] for x in rows] == ["none", "nbls_instructions", "nbls_shuffled", "nbls"]
-    assert all(x["n_common"] == 2 for x in rows)
-    shuffled = json.loads((out / "nbls_shuffled_likelihood.json").read_text())
-    assert shuffled["details"]["grounding"]["control"] == "shuffled"
-    assert "figures_from" in shuffled["details"]["grounding"]
-    assert "replaced 6 files of an earlier run" in r.stdout
-    # the shorter run after it: nothing of the four-arm run survives
-    r = run_cli("eval", "occupational", "--model", str(tiny_llama_dir), "--method", "none", "--probe", "likelihood",
-                "--occupation", "Cooks", "--out", str(out), "--no-progress")
-    assert r.returncode == 0, r.stderr
-    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "none_likelihood.json", "occupational.png",
-                                                      "report.md", "summary.json"]
-
-
-def test_eval_occupational_refuses_a_foreign_out_dir_before_loading_the_model(tmp_path):
-    out = tmp_path / "mine"
-    out.mkdir()
-    (out / "thesis.tex").write_text("x")
-    r = run_cli("eval", "occupational", "--model", str(tmp_path / "no-such-model"), "--out", str(out), timeout=120)
-    assert r.returncode == 2
-    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1 and "not written by 'eval occupational'" in lines[0] and "thesis.tex" in lines[0]
-    assert (out / "thesis.tex").exists()
+    rows = [json.loads(x) for x in (out / "samples.jsonl").read_text().splitlines()]
+    nbls = [x for x in rows if x["method"] == "nbls"]
+    assert [x["occupation"] for x in nbls] == ["Cooks", "Bakers", "Lawyers"]
+    assert [x["bls_women"] for x in nbls] == [38.4, 63.6, 38.5]
+    assert all(0.0 <= x["p_female"] <= 1.0 for x in nbls)
+    res = json.loads((out / "results.json").read_text())["results"]["occupational"]["nbls"]["likelihood"]
+    assert set(res) >= {"mae_pp", "pearson_r", "parity_gap_pp", "amplification_pp"} and res["n"] == 3
+    details = json.loads((out / "occupational_details.json").read_text())["nbls"]
+    assert len(details["grounding_occupations"]) == 32
+    assert not {"Cooks", "Bakers", "Lawyers"} & set(details["grounding_occupations"])
+    assert "| likelihood | nbls |" in r.stdout and str(out) in r.stdout
 
 
 @pytest.mark.parametrize(
@@ -103,11 +62,11 @@ def test_eval_occupational_refuses_a_foreign_out_dir_before_loading_the_model(tm
         (["generate", "--method", "nbls", "--prompt", "x", "--set", "k"], "expected FIELD=VALUE"),
         (["generate", "--method", "nbls", "--prompt", "x", "--set", "colour=1"], "unknown field(s) colour"),
         (["generate", "--method", "nbls", "--prompt", "x", "--model", "./no/such/model"], "does not exist"),
-        (["eval", "occupational", "--occupation", "wizard"], "unknown occupation 'wizard'"),
-        (["eval", "occupational", "--occupations", "missing.txt"], "occupations file not found"),
-        (["eval", "occupational", "--method", "nbls", "--k", "300"], "k=300 is larger than the 102 eligible occupations left after excluding 50 and 108 related"),
-        (["eval", "occupational", "--probe", "vibes"], "--probe 'vibes' is invalid"),
-        (["eval", "occupational", "--method", "none,nbls", "--json", "x.json"], "--json takes one method"),
+        (["eval", "--suite", "occupational", "--dataset", "occupational=missing.txt", "--out", "x"],
+         "occupations file not found"),
+        (["eval", "--suite", "occupational", "--method", "nbls", "--set", "nbls.k=150", "--out", "x"],
+         "k=150 is larger than the 102 eligible occupations left after excluding 50 and 108 related"),
+        (["eval", "--suite", "occupational", "--probe", "vibes", "--out", "x"], "--probe vibes is invalid"),
         (["bogus"], "invalid choice"),
     ],
 )

@@ -10,7 +10,7 @@ import pytest
 from debias_lm.cli.commands import COMMANDS
 from debias_lm.cli.main import build_parser, main
 
-HELP = [[c] for c in COMMANDS] + [["eval", "occupational"], ["ches", "score"], ["ches", "filter"],
+HELP = [[c] for c in COMMANDS] + [["ches", "score"], ["ches", "filter"],
                                   ["uddia", "train-probe"]]
 
 

@@ -120,69 +120,38 @@ def test_embedded_model_smoke(embedded):
 
 
 # ---------------------------------------------------------------------------------------- comparison
-def _result(method, probe, p_by_occ):
-    from debias_lm.evaluation.suites.occupational.probes import OccupationalResult
-    from debias_lm.metrics.occupational import occupational_metrics
-
-    rows = [{"occupation": n, "bls_women": q, "p_female": p} for n, (q, p) in p_by_occ.items()]
-    return OccupationalResult("m", method, probe, rows,
-                              occupational_metrics([r["p_female"] for r in rows], [r["bls_women"] for r in rows]))
+def _store_rows(method, probe, p_by_occ):
+    return [{"suite": "occupational", "method": method, "id": f"{probe}:{n}", "sample": 0, "probe": probe,
+             "occupation": n, "bls_women": q, "p_female": p} for n, (q, p) in p_by_occ.items()]
 
 
-def test_arms_are_compared_on_the_occupations_every_arm_resolved():
-    from debias_lm.evaluation.suites.occupational.standalone import common_resolved, comparison_rows
+def test_methods_are_compared_on_the_occupations_every_method_resolved(tmp_path):
+    """The suite's comparison from stored rows (a resumed run: no model): metrics on the occupations all methods
+    resolved, each method's own counts, the MAE reduction against the baseline on that set — all by hand."""
+    from debias_lm.evaluation.settings import EvalSettings
+    from debias_lm.evaluation.store import SampleStore
+    from debias_lm.evaluation.suites import Context
+    from debias_lm.evaluation.suites.occupational import run
 
-    nan = math.nan
-    occ = {"A": 90.0, "B": 10.0, "C": 50.0, "D": 70.0}
-    none = _result("none", "generation", {n: (q, p) for (n, q), p in zip(occ.items(), [0.5, 0.2, nan, 0.7])})
-    nbls = _result("nbls", "generation", {n: (q, p) for (n, q), p in zip(occ.items(), [0.8, nan, 0.5, 0.6])})
-    assert common_resolved([none, nbls]) == ["A", "D"]
-    rows = {r["method"]: r for r in comparison_rows([none, nbls])}
-    # by hand on {A, D}: none |50-90|, |70-70| -> 20.0; nbls |80-90|, |60-70| -> 10.0
-    assert rows["none"]["mae_pp"] == pytest.approx(20.0) and rows["nbls"]["mae_pp"] == pytest.approx(10.0)
-    assert rows["nbls"]["mae_reduction_vs_none"] == pytest.approx(0.5)
-    # amplification on {A, D}: none: sign(40)(50-90)=-40, sign(20)(70-70)=0 -> -20; nbls: -10, -10 -> -10
-    assert rows["none"]["amplification_pp"] == pytest.approx(-20.0)
-    assert rows["nbls"]["amplification_pp"] == pytest.approx(-10.0)
-    assert rows["none"]["n_common"] == rows["nbls"]["n_common"] == 2
-    assert (rows["none"]["n_resolved"], rows["none"]["n_unresolved"]) == (3, 1)
-    assert (rows["nbls"]["n_resolved"], rows["nbls"]["n_unresolved"]) == (3, 1)
-    # each arm alone would have been scored on a different set (the bug this guards against)
-    assert none.metrics["mae_pp"] != pytest.approx(rows["none"]["mae_pp"])
-
-
-def test_out_dir_of_an_earlier_run_is_replaced_and_a_foreign_one_refused(tmp_path):
-    from debias_lm.errors import UserInputError
-    from debias_lm.evaluation.suites.occupational.standalone import check_out_dir, write_run
-
-    out = tmp_path / "run"
-    assert check_out_dir(out) == []
-    write_run(out, {"none_likelihood.json": "{}", "nbls_likelihood.json": "{}", "report.md": "a"}, {"x": 1})
-    manifest = __import__("json").loads((out / "manifest.json").read_text())
-    assert manifest["files"] == ["nbls_likelihood.json", "none_likelihood.json", "report.md"]
-    # a second run with fewer arms: the first run's files go, nothing stale is left
-    replaced = write_run(out, {"none_likelihood.json": "{}", "report.md": "b"}, {"x": 2})
-    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "none_likelihood.json", "report.md"]
-    assert replaced == ["manifest.json", "nbls_likelihood.json", "none_likelihood.json", "report.md"]
-    assert __import__("json").loads((out / "manifest.json").read_text())["replaced_from_earlier_run"] == replaced
-    # a file the manifest does not list is never deleted; without a manifest such a directory is refused
-    (out / "notes.txt").write_text("mine")
-    assert check_out_dir(out) == ["manifest.json", "none_likelihood.json", "report.md"]  # manifest-owned only
-    write_run(out, {"none_likelihood.json": "{}"}, {})
-    assert (out / "notes.txt").read_text() == "mine"
-    (out / "manifest.json").unlink()
-    with pytest.raises(UserInputError, match="not written by 'eval occupational'.*notes.txt"):
-        check_out_dir(out)
-    assert (out / "notes.txt").read_text() == "mine"
-    # an older run without a manifest: recognised by its file names
-    legacy = tmp_path / "legacy"
-    legacy.mkdir()
-    for name in ("none_generation.json", "nbls_generation.json", "summary.json", "report.md", "occupational.png"):
-        (legacy / name).write_text("x")
-    assert len(check_out_dir(legacy)) == 5
-    (tmp_path / "afile").write_text("x")
-    with pytest.raises(UserInputError, match="is a file"):
-        check_out_dir(tmp_path / "afile")
+    occ = {"Cooks": 38.4, "Bakers": 63.6, "Lawyers": 38.5, "Electricians": 2.1}
+    (tmp_path / "occ.txt").write_text("\n".join(occ) + "\n")
+    settings = EvalSettings(suites=("occupational",), methods=("none", "nbls_shuffled"), out=str(tmp_path),
+                            occupational_probes=("generation",), datasets={"occupational": str(tmp_path / "occ.txt")},
+                            progress=False)
+    store = SampleStore(tmp_path)
+    none_p, arm_p = [0.5, 0.2, None, 0.1], [0.3, None, 0.5, 0.0]
+    store.add(_store_rows("none", "generation", {n: (q, p) for (n, q), p in zip(occ.items(), none_p)}))
+    store.add(_store_rows("nbls_shuffled", "generation", {n: (q, p) for (n, q), p in zip(occ.items(), arm_p)}))
+    res = run(Context(settings=settings, store=store, out=tmp_path))
+    none, arm = res["none"]["generation"], res["nbls_shuffled"]["generation"]
+    # by hand on {Cooks, Electricians}: none |50-38.4|, |10-2.1| -> 9.75; nbls_shuffled |30-38.4|, |0-2.1| -> 5.25
+    assert none["mae_pp"] == pytest.approx(9.75) and arm["mae_pp"] == pytest.approx(5.25)
+    assert arm["mae_reduction_vs_none"] == pytest.approx((9.75 - 5.25) / 9.75)
+    assert "mae_reduction_vs_none" not in none
+    assert none["n"] == arm["n"] == 2
+    assert (none["n_resolved"], none["n_unresolved"]) == (3, 1) and (arm["n_resolved"], arm["n_unresolved"]) == (3, 1)
+    # amplification on the common set: sign(BLS-50)·(p̂-BLS): none -(50-38.4), -(10-2.1) -> -9.75
+    assert none["amplification_pp"] == pytest.approx(-9.75)
 
 
 def _model(request, which):
@@ -262,3 +231,83 @@ def test_both_probes_in_one_pass_equal_each_probe_alone(tiny_llama):
 
 
 TEMPLATES3 = ("The {occupation} said that", "I asked the {occupation} what", "The {occupation} was late because")
+
+
+# ---------------------------------------------------------------------------------------- make run
+def _make_run_argv() -> list[str]:
+    """The `debias-lm ...` arguments of the Makefile's `run` recipe (the README's `make run`), as written there."""
+    import re
+    import shlex
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[2] / "Makefile").read_text()
+    recipe = re.search(r"^run:.*\n((?:\t.*\n)+)", text, re.M).group(1)
+    line = " ".join(ln.strip().rstrip("\\").strip() for ln in recipe.splitlines())
+    argv = shlex.split(line)
+    return argv[argv.index("$(VENV)/bin/debias-lm") + 1 :]
+
+
+def test_make_run_goes_through_the_occupational_suite_and_prints_the_comparison_table(tiny_llama_dir, tmp_path):
+    """`make run`'s own command line (read from the Makefile), on a tiny model and 4 occupations: the harness's
+    occupational suite runs the four arms (NBLS's controls are its registered variants, each with its own
+    grounding), prints a progress line per arm and the comparison table, and every number in the table is what
+    samples.jsonl gives when recomputed by hand on the occupations all arms resolved."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from debias_lm.metrics.occupational import occupational_metrics
+
+    def fmt(v, nd=2):
+        return "n/a" if math.isnan(v) else f"{v:.{nd}f}"
+
+    argv = _make_run_argv()
+    assert argv[:3] == ["eval", "--suite", "occupational"]
+    assert "none,nbls_instructions,nbls_shuffled,nbls" in argv
+    out = tmp_path / "run"
+    argv = [str(out) if a == "$(RESULTS)" else a for a in argv]
+    small = ["--model", str(tiny_llama_dir), "--limit", "4", "--occupational-samples", "3", "--max-new-tokens", "4",
+             "--set", "nbls.k=4", "--set", "nbls_shuffled.k=4", "--set", "nbls_instructions.k=4"]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    r = subprocess.run([sys.executable, "-m", "debias_lm.cli.main", *argv, *small], capture_output=True, text=True,
+                       timeout=600, env=env)
+    assert r.returncode == 0, r.stderr
+    arms = ["none", "nbls_instructions", "nbls_shuffled", "nbls"]
+    for i, arm in enumerate(arms, 1):
+        assert f"[{i}/4] {arm}: likelihood + generation probe ..." in r.stdout
+    lines = r.stdout.splitlines()
+    head = lines.index("| probe | arm | MAE (pp) ↓ | Pearson r ↑ | parity gap (pp) | amplification (pp) | MAE "
+                       "reduction vs none | compared on | resolved / unresolved (arm) |")
+    assert lines[head - 2].startswith("Occupational gender bias vs BLS CPS 2022 (4 occupations, model: ")
+    table = [[c.strip() for c in ln.strip("|").split("|")] for ln in lines[head + 2 : head + 10]]
+    assert [(t[0], t[1]) for t in table] == [(p, a) for p in ("likelihood", "generation") for a in arms]
+    rows = [json.loads(x) for x in (out / "samples.jsonl").read_text().splitlines()]
+    for probe in ("likelihood", "generation"):
+        by = {a: {r["id"]: r for r in rows if r["method"] == a and r["probe"] == probe} for a in arms}
+        assert all(len(by[a]) == 4 for a in arms)
+        common = [i for i in by["none"] if all(by[a][i]["p_female"] is not None for a in arms)]
+        mae = {}
+        for a, cells in zip(arms, [t for t in table if t[0] == probe]):
+            m = occupational_metrics([by[a][i]["p_female"] for i in common], [by[a][i]["bls_women"] for i in common])
+            mae[a] = m["mae_pp"]
+            resolved = sum(by[a][i]["p_female"] is not None for i in by[a])
+            assert cells[2:6] == [fmt(m["mae_pp"]), fmt(m["pearson_r"], 3), fmt(m["parity_gap_pp"]),
+                                  fmt(m["amplification_pp"])]
+            want_red = "—" if a == "none" else f"{100 * (mae['none'] - mae[a]) / mae['none']:.1f}%"
+            assert cells[6:] == [want_red, str(len(common)), f"{resolved} / {4 - resolved}"]
+    # the controls are what their names say: each arm's grounding record, none for the plain arm
+    details = json.loads((out / "occupational_details.json").read_text())
+    assert details["none"]["grounding_occupations"] == []
+    assert [details[a]["grounding"]["control"] for a in arms[1:]] == ["instructions", "shuffled", "none"]
+    assert all(details[a]["config"]["k"] == 4 for a in arms[1:])
+    likelihood = {a: [by_a["p_female"] for by_a in rows if by_a["method"] == a and by_a["probe"] == "likelihood"]
+                  for a in arms}
+    assert len({tuple(v) for v in likelihood.values()}) == 4  # four different prompts, four different estimates
+    # a rerun resumes: nothing is generated again and the same table is printed
+    again = subprocess.run([sys.executable, "-m", "debias_lm.cli.main", *argv, *small], capture_output=True,
+                           text=True, timeout=600, env=env)
+    assert again.returncode == 0, again.stderr
+    assert "probe resumed from samples.jsonl" in again.stdout
+    assert [ln for ln in again.stdout.splitlines() if ln.startswith("| ")] == \
+        [ln for ln in lines if ln.startswith("| ")]

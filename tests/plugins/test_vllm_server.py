@@ -12,10 +12,6 @@ from __future__ import annotations
 import gc
 import json
 import os
-import signal
-import socket
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -43,12 +39,6 @@ N = 8
 PROMPTS = ["The nurse said that", "A pilot", "The doctor told me that", "He and she went to the",
            "The teacher asked the student", "Women and men work in every", "What is the capital of", "Describe the"]
 CAL = dl.CalibrationConfig(labels=("he", "she"), prior="given", prior_probs=(0.999, 0.001))
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _post(url: str, body: dict, timeout: float = 120.0) -> tuple[int, dict]:
@@ -110,43 +100,13 @@ def _with_processor_entry_points(env: dict, tmp) -> dict:
 
 @pytest.fixture(scope="module")
 def server(tiny_llama_dir, tmp_path_factory, baseline):
-    port = _free_port()
+    from debias_lm.testing.server import serve_local
+
     tmp = tmp_path_factory.mktemp("server")
-    log_path = tmp / "server.log"
-    cmd = [sys.executable, "-c", "import sys; from debias_lm.cli.main import main; sys.exit(main())",
-           "serve", "--model", str(tiny_llama_dir), "--port", str(port), "--dtype", "float32",
-           "--max-model-len", "2048", "--nbls", "--nbls-k", "4", "--", "--enforce-eager", "--seed", "0"]
-    env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE="1", HF_HUB_OFFLINE="1")
-    env.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)  # the server runs its engine in its own process
-    env = _with_processor_entry_points(env, tmp)
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 300
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"server exited ({proc.returncode}):\n{log_path.read_text()[-4000:]}")
-            try:
-                with urllib.request.urlopen(url + "/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.time() > deadline:
-                pytest.fail(f"server did not come up in 300 s:\n{log_path.read_text()[-4000:]}")
-            time.sleep(0.5)
-        with urllib.request.urlopen(url + "/v1/models", timeout=10) as r:
-            model = json.loads(r.read())["data"][0]["id"]
-        yield {"url": url, "model": model, "log": log_path}
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+    env = _with_processor_entry_points(dict(os.environ), tmp)
+    with serve_local(tiny_llama_dir, tmp / "server.log", args=("--dtype", "float32", "--max-model-len", "2048",
+                                                               "--nbls", "--nbls-k", "4"), env=env) as srv:
+        yield {"url": srv.url, "model": srv.model, "log": srv.log}
 
 
 def _complete(server, prompt, xargs=None, **kw):

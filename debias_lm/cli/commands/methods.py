@@ -13,4 +13,7 @@ def run(args) -> int:
     print(f"{'method':<18}{'vllm':<9}description")
     for spec in list_methods():
         print(f"{spec.name:<18}{spec.vllm:<9}{spec.description}")
+        for variant, preset in spec.variants.items():
+            fields = ", ".join(f"{k}={v}" for k, v in preset.items())
+            print(f"{variant:<18}{spec.vllm:<9}variant of {spec.name}: {fields}")
     return 0

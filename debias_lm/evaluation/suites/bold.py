@@ -9,9 +9,8 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
-from ..common import seeded_subset
 from . import Column, Context, Suite, register_suite
-from .common import mean, record_errors, sample_prompts, score_list, score_rows, user_dataset
+from .common import mean, record_errors, sample_prompts, score_list, score_rows, user_dataset, user_records
 
 NAME = "bold"
 WHERE = "<domain>_prompt.json from https://github.com/amazon-science/bold (prompts/)"
@@ -22,11 +21,9 @@ def _load(settings):
 
 
 def items(settings) -> tuple[list[dict], list[dict]]:
-    loaded = _load(settings)
-    errors = [{"suite": NAME, "method": "-", "id": r.id, "error": r.error} for r in loaded.records if r.error]
-    good = [{"id": r.id, "prompt": r.data["prompt"], "domain": r.data["domain"], "group": r.data["group"]}
-            for r in loaded.records if not r.error]
-    return seeded_subset(good, settings.limit, settings.seed), errors
+    records, errors = user_records(settings, NAME, WHERE)
+    return [{"id": r.id, "prompt": r.data["prompt"], "domain": r.data["domain"], "group": r.data["group"]}
+            for r in records], errors
 
 
 def group_spread(rows: list[dict], scorer: str) -> tuple[float, dict[str, float]]:

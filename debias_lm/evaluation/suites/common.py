@@ -193,3 +193,31 @@ def sentence_scores(ctx: Context, method: str, texts: list[str]) -> list[float]:
         return ll_full
     ll_prefix = sentence_logliks(ctx.model, ctx.tokenizer, [prefix], batch_size=1)[0]
     return [v - ll_prefix for v in ll_full]  # LL(sentence | prefix) = LL(prefix + sentence) - LL(prefix)
+
+
+def user_records(settings: EvalSettings, suite: str, where: str) -> tuple[list, list[dict]]:
+    """The well-formed records of ``--dataset SUITE=FILE`` cut to ``--limit`` (seeded), and an error row for each
+    malformed one (for :func:`record_errors`): the start every suite on a user-provided file shares."""
+    loaded = user_dataset(settings, suite, suite, where)
+    errors = [{"suite": suite, "method": "-", "id": r.id, "error": r.error} for r in loaded.records if r.error]
+    return seeded_subset([r for r in loaded.records if not r.error], settings.limit, settings.seed), errors
+
+
+def sentence_likelihood_rows(ctx: Context, suite: str, where: str, sentences: dict[str, str],
+                             fields) -> dict[str, list[dict]]:
+    """The likelihood suites' loop (CrowS-Pairs, StereoSet): for every method, the summed log-likelihood of each
+    item's sentences (``sentences``: row field -> the record's data key, e.g. ``{"ll_more": "sent_more"}``) for
+    the items samples.jsonl lacks, stored with ``fields(record)``; returns ``{method: rows in item order}``."""
+    items, errors = user_records(ctx.settings, suite, where)
+    record_errors(ctx, errors)
+    n = len(sentences)
+    out = {}
+    for method in ctx.settings.methods:
+        todo = [r for r in items if not ctx.store.has(suite, method, r.id)]
+        if todo:
+            ll = sentence_scores(ctx, method, [r.data[key] for r in todo for key in sentences.values()])
+            ctx.store.add([{"suite": suite, "method": method, "id": r.id, "sample": 0, **fields(r),
+                            **{name: ll[n * i + j] for j, name in enumerate(sentences)}} for i, r in enumerate(todo)])
+        rows = {r["id"]: r for r in ctx.store.select(suite, method)}
+        out[method] = [rows[r.id] for r in items if r.id in rows]
+    return out

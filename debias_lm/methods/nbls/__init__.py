@@ -18,6 +18,8 @@ if NBLSConfig.method not in _REGISTRY:
         kind="prompt",
         vllm="yes",
         vllm_mapping="debias_lm.methods.nbls.vllm:MAPPING",
+        # the controls of an NBLS evaluation: the grounding's wording without figures; the figures permuted
+        variants={"nbls_instructions": {"control": "instructions"}, "nbls_shuffled": {"control": "shuffled"}},
         description="ground prompts in U.S. BLS occupation statistics (k=32 instances, system message)",
     )
 

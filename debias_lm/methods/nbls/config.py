@@ -19,8 +19,8 @@ class NBLSConfig(MethodConfig):
     export to ground on instead of the shipped 2022 table. ``exclude_related`` (default true): also leave out
     every occupation related to an excluded one. ``control``: ``""`` (the method), ``"instructions"`` (the
     grounding's wording without the statistics) or ``"shuffled"`` (the same lines with the figures permuted
-    across the occupations): the controls of an evaluation (``debias-lm eval occupational --method
-    none,nbls_instructions,nbls_shuffled,nbls``).
+    across the occupations): the controls of an evaluation, registered as the variants ``nbls_instructions`` and
+    ``nbls_shuffled`` (``debias-lm eval --suite occupational --method none,nbls_instructions,nbls_shuffled,nbls``).
     """
 
     method: ClassVar[str] = "nbls"

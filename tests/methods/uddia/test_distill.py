@@ -14,28 +14,8 @@ from debias_lm.methods.uddia.hf import UDDIAHF
 from debias_lm.utils.steer_file import SteerFile
 
 PROMPTS = ["The nurse said that", "He and she went to the store and the teacher asked", "You stupid", "Hello"]
-TEXTS = ["you are a stupid idiot", "have a nice day", "the nurse said that she would be late", "shut up you fool",
-         "the teacher asked the student a question", "damn idiot, go away"]
-LABELS = [1, 0, 0, 1, 0, 1]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module", params=["gpt2", "llama"])
-def tiny(request, tmp_path_factory):
-    from debias_lm.methods.uddia.probe import train_probe
-    from debias_lm.testing import build_tiny_gpt2, build_tiny_llama
-
-    model, tok = (build_tiny_gpt2 if request.param == "gpt2" else build_tiny_llama)(num_layers=4)
-    path = tmp_path_factory.mktemp("probe") / f"{request.param}.probe.safetensors"
-    train_probe(model, tok, TEXTS, LABELS, epochs=30).save(path)
-    return request.param, model, tok, str(path)
 
 
 class Recorder:
@@ -138,13 +118,13 @@ def _prompts_file(tmp_path):
     return p
 
 
-def test_distill_cli_writes_both_averages(tiny_llama_dir, tmp_path):
+def test_distill_cli_writes_both_averages(tiny_llama_dir, tmp_path, labeled_texts):
     from debias_lm.cli.main import main
     from debias_lm.methods.uddia.probe import train_probe
     from debias_lm.models import load_model
 
     model, tok = load_model(str(tiny_llama_dir))
-    probe = train_probe(model, tok, TEXTS, LABELS, epochs=20).save(tmp_path / "p.safetensors")
+    probe = train_probe(model, tok, *labeled_texts, epochs=20).save(tmp_path / "p.safetensors")
     out, other = tmp_path / "mean.safetensors", tmp_path / "trig.safetensors"
     assert main(["uddia", "distill", "--model", str(tiny_llama_dir), "--prompts", str(_prompts_file(tmp_path)),
                  "--out", str(out), "--out-other", str(other), "--set", f"probe={json.dumps(str(probe))}",

@@ -14,30 +14,6 @@ from debias_lm.core.sampling import top_p_mask
 from debias_lm.errors import UserInputError
 
 PROMPTS = ["The nurse said that", "He and she went to the store and the teacher asked"]
-TEXTS = ["you are a stupid idiot", "have a nice day", "the nurse said that she would be late", "shut up you fool",
-         "the teacher asked the student a question", "damn idiot, go away"]
-LABELS = [1, 0, 0, 1, 0, 1]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Two torch threads on a loaded 2-core machine are much slower than one; restore afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module", params=["gpt2", "llama"])
-def tiny(request, tmp_path_factory):
-    from debias_lm.methods.uddia.probe import train_probe
-    from debias_lm.testing import build_tiny_gpt2, build_tiny_llama
-
-    model, tok = (build_tiny_gpt2 if request.param == "gpt2" else build_tiny_llama)(num_layers=4)
-    probe = train_probe(model, tok, TEXTS, LABELS, epochs=30)
-    path = tmp_path_factory.mktemp("probe") / f"{request.param}.probe.safetensors"
-    probe.save(path)
-    return request.param, model, tok, str(path)
 
 
 def _enc(tok, prompts=PROMPTS):
@@ -291,7 +267,7 @@ def test_eos_stops_and_pads(tiny):
 
 
 @pytest.mark.parametrize("bits", [8, 4])
-def test_bitsandbytes_model(tiny_llama_dir, tmp_path, bits):
+def test_bitsandbytes_model(tiny_llama_dir, tmp_path, bits, labeled_texts):
     pytest.importorskip("bitsandbytes")
     from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
@@ -301,7 +277,7 @@ def test_bitsandbytes_model(tiny_llama_dir, tmp_path, bits):
          BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32))
     model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, quantization_config=q, device_map="cpu").eval()
     tok = AutoTokenizer.from_pretrained(tiny_llama_dir)
-    probe = train_probe(model, tok, TEXTS, LABELS, epochs=10).save(tmp_path / "q.safetensors")
+    probe = train_probe(model, tok, *labeled_texts, epochs=10).save(tmp_path / "q.safetensors")
     w = dl.wrap(model, tok, {"method": "uddia", "variant": "u", "lr": 0.5, "layer_step": 0, "probe": str(probe),
                              "tox_trigger": 0.0, "trigger": 0.0})
     # bitsandbytes' CPU backend rewrites some of its own quant-state tensors (``*.absmax`` of down_proj) on
@@ -321,11 +297,11 @@ def test_bitsandbytes_model(tiny_llama_dir, tmp_path, bits):
             assert grads[site] is not None and float(grads[site].abs().sum()) > 0
 
 
-def test_cli_generate_and_train_probe(tiny_llama_dir, tmp_path, capsys):
+def test_cli_generate_and_train_probe(tiny_llama_dir, tmp_path, capsys, labeled_texts):
     from debias_lm.cli.main import main
 
     data = tmp_path / "labeled.jsonl"
-    data.write_text("".join(json.dumps({"text": t, "label": y}) + "\n" for t, y in zip(TEXTS, LABELS)))
+    data.write_text("".join(json.dumps({"text": t, "label": y}) + "\n" for t, y in zip(*labeled_texts)))
     out = tmp_path / "p.safetensors"
     assert main(["uddia", "train-probe", "--model", str(tiny_llama_dir), "--data", str(data), "--out", str(out),
                  "--epochs", "5"]) == 0
@@ -452,13 +428,13 @@ def test_probe_label_smoothing_bounds_margins_and_temperature_minimises_nll():
     assert T == pytest.approx(float(grid[nll.argmin()]), rel=0.01)
 
 
-def test_train_probe_cli_uses_the_data_split_and_reports_calibration(tiny_llama_dir, tmp_path, capsys):
+def test_train_probe_cli_uses_the_data_split_and_reports_calibration(tiny_llama_dir, tmp_path, capsys, labeled_texts):
     from debias_lm.cli.main import main
     from debias_lm.methods.uddia.probe import ToxicityProbe
 
-    texts = TEXTS * 4
+    texts, labels = labeled_texts
     rows = [{"text": t + f" {i}", "label": y, "split": "val" if i % 4 == 0 else "train"}
-            for i, (t, y) in enumerate(zip(texts, LABELS * 4))]
+            for i, (t, y) in enumerate(zip(texts * 4, labels * 4))]
     data = tmp_path / "d.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "p.safetensors"

@@ -24,27 +24,6 @@ import debias_lm as dl
 from debias_lm.methods.uddia import stats as uddia_stats
 
 PROMPTS = ["The nurse said that", "He and she went to the store and the teacher asked"]
-TEXTS = ["you are a stupid idiot", "have a nice day", "the nurse said that she would be late", "shut up you fool",
-         "the teacher asked the student a question", "damn idiot, go away"]
-LABELS = [1, 0, 0, 1, 0, 1]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def _tiny(kind: str, tmp_path):
-    from debias_lm.methods.uddia.probe import train_probe
-    from debias_lm.testing import build_tiny_gpt2, build_tiny_llama
-
-    model, tok = (build_tiny_gpt2 if kind == "gpt2" else build_tiny_llama)(num_layers=4)
-    path = tmp_path / f"{kind}.probe.safetensors"
-    train_probe(model, tok, TEXTS, LABELS, epochs=30).save(path)
-    return model, tok, str(path)
 
 
 def _enc(tok, prompts=PROMPTS):
@@ -134,10 +113,10 @@ def _row_reference(model, tok, prompt: str, impl, bias_delta: dict[str, torch.Te
     return logits, dict(zip(params, grads))
 
 
-def test_one_step_matches_bias_edited_copy_of_gpt2(tmp_path):
+def test_one_step_matches_bias_edited_copy_of_gpt2(tmp_path, tiny_with_probe):
     """Offset gradient == autograd through bias parameters of a copy; tuned logits == forward of the copy with
     lr x RMS x sign(grad) written into its biases (per row, no hooks, no batching)."""
-    model, tok, probe = _tiny("gpt2", tmp_path)
+    model, tok, probe = tiny_with_probe("gpt2", tmp_path)
     cfg = dl.UDDIAConfig(variant="t", probe=probe, lr=0.5, update="adam", step_scale="rms", kl_budget=0.0,
                          tox_trigger=0.0, fusion=1.0, layer_step=0, num_layers=3)
     w = dl.wrap(model, tok, cfg)
@@ -166,8 +145,8 @@ def test_one_step_matches_bias_edited_copy_of_gpt2(tmp_path):
         assert (tuned[r] - torch.log_softmax(ref_logits, -1)).abs().max() < 1e-4
 
 
-def test_debias_term_reaches_the_offset_gradient_through_hf_loop(tmp_path):
-    model, tok, probe = _tiny("gpt2", tmp_path)
+def test_debias_term_reaches_the_offset_gradient_through_hf_loop(tmp_path, tiny_with_probe):
+    model, tok, probe = tiny_with_probe("gpt2", tmp_path)
     enc = _enc(tok)
     lam = 0.7
     grads = {}
@@ -189,8 +168,8 @@ def test_debias_term_reaches_the_offset_gradient_through_hf_loop(tmp_path):
 
 
 @pytest.mark.parametrize("kind", ["gpt2", "llama"])
-def test_step_rule_rms_and_kl_budget_on_tiny_models(kind, tmp_path):
-    model, tok, probe = _tiny(kind, tmp_path)
+def test_step_rule_rms_and_kl_budget_on_tiny_models(kind, tmp_path, tiny_with_probe):
+    model, tok, probe = tiny_with_probe(kind, tmp_path)
     enc = _enc(tok)
     default = dl.UDDIAConfig()
     # (1) RMS rule: every element of one step is lr x its site's RMS (adam: sign steps)

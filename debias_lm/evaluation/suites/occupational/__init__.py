@@ -3,20 +3,30 @@
 The likelihood probe (next-token pronoun probabilities; prompt methods: kinds ``none`` and ``prompt``) and the
 generation probe for every method (decoding methods sample through their own ``generate``), p̂(F|o) against
 BLS: MAE, Pearson r, parity gap, amplification (``debias_lm.metrics.occupational``). Every method of a probe
-is scored on the occupations all of them resolved.
+is scored on the occupations all of them resolved, and its MAE reduction is taken against the baseline
+(``none``) on that set. A prompt method runs both probes in one pass (:func:`.probes.run_probes`).
 
-Modules: :mod:`.probes` (the probes, prompts and occupations), :mod:`.standalone` (``debias-lm eval
-occupational``: the NBLS comparison arms with its own report files). This package registers the suite.
+The NBLS comparison of ``make run`` is this suite with NBLS and its two registered controls::
+
+    debias-lm eval --suite occupational --method none,nbls_instructions,nbls_shuffled,nbls \
+        --probe likelihood,generation --occupational-samples 8 --max-new-tokens 16 --batch-size 64 --out DIR
+
+Occupations: the 50 held-out :data:`DEFAULT_OCCUPATIONS`, or ``--dataset occupational=FILE`` (one BLS
+occupation name per line, ``#`` comments), cut to ``--limit`` by a seeded subset. Module :mod:`.probes`
+holds the probes, prompts and occupations; this module registers the suite.
 """
 
 from __future__ import annotations
 
+import json
+import math
+import os
+import time
 from collections import defaultdict
 
 from ...common import chunks, nan_to_none, progress_iter, seeded_subset
 from .. import Column, Context, Suite, register_suite
 from .probes import (  # noqa: F401  (public names of the probes)
-    ARMS,
     CHAT_INSTRUCTION,
     DEFAULT_OCCUPATIONS,
     FEMALE_PRONOUNS,
@@ -27,8 +37,6 @@ from .probes import (  # noqa: F401  (public names of the probes)
     TEMPLATES,
     OccupationalResult,
     PromptBuilder,
-    arm_config,
-    arm_name,
     count_gendered,
     evaluate_occupational,
     evaluate_occupational_probes,
@@ -41,6 +49,8 @@ from .probes import (  # noqa: F401  (public names of the probes)
     run_probes,
 )
 
+DETAILS = "occupational_details.json"  # per method: config, chat template, system prompt, grounding record
+
 
 def _prompt_kind(method: str) -> bool:
     from ...settings import method_spec
@@ -48,59 +58,142 @@ def _prompt_kind(method: str) -> bool:
     return method_spec(method).kind in ("none", "prompt")
 
 
+def suite_occupations(settings) -> list:
+    """The evaluated occupations: ``--dataset occupational=FILE`` or the defaults, cut to ``--limit`` (seeded)."""
+    from ....utils.files import read_text
+
+    path = settings.datasets.get("occupational")
+    names = None
+    if path:
+        if os.path.isfile(path):
+            read_text(path, what="occupations file")  # bytes that are not UTF-8: the file and line
+        names = read_occupations_file(path)
+    return seeded_subset(resolve_occupations(names), settings.limit, settings.seed)
+
+
+def _say(settings, text: str) -> None:
+    """A progress line per method (beside the progress bars; ``--no-progress`` silences both)."""
+    if settings.progress:
+        from tqdm.auto import tqdm
+
+        tqdm.write(text)
+
+
+def _fmt(v, nd=2) -> str:
+    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{nd}f}"
+
+
 def run(ctx: Context) -> dict:
-    from ....errors import UserInputError
-    from ....metrics.occupational import occupational_metrics
-    from ...settings import method_config
+    from ....metrics.occupational import occupational_metrics, relative_reduction
+    from ...settings import is_baseline, method_config
 
     s = ctx.settings
-    occs = seeded_subset(resolve_occupations(None), s.limit, s.seed)
+    occs = suite_occupations(s)
     names = [o.name for o in occs]
+    probes = list(s.occupational_probes)
+    details_path = ctx.out / DETAILS
+    details = json.loads(details_path.read_text(encoding="utf-8")) if details_path.is_file() else {}
+
+    def done(method, probe):
+        rows = [r for r in ctx.store.select("occupational", method)
+                if r.get("probe") == probe and r["id"].split(":", 1)[1] in names]
+        return sorted(rows, key=lambda r: names.index(r["id"].split(":", 1)[1]))
+
     results: dict[str, dict] = {}
-    for method in s.methods:
-        cfg = method_config(method, s.method_overrides.get(method))
+    seconds: dict[str, float] = {}
+    n = len(s.methods)
+    for i, method in enumerate(s.methods, 1):
         prompt_method = _prompt_kind(method)
-        res = {}
-        for probe in s.occupational_probes:
-            if probe not in PROBES:
-                raise UserInputError(f"occupational probe {probe!r} is invalid: expected one of {', '.join(PROBES)}")
+        res: dict = {}
+        wanted = []
+        for probe in probes:
             if probe == "likelihood" and not prompt_method:
                 res[probe] = {"not_applicable": "the likelihood probe reads next-token probabilities of the "
                                                 "prompt; a decoding method is measured by the generation probe"}
-                continue
-            done = [r for r in ctx.store.select("occupational", method) if r.get("probe") == probe and r["id"].split(":", 1)[1] in names]
-            if len(done) < len(names):
-                if prompt_method:
-                    out = evaluate_occupational(ctx.model, ctx.tokenizer, method=cfg, probe=probe, occupations=names,
-                                                chat=s.chat, n_samples=s.occupational_samples,
-                                                max_new_tokens=s.max_new_tokens, seed=s.seed,
-                                                batch_size=s.batch_size, progress=s.progress)
-                    rows = out.occupations
-                else:
-                    rows = decoding_generation_probe(ctx, method, occs)
-                have = {r["id"] for r in done}
-                new = [{"suite": "occupational", "method": method, "id": f"{probe}:{r['occupation']}", "sample": 0,
-                        "probe": probe, **nan_to_none({k: v for k, v in r.items() if k != "p_female_per_template"})}
-                       for r in rows if f"{probe}:{r['occupation']}" not in have]
-                ctx.store.add(new)
-                done = [r for r in ctx.store.select("occupational", method) if r.get("probe") == probe and r["id"].split(":", 1)[1] in names]
-            done.sort(key=lambda r: names.index(r["id"].split(":", 1)[1]))
-            res[probe] = done
+            else:
+                wanted.append(probe)
+        missing = [p for p in wanted if len(done(method, p)) < len(names)]
+        if missing:
+            _say(s, f"[{i}/{n}] {method}: {' + '.join(missing)} probe ...")
+            t0 = time.perf_counter()
+            if prompt_method:  # every missing probe in one pass
+                cfg = method_config(method, s.method_overrides.get(method))
+                out = evaluate_occupational_probes(
+                    ctx.model, ctx.tokenizer, method=cfg, probes=missing, occupations=names, chat=s.chat,
+                    n_samples=s.occupational_samples, max_new_tokens=s.max_new_tokens, seed=s.seed,
+                    batch_size=s.batch_size, progress=s.progress)
+                rows_by_probe = {r.probe: r.occupations for r in out}
+                details[method] = {k: v for k, v in out[0].details.items()
+                                   if k not in ("n_samples", "max_new_tokens", "seed", "temperature", "top_p")}
+            else:
+                rows_by_probe = {"generation": decoding_generation_probe(ctx, method, occs)}
+            seconds[method] = round(time.perf_counter() - t0, 2)
+            for probe, rows in rows_by_probe.items():
+                have = {r["id"] for r in done(method, probe)}
+                ctx.store.add([{"suite": "occupational", "method": method, "id": f"{probe}:{r['occupation']}",
+                                "sample": 0, "probe": probe,
+                                **nan_to_none({k: v for k, v in r.items() if k != "p_female_per_template"})}
+                               for r in rows if f"{probe}:{r['occupation']}" not in have])
+            own = []
+            for probe, rows in rows_by_probe.items():
+                m = occupational_metrics([r["p_female"] for r in rows], [r["bls_women"] for r in rows])
+                own.append(f"{probe} MAE {_fmt(m['mae_pp'])} pp ({m['n']} resolved)")
+            _say(s, f"[{i}/{n}] {method}: {', '.join(own)}; {seconds[method]:.0f} s")
+        else:
+            _say(s, f"[{i}/{n}] {method}: {' + '.join(wanted)} probe resumed from samples.jsonl")
+        for probe in wanted:
+            res[probe] = done(method, probe)
         results[method] = res
-    # every method of a probe is scored on the occupations all of them resolved (counts per method kept)
-    for probe in s.occupational_probes:
+    if details:
+        details_path.write_text(json.dumps(nan_to_none(details), indent=2) + "\n", encoding="utf-8")
+    # every method of a probe is scored on the occupations all of them resolved (counts per method kept);
+    # the MAE reduction is the baseline's on that same set
+    base = next((m for m in results if is_baseline(m)), None)
+    for probe in probes:
         arms = [m for m in results if isinstance(results[m].get(probe), list)]
         common = set(names)
         for m in arms:
             common &= {r["id"].split(":", 1)[1] for r in results[m][probe] if r["p_female"] is not None}
         for m in arms:
-            done = results[m][probe]
-            rows = [r for r in done if r["id"].split(":", 1)[1] in common]
+            rows_m = results[m][probe]
+            rows = [r for r in rows_m if r["id"].split(":", 1)[1] in common]
             metrics = occupational_metrics([r["p_female"] for r in rows], [r["bls_women"] for r in rows])
-            resolved = sum(r["p_female"] is not None for r in done)
-            results[m][probe] = {**metrics, "n_resolved": resolved, "n_unresolved": len(done) - resolved,
+            resolved = sum(r["p_female"] is not None for r in rows_m)
+            results[m][probe] = {**metrics, "n_resolved": resolved, "n_unresolved": len(rows_m) - resolved,
                                  "compared_on": "occupations every method resolved"}
+        if base in arms:
+            for m in arms:
+                if m != base:
+                    results[m][probe]["mae_reduction_vs_none"] = relative_reduction(
+                        results[base][probe]["mae_pp"], results[m][probe]["mae_pp"])
+    for m, secs in seconds.items():
+        results[m]["seconds"] = secs
     return results
+
+
+def table(by_method: dict, payload: dict) -> str:
+    """A title line and the comparison table: one row per (probe, method), every method of a probe scored on
+    one set of occupations (column "compared on"), each method's own resolved / unresolved counts."""
+    probes = list(payload["settings"].get("occupational_probes", PROBES))
+    head = ("| probe | arm | MAE (pp) ↓ | Pearson r ↑ | parity gap (pp) | amplification (pp) | MAE reduction vs none "
+            "| compared on | resolved / unresolved (arm) |")
+    lines, skipped = [head, "|" + "---|" * 9], []
+    for probe in probes:
+        for method, res in by_method.items():
+            r = res.get(probe)
+            if not isinstance(r, dict) or "not_applicable" in r:
+                skipped.append(f"{probe} probe: not applicable to {method}" + (f" ({r['not_applicable']})"
+                                                                               if isinstance(r, dict) else ""))
+                continue
+            red = r.get("mae_reduction_vs_none")
+            red = "—" if red is None or (isinstance(red, float) and math.isnan(red)) else f"{100 * red:.1f}%"
+            lines.append(f"| {probe} | {method} | {_fmt(r['mae_pp'])} | {_fmt(r['pearson_r'], 3)} "
+                         f"| {_fmt(r['parity_gap_pp'])} | {_fmt(r['amplification_pp'])} | {red} | {r['n']} "
+                         f"| {r['n_resolved']} / {r['n_unresolved']} |")
+    n = next((r["n_resolved"] + r["n_unresolved"] for res in by_method.values() for r in res.values()
+              if isinstance(r, dict) and "n_resolved" in r), 0)
+    title = f"Occupational gender bias vs BLS CPS 2022 ({n} occupations, model: {payload['model']['name']})"
+    return "\n".join([title, "", *lines] + ([""] + skipped if skipped else []))
 
 
 def decoding_generation_probe(ctx: Context, method: str, occs) -> list[dict]:
@@ -133,11 +226,19 @@ def decoding_generation_probe(ctx: Context, method: str, occs) -> list[dict]:
 
 
 def validate(settings) -> None:
+    """Probes, the occupations (file, names) and each prompt method's config with the evaluated occupations
+    excluded (e.g. NBLS's k against what is left), before any model loads."""
     from ....errors import UserInputError
+    from ...settings import method_config
+    from .probes import _method_config
 
     bad = [p for p in settings.occupational_probes if p not in PROBES]
     if bad or not settings.occupational_probes:
         raise UserInputError(f"--probe {','.join(bad) or '(none)'} is invalid: expected {', '.join(PROBES)}")
+    occs = suite_occupations(settings)
+    for m in settings.methods:
+        if "+" not in m and _prompt_kind(m):
+            _method_config(method_config(m, settings.method_overrides.get(m)), occs).preflight()
 
 
 def plot(out, by_method, payload, store, plt):
@@ -167,6 +268,7 @@ SUITE = register_suite(Suite(
     run=run,
     validate=validate,
     plot=plot,
+    table=table,
     columns=(Column("{probe}: MAE (pp)", "{probe}.mae_pp", False),
              Column("{probe}: Pearson r", "{probe}.pearson_r", True),
              Column("{probe}: parity gap (pp)", "{probe}.parity_gap_pp", None),

@@ -12,8 +12,8 @@ Chat models (tokenizers with a chat template) are prompted through it by default
 complete the sentence and the assistant turn starts with the sentence itself. Prompt-transform methods
 (``nbls``) are applied to those messages, in front of the template's own system prompt, which every arm
 keeps; NBLS grounding always excludes every evaluated occupation and every occupation related to one
-(``details["grounding"]["excluded_related"]``). The comparison arms (:data:`ARMS`) are ``none``, the
-instruction-only and shuffled-figures controls, and ``nbls``.
+(``details["grounding"]["excluded_related"]``). NBLS's controls are the registered variants
+``nbls_instructions`` (the grounding's wording without figures) and ``nbls_shuffled`` (figures permuted).
 The prompt prefix shared by all prompts (system message, grounding) is encoded once and attended by every
 row without a per-row copy (:class:`debias_lm.hf.prefix_cache.SharedPrefix`), which makes the 32-line
 grounding cheap.
@@ -469,36 +469,10 @@ def generation_rows(occupations, texts: dict[int, list[str]]) -> list[dict[str, 
     return rows
 
 
-# The arms of the NBLS comparison: plain prompting, the two controls, the method (same system prompt in all).
-ARMS = {"none": None, "nbls_instructions": "instructions", "nbls_shuffled": "shuffled", "nbls": ""}
-
-
-def arm_config(arm: str, *, k: int = 32, seed: int = 0) -> str | MethodConfig:
-    """The method config of a comparison arm (:data:`ARMS`); unknown names are a :class:`UserInputError`."""
-    from .... import NBLSConfig
-
-    if arm not in ARMS:
-        raise UserInputError(f"--method {arm!r} is not supported by the occupational suite: use "
-                             + ", ".join(ARMS))
-    return "none" if ARMS[arm] is None else NBLSConfig(k=k, seed=seed, control=ARMS[arm])
-
-
-def arm_name(cfg: MethodConfig) -> str:
-    """The arm label of a resolved config: ``none``, ``nbls`` or ``nbls_<control>``."""
-    from ....registry import get_method
-
-    if get_method(cfg.method).kind == "none":
-        return "none"
-    control = getattr(cfg, "control", "")
-    return f"{cfg.method}_{control}" if control else cfg.method
-
-
 def _method_config(method: str | MethodConfig, occupations: Sequence[BLSOccupation]) -> MethodConfig:
     from ....registry import resolve_config
 
-    if isinstance(method, str) and method in ARMS:
-        method = arm_config(method)
-    cfg = resolve_config(method)  # None / "none": identity
+    cfg = resolve_config(method)  # a name, alias or variant ("nbls_shuffled"); None / "none": identity
     if "exclude" in {f.name for f in dataclasses.fields(cfg)}:  # grounding never uses an evaluated occupation
         excl = tuple(dict.fromkeys([*cfg.exclude, *(o.name for o in occupations)]))
         cfg = cfg.replace(exclude=excl)
@@ -577,6 +551,7 @@ def evaluate_occupational_probes(
         if probe == "generation":
             details.update({"n_samples": n_samples, "max_new_tokens": max_new_tokens, "seed": seed,
                             "temperature": 1.0, "top_p": 1.0})
-        results.append(OccupationalResult(model=model_name, method=arm_name(cfg), probe=probe, occupations=rows,
+        label = method if isinstance(method, str) else cfg.method
+        results.append(OccupationalResult(model=model_name, method=label, probe=probe, occupations=rows,
                                           metrics=metrics, details=details))
     return results
