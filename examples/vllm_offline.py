@@ -27,9 +27,10 @@ def main() -> None:
 
     import debias_lm as dl
 
-    # The processor is inert for requests that do not opt in, so one engine serves plain and debiased requests.
+    # The processors are inert for requests that do not opt in, so one engine serves plain and debiased requests.
+    # An installed debias-lm loads them through its entry points; naming them also works from a source tree.
     llm = LLM(model=resolve_model(args.model), dtype="bfloat16", max_model_len=2048,
-              logits_processors=["vllm_debias:DebiasLogitsProcessor"])
+              logits_processors=list(vllm_debias.LOGITS_PROCESSORS))
     greedy = SamplingParams(max_tokens=args.max_tokens, temperature=0.0)
 
     # 1. Debias sampling: contrast against a gender-swapped context (main + counterfactual rows, in lockstep).

@@ -4,7 +4,8 @@ Start the server first (the plugin loaded, every chat request NBLS-grounded)::
 
     debias-lm serve --model /path/to/model --nbls --port 8000
     # = python -m vllm.entrypoints.openai.api_server --model M \
-    #     --logits-processors vllm_debias:DebiasLogitsProcessor --max-logprobs 128 --chat-template <nbls template>
+    #     --logits-processors vllm_debias.processors.calibration:CalibrationLogitsProcessor \
+    #     vllm_debias.processors.contrast:ContrastLogitsProcessor --max-logprobs 128 --chat-template <nbls template>
 
 then::
 

@@ -8,6 +8,7 @@ the package imported there is the one from the wheel — checked, not assumed.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -61,7 +62,9 @@ def test_wheel_contains_every_data_file_and_the_plugin(wheel):
     assert not missing, f"package-data in pyproject.toml misses {missing}"
     assert "vllm_debias/__init__.py" in names and "debias_lm/cli/main.py" in names
     entry = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
-    assert "debias-lm = debias_lm.cli.main:main" in zipfile.ZipFile(wheel).read(entry).decode()
+    entries = zipfile.ZipFile(wheel).read(entry).decode()
+    assert "debias-lm = debias_lm.cli.main:main" in entries
+    assert "[vllm.logits_processors]" in entries  # the vLLM plugin's processors load into every engine
 
 
 def test_wheel_installed_in_a_fresh_venv_runs_env_and_methods(wheel, tmp_path):
@@ -93,6 +96,16 @@ def test_wheel_installed_in_a_fresh_venv_runs_env_and_methods(wheel, tmp_path):
         assert Path(info[mod]).resolve().is_relative_to(Path(site).resolve()), info
     assert info["bls_rows"] > 200 and info["toxicity_prompts"] >= 100 and info["gender_pairs"] >= 30
     assert info["probe"] is True
+    if importlib.util.find_spec("vllm") is not None:  # installed, the processors reach vLLM through its own loader
+        load = ("import json; from vllm.v1.sample.logits_processor import _load_logitsprocs_plugins as load\n"
+                "print(json.dumps([[c.__module__ + ':' + c.__qualname__, __import__('sys').modules[c.__module__]"
+                ".__file__] for c in load()]))")
+        got = json.loads(_run([str(py), "-c", load], cwd=run, env=env).stdout.strip().splitlines()[-1])
+        from vllm_debias import LOGITS_PROCESSORS
+
+        ours = {name: path for name, path in got if name.startswith("vllm_debias.")}
+        assert sorted(ours) == sorted(LOGITS_PROCESSORS), got
+        assert all(Path(p).resolve().is_relative_to(Path(site).resolve()) for p in ours.values()), ours
 
     exe = env_dir / ("Scripts/debias-lm.exe" if os.name == "nt" else "bin/debias-lm")
     out = _run([str(exe), "env"], cwd=run, env=env).stdout

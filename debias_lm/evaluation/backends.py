@@ -32,16 +32,19 @@ def vllm_model_path(model: str) -> str:
 
 
 def vllm_engine(model_path: str, *, dtype: str, seed: int = 0, plugin: bool = True, **kw: Any):
-    """An offline ``vllm.LLM`` in this process, with the vllm_debias logits processor unless ``plugin=False``."""
+    """An offline ``vllm.LLM`` in this process, with the vllm_debias logits processors, or with none of them
+    (``plugin=False``: not even the installed entry points)."""
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     from vllm import LLM
+    from vllm_debias import LOGITS_PROCESSORS
+    from vllm_debias.processors import without_installed
 
     if plugin:
-        from vllm_debias import DebiasLogitsProcessor
-
-        kw["logits_processors"] = [DebiasLogitsProcessor]
-    return LLM(model=model_path, dtype=dtype, seed=seed, enforce_eager=True, **kw)
+        kw["logits_processors"] = list(LOGITS_PROCESSORS)
+        return LLM(model=model_path, dtype=dtype, seed=seed, enforce_eager=True, **kw)
+    with without_installed():
+        return LLM(model=model_path, dtype=dtype, seed=seed, enforce_eager=True, **kw)
 
 
 def vllm_generate(llm, prompts: Sequence[str], config, sampling_params, **kw: Any):

@@ -1,9 +1,13 @@
 """vllm_debias: the debias-lm plugin for vLLM (offline ``LLM`` and the OpenAI-compatible server).
 
-Register the logits processor (it is inert for requests that do not opt in)::
+The logits processors, one class per behaviour (each inert for requests that do not opt in to it), are the
+package's ``vllm.logits_processors`` entry points: an installed debias-lm puts them in every vLLM engine. From a
+source tree (or to be explicit; loading them twice is harmless) register them yourself::
 
-    llm = LLM(model=M, logits_processors=["vllm_debias:DebiasLogitsProcessor"])
-    python -m vllm.entrypoints.openai.api_server --model M --logits-processors vllm_debias:DebiasLogitsProcessor
+    llm = LLM(model=M, logits_processors=list(vllm_debias.LOGITS_PROCESSORS))
+    python -m vllm.entrypoints.openai.api_server --model M --logits-processors \
+        vllm_debias.processors.calibration:CalibrationLogitsProcessor \
+        vllm_debias.processors.contrast:ContrastLogitsProcessor
     debias-lm serve --model M                      # the same, plus sensible defaults
 
 then use any debias-lm config::
@@ -26,8 +30,11 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from .processors import LOGITS_PROCESSORS as LOGITS_PROCESSORS
+
 _LAZY = {
-    "DebiasLogitsProcessor": "vllm_debias.processor",
+    "CalibrationLogitsProcessor": "vllm_debias.processors.calibration",
+    "ContrastLogitsProcessor": "vllm_debias.processors.contrast",
     "request_args": "vllm_debias.args",
     "label_args": "debias_lm.methods.calibration.vllm",
     "DebiasArgsError": "vllm_debias.args",
@@ -46,7 +53,9 @@ _LAZY = {
     "SteerLogitsProcessor": "vllm_debias.steer.processor",
 }
 
-__all__ = sorted(_LAZY)
+__all__ = sorted([*_LAZY, "LOGITS_PROCESSORS"])
+_GONE = {"DebiasLogitsProcessor": "the one processor class of versions before 0.2 is split by behaviour: register "
+                                  "vllm_debias.LOGITS_PROCESSORS (or rely on the installed entry points)"}
 
 
 def __getattr__(name: str) -> Any:
@@ -54,6 +63,8 @@ def __getattr__(name: str) -> Any:
         value = getattr(importlib.import_module(_LAZY[name]), name)
         globals()[name] = value
         return value
+    if name in _GONE:
+        raise AttributeError(f"vllm_debias.{name} is gone: {_GONE[name]}")
     raise AttributeError(f"module 'vllm_debias' has no attribute {name!r}")
 
 

@@ -51,7 +51,9 @@ RequestSpec = VLLMRequest  # the name this module used before the record moved t
 PER_REQUEST = ("label_bias", "pair", "activation")  # behaviours a request opts in to
 STEER_ENGINE_MESSAGE = (
     "method 'steer' needs an engine started with steering vectors: 'debias-lm serve --model M --steer NAME=FILE' "
-    "or LLM(model=M, **vllm_debias.steer_engine_args({NAME: FILE})); this engine has none"
+    "or LLM(model=M, **vllm_debias.steer_engine_args({NAME: FILE})); this engine has none, or this server's "
+    "frontend does not know which steering vectors its engine serves (a server started by hand: set "
+    "VLLM_DEBIAS_STEER_VECTORS to the same JSON as hf_overrides['debias_steer_vectors'])"
 )
 
 OLD_KEY_MESSAGE = (
@@ -147,12 +149,17 @@ def _check_old_key(extra: Mapping[str, Any]) -> None:
 
 
 def parse(extra: Mapping[str, Any] | None, sampling_params: Any = None, *,
-          vocab_size: int | None = None, steer: bool = False) -> VLLMRequest | None:
+          vocab_size: int | None = None, steer: bool = False, only: str | None = None) -> VLLMRequest | None:
     """The :class:`~debias_lm.registry.VLLMRequest` of a request, or None when it did not opt in (or opted in to
     plain generation). Raises DebiasArgsError.
 
     ``steer``: the engine serves steering vectors (else an ``activation`` request is refused); the vector name is
-    checked by the caller, which knows the engine's vectors."""
+    checked by the caller, which knows the engine's vectors.
+
+    ``only``: a behaviour (``label_bias``, ``pair``, ``activation``): what every processor class checks (the
+    method is known, has a per-request vLLM form, steering needs a steering engine) is checked for every request,
+    but a request for another behaviour then returns None unjudged: the class serving that behaviour judges its
+    fields. Without ``only``, every request is judged in full."""
     if not extra:
         return None
     if not isinstance(extra, Mapping):
@@ -164,14 +171,18 @@ def parse(extra: Mapping[str, Any] | None, sampling_params: Any = None, *,
             raise _fail(f"{', '.join(stray)} given without '{METHOD_KEY}'; build the arguments with "
                         "vllm_debias.request_args(config, ...)")
         return None
+    mapping = method_mapping(extra[METHOD_KEY])[1]
+    if mapping.behaviour == "prompt":
+        raise _fail(mapping.refusal)
+    if mapping.behaviour == "activation" and not steer:
+        raise _fail(STEER_ENGINE_MESSAGE)
+    if only is not None and mapping.behaviour not in (only, "none"):
+        return None
     config, plug = build_config(extra[METHOD_KEY], extra)
-    mapping = method_mapping(config.method)[1]
     if mapping.behaviour == "none":
         if plug:
             raise _fail(f"{', '.join(plug)} given with method {config.method!r}")
         return None
-    if mapping.behaviour == "activation" and not steer:
-        raise _fail(STEER_ENGINE_MESSAGE)
     foreign = [k for k in plug if k not in mapping.plugin_keys]
     if foreign:
         raise _fail(f"{', '.join(foreign)} do not apply to method {config.method!r}")
@@ -179,6 +190,21 @@ def parse(extra: Mapping[str, Any] | None, sampling_params: Any = None, *,
         return mapping.parse(config, plug, vocab_size=vocab_size, sampling_params=sampling_params)
     except UserInputError as e:
         raise _fail(str(e)) from None
+
+
+def behaviour_of(extra: Mapping[str, Any] | None) -> str | None:
+    """The behaviour a request opted in to (``label_bias``, ``pair``, ``activation``, ``none``), or None when it
+    did not opt in or names no method with a per-request vLLM form: a cheap look-up for the workers, which
+    admission already judged (:func:`parse` refuses what this cannot place)."""
+    if not extra or not isinstance(extra, Mapping):
+        return None
+    method = extra.get(METHOD_KEY)
+    if not isinstance(method, str):
+        return None
+    try:
+        return method_mapping(method)[1].behaviour
+    except DebiasArgsError:
+        return None
 
 
 _SEEN_VOCAB: set[int] = set()  # vocabularies of processors built in this process (in-process engines)
@@ -193,12 +219,24 @@ def frontend_vocab_size() -> int | None:
     return next(iter(_SEEN_VOCAB)) if len(_SEEN_VOCAB) == 1 else None
 
 
-def validate(sampling_params: Any, *, steer: bool = False) -> RequestSpec | None:
-    """``validate_params`` body: raise DebiasArgsError (a ValueError) on bad args; cheap for plain requests."""
+def frontend_steers() -> bool:
+    """Whether this frontend knows steering vectors (``debias-lm serve --steer`` / ``steer_engine_args``): a
+    ``steer`` request is refused at admission otherwise, whichever processor classes the engine loads."""
+    from .steer.vectors import frontend_vectors
+
+    return frontend_vectors() is not None
+
+
+def validate(sampling_params: Any, *, only: str | None = None) -> RequestSpec | None:
+    """``validate_params`` body: raise DebiasArgsError (a ValueError) on bad args; cheap for plain requests.
+
+    ``only``: the behaviour of the calling processor class (see :func:`parse`); requests for other behaviours pass
+    once the checks every class shares are done."""
     extra = getattr(sampling_params, "extra_args", None)
     if not extra:
         return None
-    return parse(extra, sampling_params, vocab_size=frontend_vocab_size(), steer=steer)
+    steer = isinstance(extra, Mapping) and behaviour_of(extra) == "activation" and frontend_steers()
+    return parse(extra, sampling_params, vocab_size=frontend_vocab_size(), steer=steer, only=only)
 
 
 # -- building request args (client side) ----------------------------------------------------------------

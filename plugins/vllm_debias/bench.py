@@ -1,4 +1,4 @@
-"""Throughput of the plugin, side by side in one run, and the cost of ``DebiasLogitsProcessor.apply`` alone.
+"""Throughput of the plugin, side by side in one run, and the cost of ``ContrastLogitsProcessor.apply`` alone.
 
     python -m vllm_debias.bench                                  # embedded SmolLM2-135M-Instruct, bf16, batch 8,32
     python -m vllm_debias.bench --batch 8,32 --max-tokens 64 --repeats 5 --out bench.json
@@ -67,11 +67,13 @@ def engine_bench(model: str, dtype: str, batches: list[int], max_tokens: int, re
 
     import debias_lm as dl
 
-    from . import DebiasLogitsProcessor, generate, request_args
+    from . import LOGITS_PROCESSORS, generate, request_args
+    from .processors import without_installed
 
     kw = dict(model=model, dtype=dtype, max_model_len=1024, enforce_eager=True, seed=0)
-    plain_llm = LLM(**kw)
-    plug_llm = LLM(logits_processors=[DebiasLogitsProcessor], **kw)
+    with without_installed():  # plain: no vllm_debias processor, even where the entry points are installed
+        plain_llm = LLM(**kw)
+    plug_llm = LLM(logits_processors=list(LOGITS_PROCESSORS), **kw)
     tok = plug_llm.get_tokenizer()
     n = max_tokens
     sp = SamplingParams(max_tokens=n, min_tokens=n, ignore_eos=True, temperature=0.0)
@@ -151,13 +153,15 @@ def steer_bench(model: str, dtype: str, batches: list[int], max_tokens: int, rep
     import debias_lm as dl
 
     from .offline import generate as debias_generate
+    from .processors import without_installed
     from .steer import register, steer_engine_args
 
     register()  # what the installed entry point does; harmless when it already ran
     vectors = vectors or _bench_vectors(model, os.path.join(tempfile.mkdtemp(prefix="vsteer-bench-"),
                                                             "bench.safetensors"))
     kw = dict(model=model, dtype=dtype, max_model_len=1024, enforce_eager=not compiled, seed=0)
-    plain_llm = LLM(**kw)
+    with without_installed():
+        plain_llm = LLM(**kw)
     steer_llm = LLM(**kw, **steer_engine_args({"bench": vectors}))
     n = max_tokens
     sp = SamplingParams(max_tokens=n, min_tokens=n, ignore_eos=True, temperature=0.0)
@@ -235,19 +239,23 @@ def apply_bench(rows_list: list[int], vocab: int = 49152, steps: int = 30, devic
     import debias_lm as dl
 
     if pkg is None:
-        from . import processor as _proc_mod
         from .args import request_args
-
-        DebiasLogitsProcessor = _proc_mod.DebiasLogitsProcessor
+        from .processors.contrast import ContrastLogitsProcessor as Processor
     else:
         import importlib
 
-        DebiasLogitsProcessor = importlib.import_module(pkg.__name__ + ".processor").DebiasLogitsProcessor
+        try:
+            Processor = importlib.import_module(pkg.__name__ + ".processors.contrast").ContrastLogitsProcessor
+        except ImportError:  # a tree from before the split by behaviour (its one class did the twin rows)
+            Processor = importlib.import_module(pkg.__name__ + ".processor").DebiasLogitsProcessor
         request_args = importlib.import_module(pkg.__name__ + ".args").request_args
 
     dev = torch.device(device)
-    cfg = SimpleNamespace(model_config=SimpleNamespace(get_vocab_size=lambda: vocab, seed=0),
-                          scheduler_config=SimpleNamespace(max_num_seqs=max(rows_list)))
+
+    def engine_config():  # one per processor: a second processor on one engine's config is inert (dedupe)
+        return SimpleNamespace(model_config=SimpleNamespace(get_vocab_size=lambda: vocab, seed=0),
+                               scheduler_config=SimpleNamespace(max_num_seqs=max(rows_list)))
+
     ds = dl.DebiasSamplingConfig(alpha=1.0, beta=0.1, counterfactual_prefix="x")
     variants = {
         "plain": lambda i: SamplingParams(temperature=0.0),
@@ -261,7 +269,7 @@ def apply_bench(rows_list: list[int], vocab: int = 49152, steps: int = 30, devic
     for rows in rows_list:
         src = torch.randn(rows, vocab, generator=gen, device=dev) * 3
         for name, make in variants.items():
-            proc = DebiasLogitsProcessor(cfg, dev, False)
+            proc = Processor(engine_config(), dev, False)
             outs = [[] for _ in range(rows)]
             added = []
             for i in range(rows):

@@ -21,14 +21,16 @@ Every returned ``RequestOutput`` carries ``debias_status`` (:class:`DebiasStatus
 debiased in the first pass), ``recomputed`` (debiased in a re-run), ``lockstep`` (decoded by the lockstep
 driver), or ``not_applied`` with the reason. :func:`statuses` lists them.
 
-Every request that uses the processor needs ``LLM(..., logits_processors=[DebiasLogitsProcessor])`` (or the
-processor installed under vLLM's ``vllm.logits_processors`` entry point).
+calibration and debias_sampling need an engine that loads the processor serving their behaviour
+(:data:`vllm_debias.LOGITS_PROCESSORS`: the installed ``vllm.logits_processors`` entry points, or passed to
+``LLM(..., logits_processors=...)``); ``generate`` checks before any work.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import importlib
 import logging
 import math
 import uuid
@@ -93,30 +95,42 @@ def _is_chat(p: Any) -> bool:
     return isinstance(p, list) and bool(p) and isinstance(p[0], dict)
 
 
-def _is_ours(obj) -> bool:
-    from .processor import DebiasLogitsProcessor
-
+def _behaviour_served(obj) -> str | None:
+    """The behaviour a logits-processor entry (a class or a ``"module:Class"`` string) serves, if it is ours."""
     if isinstance(obj, str):
-        return obj.rsplit(":", 1)[-1].rsplit(".", 1)[-1] in ("DebiasLogitsProcessor", "SteerLogitsProcessor") and (
-            obj.startswith("vllm_debias"))
-    return isinstance(obj, type) and issubclass(obj, DebiasLogitsProcessor)
-
-
-def _has_processor(llm) -> bool:
-    """The engine loads the processor: passed to ``LLM(logits_processors=...)`` or installed under vLLM's
-    ``vllm.logits_processors`` entry point (which vLLM loads into every engine)."""
-    procs = getattr(llm.llm_engine.vllm_config.model_config, "logits_processors", None) or []
-    if any(_is_ours(p) for p in procs):
-        return True
-    from importlib.metadata import entry_points
-
-    for ep in entry_points(group="vllm.logits_processors"):
+        module, _, qualname = obj.partition(":")
+        if not module.startswith("vllm_debias") or not qualname:
+            return None
         try:
-            if _is_ours(ep.load()):
-                return True
-        except Exception:  # noqa: BLE001 - a broken third-party entry point is not ours to judge
-            continue
-    return False
+            obj = importlib.import_module(module)
+            for attr in qualname.split("."):
+                obj = getattr(obj, attr)
+        except (ImportError, AttributeError):
+            return None
+    from .processors.base import DebiasProcessorBase
+
+    return obj.BEHAVIOUR if isinstance(obj, type) and issubclass(obj, DebiasProcessorBase) else None
+
+
+def _installed_processors() -> list:
+    """The classes vLLM loads into every engine (its own loader of the ``vllm.logits_processors`` entry point)."""
+    from vllm.v1.sample.logits_processor import _load_logitsprocs_plugins
+
+    try:
+        return list(_load_logitsprocs_plugins())
+    except RuntimeError:  # a broken third-party entry point: the engine would not have started with it
+        return []
+
+
+def _has_processor(llm, behaviour: str) -> bool:
+    """The engine loads a processor serving ``behaviour``: passed to ``LLM(logits_processors=...)`` or installed
+    under vLLM's ``vllm.logits_processors`` entry point (which vLLM loads into every engine). The V1 runner loads
+    none under speculative decoding (entry-point classes are skipped silently)."""
+    cfg = llm.llm_engine.vllm_config
+    if getattr(cfg, "speculative_config", None) is not None and not getattr(cfg, "use_v2_model_runner", False):
+        return False
+    procs = getattr(cfg.model_config, "logits_processors", None) or []
+    return any(_behaviour_served(p) == behaviour for p in [*procs, *_installed_processors()])
 
 
 def _with_args(sp, extra: dict[str, Any], **changes):
@@ -160,8 +174,8 @@ def generate(llm, prompts, config=None, sampling_params=None, *, counterfactual:
     with ``.debias_status`` (:class:`DebiasStatus`; :func:`statuses` gives the parallel list).
 
     Args:
-        llm: a ``vllm.LLM`` built with ``logits_processors=[vllm_debias.DebiasLogitsProcessor]`` (not needed
-            for ``identity`` / ``nbls``); for ``steer``, with ``**vllm_debias.steer_engine_args({NAME: FILE})``.
+        llm: a ``vllm.LLM`` that loads :data:`vllm_debias.LOGITS_PROCESSORS` (the installed entry points,
+            or ``logits_processors=list(vllm_debias.LOGITS_PROCESSORS)``; not needed for ``identity`` / ``nbls``); for ``steer``, with ``**vllm_debias.steer_engine_args({NAME: FILE})``.
         prompts: a string, a list of strings, one chat (list of message dicts) or a list of chats, token-id
             lists or vLLM prompt dicts.
         config: a debias-lm config (``dl.CalibrationConfig(...)``), a method name or a flat dict: the same
@@ -200,10 +214,12 @@ def generate(llm, prompts, config=None, sampling_params=None, *, counterfactual:
     method = cfg.method
     if mapping.behaviour == "activation":  # the engine's own vectors say whether it steers (its processor comes with them)
         return _label(_steer(llm, tok, items, cfg, sps, use_tqdm), "applied")
-    if mapping.behaviour not in ("none", "prompt") and not _has_processor(llm):
+    if mapping.behaviour not in ("none", "prompt") and not _has_processor(llm, mapping.behaviour):
         raise ValueError(
-            f"method {method!r} needs the logits processor: LLM(..., logits_processors=["
-            "'vllm_debias:DebiasLogitsProcessor'])"
+            f"method {method!r} needs the vllm_debias logits processor serving {mapping.behaviour!r}, which this "
+            "engine does not load: install debias-lm (its entry points load the processors into every engine) or "
+            "pass LLM(..., logits_processors=list(vllm_debias.LOGITS_PROCESSORS)); vLLM's V1 runner loads none "
+            "under speculative decoding"
         )
     if mapping.behaviour == "prompt":  # the method rewrites prompts on the client (e.g. nbls grounding)
         apply = mapping.transform(cfg)

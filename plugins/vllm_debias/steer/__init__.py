@@ -10,8 +10,9 @@
       debias-lm serve --model M --steer gender=gender.safetensors [--steer tox=tox.safetensors]
 
   which sets ``hf_overrides`` (the alias and the vectors), registers
-  :class:`~vllm_debias.steer.processor.SteerLogitsProcessor` (admission, V1 row tracking, and everything
-  ``DebiasLogitsProcessor`` does) and, for the server, the ``cache_salt`` middleware.
+  :class:`~vllm_debias.steer.processor.SteerLogitsProcessor` (admission, V1 row tracking) next to
+  :data:`vllm_debias.LOGITS_PROCESSORS` (calibration and debias sampling keep working) and, for the server, the
+  ``cache_salt`` middleware.
 * Request opt-in — ``extra_args`` / ``vllm_xargs``: ``{"debias_method": "steer", "debias_vectors": "gender",
   "debias_scale": 4.0, "debias_positions": "all", "debias_layers": [...], "debias_mode": "add"}`` plus a
   ``cache_salt`` (:func:`debias_lm.methods.steer.vllm.cache_salt`; the server adds it itself;
@@ -51,12 +52,13 @@ def steer_engine_args(vectors: Mapping[str, str] | Sequence[str], *, model_type:
 
     ``vectors``: ``{name: file}`` or ``["NAME=FILE", ...]`` (a file may be a shipped short name such as
     ``toxicity``). Every file is checked now (format, NaN, residual kind, one model shape). Returns
-    ``hf_overrides`` (merged with yours) and ``logits_processors`` (``SteerLogitsProcessor`` first, then yours;
-    do not add ``DebiasLogitsProcessor``: the steer processor includes it). The vectors are also announced to
+    ``hf_overrides`` (merged with yours) and ``logits_processors`` (``SteerLogitsProcessor``, the classes of
+    :data:`vllm_debias.LOGITS_PROCESSORS`, then yours). The vectors are also announced to
     this process, so an in-process frontend refuses unknown names, and the alias is registered here too (the
     entry point does it in every process of an installed package; this covers an in-process engine,
     ``VLLM_ENABLE_V1_MULTIPROCESSING=0``, when the package runs from a source tree without its metadata: vLLM's
     worker processes then know the alias only through the installed entry point)."""
+    from ..processors import LOGITS_PROCESSORS
     from .vectors import DIGEST_KEY, announce, architecture_for, digest, encode, parse_specs
 
     register()
@@ -65,7 +67,7 @@ def steer_engine_args(vectors: Mapping[str, str] | Sequence[str], *, model_type:
     announce(files)
     overrides = dict(hf_overrides or {})
     overrides.update({"architectures": [arch], HF_KEY: encode(files), DIGEST_KEY: digest(files)})
-    return {"hf_overrides": overrides, "logits_processors": [PROCESSOR, *logits_processors]}
+    return {"hf_overrides": overrides, "logits_processors": [PROCESSOR, *LOGITS_PROCESSORS, *logits_processors]}
 
 
 def engine_vectors(llm) -> dict[str, str]:

@@ -1,33 +1,11 @@
-"""``DebiasLogitsProcessor``: one class for both vLLM logits-processor interfaces.
+"""``ContrastLogitsProcessor``: the ``pair`` behaviour, debias sampling as twin rows.
 
-* V1 model runner (``vllm.v1.sample.logits_processor``; the CPU build, and GPU with
-  ``VLLM_USE_V2_MODEL_RUNNER=0``): ``__init__(vllm_config, device, is_pin_memory)``, ``update_state``,
-  ``apply(logits)``, ``is_argmax_invariant``. State is keyed by the persistent-batch row.
-* Model Runner V2 (``vllm.v1.worker.gpu.sample.logits_processor``; the GPU default in 0.32/0.33):
-  ``__init__(vllm_config, req_states)``, ``add_request(slot, params)``, ``apply_staged_writes``,
-  ``apply(logits, ctx)``. State is keyed by the request slot.
-
-Which interface an instance serves is decided by its constructor arguments; the class derives from both
-ABCs (the V2 base is ``object`` on a vLLM without it), so both loaders' ``issubclass`` checks pass.
-
-The processor is **inert** unless a request opts in through ``extra_args`` / ``vllm_xargs`` (see
-:mod:`vllm_debias.args`); with no opted-in request in the batch ``apply`` returns at once.
-
-As vLLM's own processors do, the bookkeeping is done on the host when the batch changes (V1 ``update_state``,
-called every step; MRV2 ``add_request`` / ``apply_staged_writes`` and the host arrays of the step's context),
-per-request values live in device tensors rebuilt only when the set of requests changes, and ``apply`` is
-batched tensor code: no Python loop over rows and **no host sync** (nothing is read back from the device).
-
-Methods:
-
-* ``calibration``: at the first generated token only, add ``-log(p_cf[label] + eps)`` (the carried prior,
-  :func:`debias_lm.core.contrast.calibration_offsets`) to the logits of every token variant of each label.
-* ``debias_sampling`` (twin rows): for every main row and its counterfactual ("aux") row that are both in the
-  batch at the same generation step, the scores are ``debias_lm.core.contrast(l_main, l_aux, alpha, beta)``;
-  the token is chosen by :func:`debias_lm.core.sampling.pick_tokens` (argmax, or the request's temperature /
-  min-p / top-k / top-p with one draw per pair: seeded requests from their seed, others from the engine's
-  generator) for all pairs at once, and **both** rows are forced to it (one-hot logits), so the aux context
-  follows the main continuation.
+For every main request and its counterfactual ("aux") request (``debias_method: debias_sampling``, matched by
+``debias_pair`` / ``debias_role``; :mod:`debias_lm.methods.debias_sampling.vllm`) that are both in the batch at
+the same generation step, the scores are ``debias_lm.core.contrast(l_main, l_aux, alpha, beta)``; the token is
+chosen by :func:`debias_lm.core.sampling.pick_tokens` (argmax, or the request's temperature / min-p / top-k /
+top-p with one draw per pair: seeded requests from their seed, others from the engine's generator) for all pairs
+at once, and **both** rows are forced to it (one-hot logits), so the aux context follows the main continuation.
 
 A pair seen out of step (partner missing, different step, chunked prefill, resumed after preemption,
 speculative decoding) is **broken**: it is never contrasted again, and the processor makes its two outputs
@@ -37,13 +15,16 @@ marker token the main row may not). So the caller's check "main and aux token id
 when every step of the pair was contrasted: :func:`vllm_debias.generate` labels only those pairs ``applied``.
 A pair whose contrast has no usable score (see :func:`debias_lm.core.contrast.contrast`) is handled the same
 way: the main row takes its plain choice, the aux row another token.
+
+As vLLM's own processors do, the host bookkeeping happens when the batch changes (V1 ``update_state``, every
+step; MRV2 ``add_request`` / ``apply_staged_writes`` and the host arrays of the step's context), per-pair
+values live in device tensors rebuilt only when the set of pairs changes, and ``apply`` is batched tensor code:
+no Python loop over rows and **no host sync**.
 """
 
 from __future__ import annotations
 
-import logging
 from collections import OrderedDict
-from typing import Any
 
 import numpy as np
 import torch
@@ -51,40 +32,16 @@ import torch
 from debias_lm.core.contrast import contrast
 from debias_lm.core.sampling import GREEDY_EPS, pick_tokens, seeded_uniform
 
-from .args import _SEEN_VOCAB, DebiasArgsError, RequestSpec, parse, validate
-
-try:
-    from vllm.v1.sample.logits_processor import BatchUpdate, MoveDirectionality
-    from vllm.v1.sample.logits_processor import LogitsProcessor as _V1LogitsProcessor
-except ImportError:  # pragma: no cover - vLLM without the V1 interface
-    _V1LogitsProcessor = object  # type: ignore[assignment,misc]
-    BatchUpdate = Any  # type: ignore[assignment,misc]
-    MoveDirectionality = None  # type: ignore[assignment]
-
-try:
-    from vllm.v1.worker.gpu.sample.logits_processor import LogitsProcessor as _V2LogitsProcessor
-except ImportError:  # pragma: no cover - vLLM before Model Runner V2 custom logits processors
-    _V2LogitsProcessor = object  # type: ignore[assignment,misc]
-
-HAS_V1 = _V1LogitsProcessor is not object
-HAS_V2 = _V2LogitsProcessor is not object
-
-log = logging.getLogger("vllm_debias")
-
-_NEG_INF = float("-inf")
+from .base import NEG_INF, DebiasProcessorBase, Req, log
 
 
-class _Req:
-    """One opted-in request (a row in V1, a slot in MRV2)."""
+class PairReq(Req):
+    """A main or aux request, and the pair it belongs to."""
 
-    __slots__ = ("spec", "params", "out", "prompt_len", "key", "pair")
+    __slots__ = ("pair",)
 
-    def __init__(self, spec: RequestSpec, params, out: list[int] | None, prompt_len: int, key: int) -> None:
-        self.spec = spec
-        self.params = params
-        self.out = out  # V1: vLLM's live list of generated ids
-        self.prompt_len = prompt_len
-        self.key = key
+    def __init__(self, *args) -> None:
+        super().__init__(*args)
         self.pair: _Pair | None = None
 
 
@@ -96,8 +53,8 @@ class _Pair:
 
     def __init__(self, pair_id: str) -> None:
         self.id = pair_id
-        self.main: _Req | None = None
-        self.aux: _Req | None = None
+        self.main: PairReq | None = None
+        self.aux: PairReq | None = None
         self.outs: dict[str, list[int]] = {}  # V1: each role's live output list, kept while the pair is known
         self.broken = False
         self.alpha = 1.0
@@ -108,7 +65,7 @@ class _Pair:
         self.min_p = 0.0
         self.seed: int | None = None
 
-    def take_params(self, req: _Req) -> None:
+    def take_params(self, req: PairReq) -> None:
         self.alpha, self.beta = req.spec.alpha, req.spec.beta
         if req.spec.sampling is not None:  # carried in the request (the rows themselves are greedy in vLLM)
             self.temperature, self.top_k, self.top_p, self.min_p, self.seed = req.spec.sampling
@@ -161,103 +118,41 @@ class _PairTensors:
         return self
 
 
-def _bases() -> tuple[type, ...]:
-    bases = tuple(b for b in (_V1LogitsProcessor, _V2LogitsProcessor) if b is not object)
-    return bases or (object,)
+def _one_hot(logits: torch.Tensor, rows: torch.Tensor, tokens: torch.Tensor) -> None:
+    logits.index_fill_(0, rows, NEG_INF)
+    logits.index_put_((rows, tokens), torch.zeros_like(tokens, dtype=logits.dtype))
 
 
-class DebiasLogitsProcessor(*_bases()):  # type: ignore[misc]
-    """Debiasing inside vLLM, per request: calibration offsets and debias-sampling twin rows.
+class ContrastLogitsProcessor(DebiasProcessorBase):
+    """Debias sampling inside vLLM: twin rows contrasted and forced to one token (see the module docstring).
+    Register it with :data:`vllm_debias.LOGITS_PROCESSORS`."""
 
-    Register it with ``LLM(..., logits_processors=[DebiasLogitsProcessor])`` (or the string
-    ``"vllm_debias:DebiasLogitsProcessor"``) or ``--logits-processors vllm_debias:DebiasLogitsProcessor``;
-    requests opt in through ``SamplingParams(extra_args=vllm_debias.request_args(config, ...))`` /
-    ``vllm_xargs``. Requests without debias args are never modified.
-    """
-
+    BEHAVIOUR = "pair"
+    REQ = PairReq
     RETIRED_MAX = 4096
-    STEER = False  # requests with debias_method 'steer' are refused (vllm_debias.steer.SteerLogitsProcessor takes them)
 
     def __init__(self, vllm_config, *rest) -> None:
-        # V1: (vllm_config, device, is_pin_memory); V2: (vllm_config, req_states)
-        self.v2 = len(rest) == 1
-        self.vllm_config = vllm_config
-        if self.v2:
-            self.req_states = rest[0]
-            self.device = torch.device(self.req_states.device)
-            self.pin = self.device.type == "cuda"
-            max_reqs = int(self.req_states.max_num_reqs)
-        else:
-            self.req_states = None
-            self.device = torch.device(rest[0]) if rest else torch.device("cpu")
-            self.pin = bool(rest[1]) if len(rest) > 1 else False
-            max_reqs = int(getattr(getattr(vllm_config, "scheduler_config", None), "max_num_seqs", 0) or 1024)
-        try:
-            self.vocab_size = int(vllm_config.model_config.get_vocab_size())
-        except Exception:  # noqa: BLE001 - synthetic configs in tests
-            self.vocab_size = int(getattr(self.req_states, "vocab_size", 0) or 0) or None
-        if self.vocab_size:
-            _SEEN_VOCAB.add(self.vocab_size)  # lets an in-process frontend check label ids against it
-        self.spec_decode = getattr(vllm_config, "speculative_config", None) is not None
+        super().__init__(vllm_config, *rest)
         seed = getattr(getattr(vllm_config, "model_config", None), "seed", None)
         # draws of unseeded sampled pairs: one generator per engine (independent of vLLM's own streams)
         self._gen = torch.Generator(device=self.device)
         self._gen.manual_seed(int(seed) if isinstance(seed, int) else int(torch.randint(0, 2**62, ()).item()))
-        self._reqs: dict[int, _Req] = {}
         self._pairs: dict[str, _Pair] = {}
         self._retired: OrderedDict[str, _Pair] = OrderedDict()  # pairs with no row in the batch right now
-        self._dirty = False
         self._ok: list[_Pair] = []  # pairs contrasted while in step (device tensors in self._pt)
         self._pt: _PairTensors | None = None
         self._broken: list[_Pair] = []  # broken pairs with a row still in the batch
-        self._cal: list[_Req] = []  # V1: calibration requests still at their first generated token
-        self._cal_rows = self._cal_ids = self._cal_offs = None
         # V1 per-step values (set in update_state, used by apply)
         self._steps = None  # device int64 [pairs]: index of the token each ok pair samples now
         self._ban = None  # (rows, tokens) that a broken pair's row may not emit now
         self._same = None  # (main rows, aux rows) of broken pairs at the same position: forced apart
         # MRV2 host mirrors of per-slot state
-        self._active = np.zeros(max_reqs, dtype=bool)
-        self._cal_slot = np.zeros(max_reqs, dtype=bool)
-        self._pair_slot = np.zeros(max_reqs, dtype=bool)
-        self._pos_of_slot = np.full(max_reqs, -1, dtype=np.int64)
+        self._pos_of_slot = np.full(self.max_reqs, -1, dtype=np.int64)
         self._partner = None  # device int64 [max_reqs]: partner slot of a broken pair's member, -1 otherwise
-        self._cal_entry_slot = None
 
-    # -- both interfaces ---------------------------------------------------------------------------------
-    @classmethod
-    def validate_params(cls, sampling_params) -> None:
-        """Frontend check at admission: a ValueError here becomes HTTP 400 carrying the message."""
-        validate(sampling_params)
-
-    def is_argmax_invariant(self) -> bool:
-        return False  # it changes which token greedy decoding picks
-
-    def _to_dev(self, data, dtype=None) -> torch.Tensor:
-        """Host data -> device tensor without blocking (pinned staging on accelerators)."""
-        t = torch.as_tensor(data, dtype=dtype)
-        if self.device.type == "cpu":
-            return t
-        return (t.pin_memory() if self.pin else t).to(self.device, non_blocking=True)
-
-    def _make(self, params, out, prompt_len: int, key: int) -> _Req | None:
-        try:
-            spec = parse(getattr(params, "extra_args", None), params, vocab_size=self.vocab_size,
-                         steer=self.STEER)
-        except DebiasArgsError as e:  # validate_params normally stopped it; never crash the worker
-            log.error("vllm_debias: request left unmodified: %s", e)
-            return None
-        if spec is None or spec.behaviour == "activation":  # steering acts on activations (vllm_debias.steer), not logits
-            return None
-        return _Req(spec, params, out, prompt_len, key)
-
-    def _attach(self, req: _Req, resumed: bool) -> None:
-        """Register an entering request. A row resumed after preemption re-joins its pair: if its partner
-        sampled without it meanwhile, the pair is already broken; if both come back together, they continue."""
-        if req.spec.behaviour == "label_bias":
-            if not resumed:
-                self._cal.append(req)
-            return
+    def _enter(self, req: PairReq, resumed: bool) -> None:
+        """A row resumed after preemption re-joins its pair: if its partner sampled without it meanwhile, the
+        pair is already broken; if both come back together, they continue."""
         pair = self._pairs.get(req.spec.pair) or self._retired.pop(req.spec.pair, None)
         if pair is None:
             pair = _Pair(req.spec.pair)
@@ -267,7 +162,9 @@ class DebiasLogitsProcessor(*_bases()):  # type: ignore[misc]
         old = getattr(pair, role)
         if old is not None and old is not req:
             if self.v2:  # MRV2 has no removal callback: a resumed request comes back in a new slot
-                self._forget_slot(old.key)
+                gone = self._forget_slot(old.key)
+                if gone is not None:
+                    gone.pair = None
             else:
                 self._break(pair, f"two '{role}' requests share the pair id")
         setattr(pair, role, req)
@@ -278,13 +175,7 @@ class DebiasLogitsProcessor(*_bases()):  # type: ignore[misc]
         if self.spec_decode:
             self._break(pair, "speculative decoding is on (twin rows need one row per request)")
 
-    def _detach(self, req: _Req | None) -> None:
-        if req is None:
-            return
-        if req.spec.behaviour == "label_bias":
-            if req in self._cal:
-                self._cal.remove(req)
-            return
+    def _leave(self, req: PairReq) -> None:
         pair = req.pair
         if pair is None:
             return
@@ -298,34 +189,12 @@ class DebiasLogitsProcessor(*_bases()):  # type: ignore[misc]
             while len(self._retired) > self.RETIRED_MAX:
                 self._retired.popitem(last=False)
 
-    def _forget_slot(self, slot: int) -> None:
-        req = self._reqs.pop(slot, None)
-        if req is not None:
-            req.pair = None
-        self._active[slot] = self._cal_slot[slot] = self._pair_slot[slot] = False
-
     def _break(self, pair: _Pair, why: str) -> None:
         if not pair.broken:
             pair.broken = True
             log.warning("vllm_debias: debias_sampling pair %r is out of step (%s); it is not contrasted from now "
                         "on and its two outputs are made to differ, so it is reported as not applied", pair.id, why)
         self._dirty = True
-
-    def _calibration_entries(self, reqs: list[_Req]):
-        """(row or slot, token id, offset) device tensors, one entry per label token id of each request."""
-        if not reqs:
-            return None, None, None
-        keys, ids, offs = [], [], []
-        for r in reqs:
-            keys += [r.key] * len(r.spec.label_ids)
-            ids += r.spec.label_ids
-            offs += r.spec.label_offsets
-        return (self._to_dev(keys, torch.int64), self._to_dev(ids, torch.int64),
-                self._to_dev(offs, torch.float32))
-
-    def _one_hot(self, logits: torch.Tensor, rows: torch.Tensor, tokens: torch.Tensor) -> None:
-        logits.index_fill_(0, rows, _NEG_INF)
-        logits.index_put_((rows, tokens), torch.zeros_like(tokens, dtype=logits.dtype))
 
     def _contrast_pairs(self, logits: torch.Tensor, m_rows: torch.Tensor, a_rows: torch.Tensor, pt: _PairTensors,
                         steps: torch.Tensor | None) -> None:
@@ -345,57 +214,21 @@ class DebiasLogitsProcessor(*_bases()):  # type: ignore[misc]
                                  any_greedy=pt.any_greedy, top_k_max=pt.top_k_max)
         # a pair without a usable contrast was not debiased at this step: its rows are made to differ
         aux_tokens = torch.where(fell_back, (tokens + 1) % logits.shape[-1], tokens)
-        self._one_hot(logits, m_rows, tokens)
-        self._one_hot(logits, a_rows, aux_tokens)
+        _one_hot(logits, m_rows, tokens)
+        _one_hot(logits, a_rows, aux_tokens)
 
     def _force_apart(self, logits: torch.Tensor, m_rows: torch.Tensor, a_rows: torch.Tensor) -> None:
         """Two rows of a broken pair at the same position: main takes its own argmax, aux any other token."""
         tokens = logits.index_select(0, m_rows).argmax(-1)
-        self._one_hot(logits, m_rows, tokens)
-        self._one_hot(logits, a_rows, (tokens + 1) % logits.shape[-1])
+        _one_hot(logits, m_rows, tokens)
+        _one_hot(logits, a_rows, (tokens + 1) % logits.shape[-1])
 
-    # -- V1 interface ------------------------------------------------------------------------------------
-    def update_state(self, batch_update: BatchUpdate | None) -> None:
-        reqs = self._reqs
-        if batch_update is not None:
-            for index in batch_update.removed:
-                req = reqs.pop(index, None)
-                if req is not None:
-                    self._detach(req)
-                    self._dirty = True
-            for index, params, prompt_ids, output_ids in batch_update.added:
-                old = reqs.pop(index, None)
-                if old is not None:
-                    self._detach(old)
-                    self._dirty = True
-                req = self._make(params, output_ids, len(prompt_ids) if prompt_ids is not None else 0, index)
-                if req is not None:
-                    reqs[index] = req
-                    self._attach(req, resumed=bool(output_ids))
-                    self._dirty = True
-            for a, b, direction in batch_update.moved:
-                ra, rb = reqs.pop(a, None), reqs.pop(b, None)
-                swap = MoveDirectionality is not None and direction == MoveDirectionality.SWAP
-                if ra is not None:
-                    reqs[b] = ra
-                    ra.key = b
-                if rb is not None:
-                    if swap:
-                        reqs[a] = rb
-                        rb.key = a
-                    else:  # one-way a -> b: b's previous occupant is gone
-                        self._detach(rb)
-                if ra is not None or rb is not None:
-                    self._dirty = True
+    # -- V1 --------------------------------------------------------------------------------------------------
+    def _step_v1(self) -> None:
         if self._dirty:
             self._rebuild_v1()
-        if not reqs:
+        if not self._reqs:
             return
-        if self._cal:  # calibration acts at the first generated token only
-            done = np.fromiter(map(len, (r.out for r in self._cal)), dtype=np.int64, count=len(self._cal)) > 0
-            if done.any():
-                self._cal = [r for r, d in zip(self._cal, done) if not d]
-                self._dirty = True
         if self._ok:  # twin rows must sample the same step
             lens_m = np.fromiter(map(len, (p.main.out for p in self._ok)), dtype=np.int64, count=len(self._ok))
             lens_a = np.fromiter(map(len, (p.aux.out for p in self._ok)), dtype=np.int64, count=len(self._ok))
@@ -414,7 +247,6 @@ class DebiasLogitsProcessor(*_bases()):  # type: ignore[misc]
 
     def _rebuild_v1(self) -> None:
         self._dirty = False
-        self._cal_rows, self._cal_ids, self._cal_offs = self._calibration_entries(self._cal)
         ok, broken = [], []
         for pair in self._pairs.values():
             m, a = pair.main, pair.aux
@@ -454,47 +286,18 @@ class DebiasLogitsProcessor(*_bases()):  # type: ignore[misc]
             self._same = (self._to_dev(same_m, torch.int64), self._to_dev(same_a, torch.int64))
 
     def _apply_v1(self, logits: torch.Tensor) -> torch.Tensor:
-        if self._cal_rows is not None:
-            logits.index_put_((self._cal_rows, self._cal_ids), self._cal_offs.to(logits.dtype), accumulate=True)
         if self._pt is not None:
             self._contrast_pairs(logits, self._m_rows, self._a_rows, self._pt, self._steps)
         if self._ban is not None:
             rows, toks = self._ban
-            logits.index_put_((rows, toks), torch.full_like(toks, _NEG_INF, dtype=logits.dtype))
+            logits.index_put_((rows, toks), torch.full_like(toks, NEG_INF, dtype=logits.dtype))
         if self._same is not None:
             self._force_apart(logits, *self._same)
         return logits
 
-    # -- Model Runner V2 interface -----------------------------------------------------------------------
-    def add_request(self, req_idx: int, sampling_params) -> bool:
-        """A request enters slot ``req_idx`` (slots are recycled: the previous occupant's state goes)."""
-        old = self._reqs.pop(req_idx, None)
-        if old is not None:
-            self._detach(old)
-            self._dirty = True
-        rs = self.req_states
-        prompt_len = int(rs.prompt_len.np[req_idx]) if rs is not None else 0
-        resumed = rs is not None and int(rs.prefill_len.np[req_idx]) > prompt_len
-        req = self._make(sampling_params, None, prompt_len, req_idx)
-        self._active[req_idx] = req is not None
-        self._cal_slot[req_idx] = req is not None and req.spec.behaviour == "label_bias"
-        self._pair_slot[req_idx] = req is not None and req.spec.behaviour == "pair"
-        if req is None:
-            return False
-        self._reqs[req_idx] = req
-        self._attach(req, resumed=resumed)
-        self._dirty = True
-        return True
-
-    def apply_staged_writes(self) -> None:
-        """Flush the host-side changes of ``add_request`` to the device (once per step)."""
-        if self._dirty:
-            self._rebuild_v2()
-
+    # -- MRV2 ------------------------------------------------------------------------------------------------
     def _rebuild_v2(self) -> None:
         self._dirty = False
-        cal = [r for r in self._reqs.values() if r.spec.behaviour == "label_bias"]
-        self._cal_entry_slot, self._cal_ids, self._cal_offs = self._calibration_entries(cal)
         self._ok = [p for p in self._pairs.values() if not p.broken]
         self._broken = [p for p in self._pairs.values() if p.broken]
         self._pt = _PairTensors.build(self._ok, self._to_dev) if self._ok else None
@@ -508,16 +311,7 @@ class DebiasLogitsProcessor(*_bases()):  # type: ignore[misc]
 
     def _apply_v2(self, logits: torch.Tensor, ctx) -> torch.Tensor:
         idx = ctx.idx_mapping_np
-        if not np.any(self._active[idx]):
-            return logits
-        if self._dirty:  # add_request without apply_staged_writes (not expected from vLLM)
-            self._rebuild_v2()
-        spec_rows = logits.shape[0] != len(idx)
-        if self._cal_entry_slot is not None and np.any(self._cal_slot[idx]):
-            self._calibrate_v2(logits, ctx)
-        if not np.any(self._pair_slot[idx]):
-            return logits
-        if spec_rows:
+        if logits.shape[0] != len(idx):  # speculative decoding: several rows per request
             return self._spec_marker_v2(logits, ctx)
         rs = self.req_states
         seq = ctx.seq_lens_upper_bound_np
@@ -577,7 +371,7 @@ class DebiasLogitsProcessor(*_bases()):  # type: ignore[misc]
             col = col.clamp(0, table.shape[1] - 1)
             tok = table[other, col].to(torch.int64).clamp(0, logits.shape[-1] - 1).unsqueeze(-1)
             cur = logits.gather(1, tok)
-            logits.scatter_(1, tok, torch.where(known.unsqueeze(-1), torch.full_like(cur, _NEG_INF), cur))
+            logits.scatter_(1, tok, torch.where(known.unsqueeze(-1), torch.full_like(cur, NEG_INF), cur))
         mains = np.array([p.main.key if p.main is not None else -1 for p in self._broken], dtype=np.int64)
         auxs = np.array([p.aux.key if p.aux is not None else -1 for p in self._broken], dtype=np.int64)
         m_row, m_samp, m_step = self._row_state(mains, pos_of_slot, seq, rs)
@@ -585,20 +379,6 @@ class DebiasLogitsProcessor(*_bases()):  # type: ignore[misc]
         same = np.flatnonzero(m_samp & a_samp & (m_step == a_step))
         if len(same):
             self._force_apart(logits, self._to_dev(m_row[same], torch.int64), self._to_dev(a_row[same], torch.int64))
-
-    def _calibrate_v2(self, logits: torch.Tensor, ctx) -> None:
-        """Offsets on the row that samples each calibration request's first output token (device-only)."""
-        slots = ctx.expanded_idx_mapping.to(torch.int64)
-        n_rows = logits.shape[0]
-        prompt_len = self.req_states.prompt_len.gpu.to(torch.int64)
-        first = ctx.pos.to(torch.int64) + 1 == prompt_len.index_select(0, slots)
-        rows = torch.arange(n_rows, device=logits.device)
-        row_of_slot = torch.full((len(self._active),), n_rows, dtype=torch.int64, device=logits.device)
-        row_of_slot.scatter_reduce_(0, slots, torch.where(first, rows, n_rows), reduce="amin")
-        entry_rows = row_of_slot.index_select(0, self._cal_entry_slot)
-        live = entry_rows < n_rows
-        logits.index_put_((entry_rows.clamp_max(n_rows - 1), self._cal_ids),
-                          torch.where(live, self._cal_offs, 0.0).to(logits.dtype), accumulate=True)
 
     def _spec_marker_v2(self, logits: torch.Tensor, ctx) -> torch.Tensor:
         """Speculative decoding (several rows per request): twin rows cannot run. Pairs were marked broken when
@@ -608,23 +388,14 @@ class DebiasLogitsProcessor(*_bases()):  # type: ignore[misc]
         slots = ctx.expanded_idx_mapping.to(torch.int64)
         role = self._to_dev(self._spec_roles(), torch.int64).index_select(0, slots)  # 0 none, 1 main, 2 aux
         col = logits[:, marker].clone()
-        logits[:, marker] = torch.where(role == 1, torch.full_like(col, _NEG_INF), col)
+        logits[:, marker] = torch.where(role == 1, torch.full_like(col, NEG_INF), col)
         aux_rows = (role == 2).unsqueeze(-1)
-        logits.copy_(torch.where(aux_rows, torch.full_like(logits, _NEG_INF), logits))
+        logits.copy_(torch.where(aux_rows, torch.full_like(logits, NEG_INF), logits))
         logits[:, marker] = torch.where(role == 2, torch.zeros_like(col), logits[:, marker])
         return logits
 
     def _spec_roles(self) -> np.ndarray:
         roles = np.zeros(len(self._active), dtype=np.int64)
         for r in self._reqs.values():
-            if r.spec.behaviour == "pair":
-                roles[r.key] = 1 if r.spec.role == "main" else 2
+            roles[r.key] = 1 if r.spec.role == "main" else 2
         return roles
-
-    # -- apply (both) ------------------------------------------------------------------------------------
-    def apply(self, logits: torch.Tensor, ctx=None) -> torch.Tensor:
-        if not self._reqs:
-            return logits
-        if ctx is None:
-            return self._apply_v1(logits)
-        return self._apply_v2(logits, ctx)
