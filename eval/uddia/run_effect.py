@@ -57,6 +57,14 @@ def _todo(args, method: str, prompts: list[dict]):
     return name, path, [p for p in prompts if p["id"] not in done]
 
 
+def _by_prompt(chunk: list[tuple[dict, int]]) -> list[tuple[dict, list[int]]]:
+    """(prompt, its row indices in the batch) in batch order: one output line per prompt."""
+    rows: dict[str, tuple[dict, list[int]]] = {}
+    for r, (p, _) in enumerate(chunk):
+        rows.setdefault(p["id"], (p, []))[1].append(r)
+    return list(rows.values())
+
+
 def run_vllm(args, methods: list[str]) -> None:
     """The plain and steer arms through vLLM (see the module docstring)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -98,12 +106,8 @@ def run_vllm(args, methods: list[str]) -> None:
                 if bad:
                     raise SystemExit(f"{len(bad)} steered rows were not applied: {sorted(set(bad))}")
             conts = [o.outputs[0].text for o in outs]
-            by_prompt: dict[str, list[int]] = {}
-            for r, (p, _) in enumerate(chunk):
-                by_prompt.setdefault(p["id"], []).append(r)
             with path.open("a", encoding="utf-8") as fh:
-                for idx in by_prompt.values():
-                    p = chunk[idx[0]][0]
+                for p, idx in _by_prompt(chunk):
                     fh.write(json.dumps({**p, "method": method, "backend": "vllm",
                                          "continuations": [conts[r] for r in idx],
                                          "config": {**cfg.to_dict(), "vectors": str(overrides["vectors"])}
@@ -193,12 +197,8 @@ def main() -> None:
             dt, dc = time.time() - t0, time.process_time() - c0
             width = enc["input_ids"].shape[1]
             conts = [tok.decode(r[width:], skip_special_tokens=True) for r in seqs]
-            by_prompt: dict[str, list[int]] = {}
-            for r, (p, _) in enumerate(chunk):
-                by_prompt.setdefault(p["id"], []).append(r)
             with path.open("a", encoding="utf-8") as fh:
-                for idx in by_prompt.values():
-                    p = chunk[idx[0]][0]
+                for p, idx in _by_prompt(chunk):
                     rec = {**p, "method": method, "continuations": [conts[r] for r in idx],
                            "config": cfg.to_dict() if cfg else None, "batch_rows": len(chunk),
                            "seconds_batch": dt, "cpu_seconds_batch": dc, "wrap_cpu_seconds": wrap_cpu}

@@ -21,12 +21,7 @@ PROMPTS = ["The nurse said that", "Yesterday the chief executive of the small fi
 NEW = 6
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module", params=["gpt2", "llama"])

@@ -4,7 +4,6 @@ trained on here, and tiny GPT-2 / Llama models (with biases / without) carrying 
 from __future__ import annotations
 
 import pytest
-import torch
 
 TEXTS = ["you are a stupid idiot", "have a nice day", "the nurse said that she would be late", "shut up you fool",
          "the teacher asked the student a question", "damn idiot, go away"]
@@ -12,12 +11,8 @@ LABELS = [1, 0, 0, 1, 0, 1]
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Two torch threads on a loaded 2-core machine are much slower than one; restore afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+def _one_thread(one_thread):
+    """Every UDDIA test module runs on one torch thread (tests/methods/conftest.py)."""
 
 
 @pytest.fixture(scope="session")
