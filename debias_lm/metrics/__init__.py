@@ -3,10 +3,12 @@
 Modules: ``toxicity`` (EMT, per-prompt toxicity probability, per-generation toxic rate), ``counterfactual``
 (group gaps, W1 sentiment gap, gendered-word rate), ``fluency`` (conditional perplexity, dist-n), ``bbq``
 (accuracy, S_DIS, S_AMB), ``stereotype`` (CrowS-Pairs, StereoSet ICAT), ``occupational`` (vs BLS), ``pope``
-(POPE with the yes-ratio of predictions, ECE) and ``overhead`` (throughput ratio, forward-equivalents/token).
+(POPE with the yes-ratio of predictions, ECE), ``overhead`` (throughput ratio, forward-equivalents/token) and
+``bootstrap`` (paired bootstrap intervals over prompts).
 """
 
 from .bbq import bbq_metrics, biased_answer_index
+from .bootstrap import mean_difference, paired_bootstrap, share_of_reduction
 from .counterfactual import counterfactual_gap, gendered_word_rate, group_gap, wasserstein_1
 from .fluency import conditional_perplexities, dist_n, mean_dist_n, mean_perplexity
 from .occupational import (
@@ -37,14 +39,17 @@ __all__ = [
     "gendered_word_rate",
     "group_gap",
     "mae_pp",
+    "mean_difference",
     "mean_dist_n",
     "mean_perplexity",
     "occupational_metrics",
+    "paired_bootstrap",
     "parity_gap_pp",
     "pearson_r",
     "pope_metrics",
     "relative_reduction",
     "sentence_logliks",
+    "share_of_reduction",
     "stereoset_metrics",
     "throughput_ratio",
     "toxic_rate",
