@@ -3,7 +3,8 @@
     python eval/steer/plot_sweep.py --summary eval/steer/results/summary.json --out docs/steering-sweep.png
 
 Arms are the summary's toxicity methods: plain, UDDIA (t), steer-toxN (CAA toxicity vector at scale N) and
-steer-uddiaN (distilled UDDIA-t offsets at scale N); the steer arms of one vector are joined in scale order.
+steer-distillN / steer-trigN (distilled UDDIA-t offsets, the ``mean`` / ``triggered`` average, at scale N); the
+steer arms of one vector are joined in scale order.
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ def main() -> None:
             continue
         label = {"plain": "plain", "t": "UDDIA-t", "u": "UDDIA-u"}.get(name, name)
         ax.scatter([x], [y], marker="s" if name == "plain" else "^", s=60, label=f"{label} (n={row['n_prompts']})")
-    names = {"tox": "steer: CAA toxicity vector", "uddia": "steer: distilled UDDIA-t"}
+    names = {"tox": "steer: CAA toxicity vector", "distill": "steer: distilled UDDIA-t (mean)",
+             "trig": "steer: distilled UDDIA-t (triggered)"}
     for key, pts in series.items():
         pts.sort()
         ax.plot([p[1] for p in pts], [p[2] for p in pts], marker="o", label=names.get(key, key))
