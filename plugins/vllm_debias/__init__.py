@@ -42,6 +42,7 @@ _LAZY = {
     "PairCheckError": "vllm_debias.offline",
     "DebiasStatus": "vllm_debias.offline",
     "statuses": "vllm_debias.offline",
+    "shutdown": "vllm_debias.offline",
     "label_priors": "vllm_debias.calibration",
     "calibrate_labels": "vllm_debias.calibration",
     "LockstepClient": "vllm_debias.lockstep",

@@ -153,6 +153,7 @@ def steer_bench(model: str, dtype: str, batches: list[int], max_tokens: int, rep
     import debias_lm as dl
 
     from .offline import generate as debias_generate
+    from .offline import shutdown
     from .processors import without_installed
     from .steer import register, steer_engine_args
 
@@ -193,10 +194,7 @@ def steer_bench(model: str, dtype: str, batches: list[int], max_tokens: int, rep
         out[str(b)] = side_by_side(STEER_CONFIGS, run, repeats, f"steering, batch {b} ({n} new tokens each, "
                                    f"{'compiled' if compiled else 'eager'})")
     for llm in (plain_llm, steer_llm):
-        try:
-            llm.llm_engine.engine_core.shutdown()
-        except Exception:  # noqa: BLE001
-            pass
+        shutdown(llm)
     return out
 
 

@@ -63,6 +63,15 @@ class PairCheckError(RuntimeError):
     """A debias-sampling pair drifted apart and ``fallback="raise"`` was asked for."""
 
 
+def shutdown(llm) -> None:
+    """Stop an offline engine's core now (its busy loop, workers and KV cache) instead of at garbage collection, so
+    the next engine in the same process starts clean; an engine that is already stopped is left as it is."""
+    try:
+        llm.llm_engine.engine_core.shutdown()
+    except Exception:  # noqa: BLE001 - a stopped or half-built engine has nothing left to stop
+        pass
+
+
 def statuses(outputs: Sequence[Any]) -> list[DebiasStatus]:
     """The :class:`DebiasStatus` of each output of :func:`generate` (parallel list)."""
     return [getattr(o, "debias_status", None) or DebiasStatus("not_applied", "not produced by vllm_debias.generate")

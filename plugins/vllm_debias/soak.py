@@ -209,14 +209,13 @@ def reference_tokens(model: str, dtype: str, max_model_len: int, requests: list[
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     from vllm import LLM
 
+    from .offline import shutdown
+
     llm = LLM(model=model, dtype=dtype, max_model_len=max_model_len, enforce_eager=True, seed=0)
     try:
         return reference_from_llm(llm, requests)
     finally:
-        try:
-            llm.llm_engine.engine_core.shutdown()
-        except Exception:  # noqa: BLE001
-            pass
+        shutdown(llm)
         del llm
 
 

@@ -74,10 +74,7 @@ def setup(tiny_llama, tiny_llama_dir, tmp_path_factory):
     assert [(type(p), p.inert) for p in ours] == [(CalibrationLogitsProcessor, False), (ContrastLogitsProcessor, False),
                                                   (CalibrationLogitsProcessor, True), (ContrastLogitsProcessor, True)]
     yield {"llm": llm, "eos": [tok.eos_token_id, extra_eos], "model": model, "tok": tok}
-    try:
-        llm.llm_engine.engine_core.shutdown()
-    except Exception:  # noqa: BLE001
-        pass
+    vllm_debias.shutdown(llm)
     mp.undo()
     lp.cached_load_custom_logitsprocs.cache_clear()
 

@@ -54,13 +54,6 @@ def _status(outs):
     return [o.debias_status.status for o in outs]
 
 
-def _shutdown(llm):
-    try:
-        llm.llm_engine.engine_core.shutdown()
-    except Exception:  # noqa: BLE001
-        pass
-
-
 @pytest.fixture(scope="module")
 def baseline(tiny_llama_dir):
     """Plain prompts through an engine WITHOUT the processors (greedy and a seeded sampled request)."""
@@ -69,7 +62,7 @@ def baseline(tiny_llama_dir):
         assert not _our_processors(llm)
     out = {"greedy": _ids(llm.generate(PLAIN, _greedy(), use_tqdm=False)),
            "seeded": _ids(llm.generate(PLAIN[:1], _seeded(), use_tqdm=False))}
-    _shutdown(llm)
+    vllm_debias.shutdown(llm)
     del llm
     gc.collect()
     return out
@@ -94,7 +87,7 @@ def llm(tiny_llama_dir, baseline):
     engine = LLM(model=str(tiny_llama_dir), **ENGINE_KW)
     assert _our_processors(engine) == classes
     yield engine
-    _shutdown(engine)
+    vllm_debias.shutdown(engine)
     mp.undo()
     lp.cached_load_custom_logitsprocs.cache_clear()
 

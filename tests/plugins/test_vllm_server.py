@@ -24,7 +24,7 @@ os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 pytest.importorskip("vllm")
 
-from vllm_debias import LockstepClient, request_args  # noqa: E402
+from vllm_debias import LockstepClient, request_args, shutdown  # noqa: E402
 from vllm_debias.calibration import label_priors_http  # noqa: E402
 
 import debias_lm as dl  # noqa: E402
@@ -69,10 +69,7 @@ def baseline(tiny_llama_dir, soak_requests):
         llm = LLM(model=str(tiny_llama_dir), dtype="float32", max_model_len=2048, enforce_eager=True, seed=0)
     outs = llm.generate(PROMPTS, SamplingParams(max_tokens=N, min_tokens=N, temperature=0.0), use_tqdm=False)
     ids = {"greedy": [list(o.outputs[0].token_ids) for o in outs], "soak": reference_from_llm(llm, soak_requests)}
-    try:
-        llm.llm_engine.engine_core.shutdown()
-    except Exception:  # noqa: BLE001
-        pass
+    shutdown(llm)
     del llm
     gc.collect()
     return ids

@@ -59,13 +59,6 @@ def _tok_lp(outs):
     return res
 
 
-def _shutdown(llm):
-    try:
-        llm.llm_engine.engine_core.shutdown()
-    except Exception:  # noqa: BLE001
-        pass
-
-
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
     from debias_lm.testing import build_tiny_llama, save_tiny
@@ -124,7 +117,7 @@ def baseline(assets):
         vllm_debias.generate(llm, PROMPTS, dl.SteerConfig(vectors="a"), _greedy())
     except ValueError as e:
         out["refusal"] = str(e)
-    _shutdown(llm)
+    vllm_debias.shutdown(llm)
     del llm
     gc.collect()
     return out
@@ -138,7 +131,7 @@ def llm(assets, baseline):
     engine = LLM(model=assets["dir"], **ENGINE_KW,
                  **vllm_debias.steer_engine_args({"a": assets["a"], "b": assets["b"], "u": assets["u"]}))
     yield engine
-    _shutdown(engine)
+    vllm_debias.shutdown(engine)
     del engine
     gc.collect()
 

@@ -41,10 +41,7 @@ def setup(embedded, tmp_path_factory):
     llm = LLM(model=str(default_model_dir()), dtype="float32", max_model_len=256, enforce_eager=True, seed=0,
               max_num_seqs=8, **vllm_debias.steer_engine_args(files))
     yield llm, model, tok, files
-    try:
-        llm.llm_engine.engine_core.shutdown()
-    except Exception:  # noqa: BLE001
-        pass
+    vllm_debias.shutdown(llm)
     del llm
     gc.collect()
 
