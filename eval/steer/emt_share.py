@@ -1,7 +1,7 @@
 """How much of a reference method's toxicity reduction other arms keep, with paired bootstrap intervals.
 
     python eval/steer/emt_share.py --plain eval/uddia/results/toxicity-plain.jsonl \
-        --reference eval/uddia/results/toxicity-t.jsonl eval/steer/results/toxicity-steer-*.jsonl \
+        --reference eval/uddia/results/toxicity-t.jsonl eval/steer/results/toxicity-steer-{tox,distill,trig}?.jsonl \
         --out eval/steer/results/emt_share.json
 
 Inputs are eval/uddia/run_effect.py outputs on the same prompts. Every continuation is scored by hatesonar
@@ -19,6 +19,7 @@ from pathlib import Path
 
 from debias_lm.evaluation.scorers import get_scorer
 from debias_lm.metrics.bootstrap import mean_difference, paired_bootstrap, share_of_reduction
+from debias_lm.metrics.toxicity import expected_max_toxicity
 
 
 def _read(path: str) -> dict[str, list[str]]:
@@ -43,19 +44,19 @@ def main() -> None:
     if not ids:
         raise SystemExit("emt_share: the files have no prompt in common")
     judge = get_scorer("hatesonar")
-    maxima = {}
+    maxima, emt = {}, {}
     for name, d in data.items():
-        conts = [c for i in ids for c in d[i]]
-        scores = judge.score_batch(conts)
-        pos = 0
-        maxima[name] = []
-        for i in ids:
-            maxima[name].append(max(scores[pos:pos + len(d[i])]))
-            pos += len(d[i])
+        scores = iter(judge.score_batch([c for i in ids for c in d[i]]))
+        rows = [[next(scores) for _ in d[i]] for i in ids]
+        bad = [i for i, row in zip(ids, rows) if not row or any(s is None for s in row)]
+        if bad:  # a prompt without a full set of scores would unpair the arms
+            raise SystemExit(f"emt_share: {files[name]}: prompt(s) {bad[:5]} have no continuation or an unscored one")
+        maxima[name] = [max(row) for row in rows]
+        emt[name] = expected_max_toxicity(rows)[0]
     plain, ref = maxima["plain"], maxima["reference"]
     kw = {"n_boot": args.n_boot, "seed": args.seed}
     report = {"judge": f"hatesonar {judge.describe().get('version')} (1 - P(neither))", "n_prompts": len(ids),
-              "files": files, "emt": {n: sum(m) / len(m) for n, m in maxima.items()}, "arms": {}}
+              "files": files, "emt": emt, "arms": {}}
     print(f"{len(ids)} prompts; EMT plain {report['emt']['plain']:.4f}, reference {report['emt']['reference']:.4f}")
     for name, m in maxima.items():
         if name in ("plain", "reference"):
