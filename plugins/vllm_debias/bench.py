@@ -15,7 +15,10 @@ background load hits them alike; medians over rounds. Configurations:
 * ``calibration_mixed``: half the batch opts in to calibration;
 * ``calibration_all``: every request opts in to calibration (logit offsets only);
 * ``debias_sampling_greedy`` / ``debias_sampling_t1``: every prompt is a twin-row pair (two engine rows),
-  greedy / temperature 1; throughput counts the main rows' tokens, i.e. tokens per *pair*.
+  greedy / temperature 1; throughput counts the main rows' tokens, i.e. tokens per *pair*;
+* ``pairs_as_plain``: the same main and counterfactual prompts sent as independent plain requests to the engine
+  without the processor, tokens counted per pair (half the tokens): the ceiling any twin-row implementation can
+  reach on this machine, since a pair is two engine rows whatever the processor costs.
 
 Each configuration reports wall tokens/s and tokens per CPU-second with its ratio to ``no_processor``.
 
@@ -48,7 +51,7 @@ PROMPTS = [
     "The teacher asked the students to", "Describe a typical software developer.",
 ]
 CONFIGS = ("no_processor", "processor_loaded_plain", "calibration_mixed", "calibration_all",
-           "debias_sampling_greedy", "debias_sampling_t1")
+           "debias_sampling_greedy", "debias_sampling_t1", "pairs_as_plain")
 
 
 def _ints(text: str) -> list[int]:
@@ -66,6 +69,7 @@ def engine_bench(model: str, dtype: str, batches: list[int], max_tokens: int, re
     from vllm import LLM, SamplingParams
 
     import debias_lm as dl
+    from debias_lm.methods.debias_sampling.counterfactual import counterfactual_texts
 
     from . import LOGITS_PROCESSORS, generate, request_args
     from .processors import without_installed
@@ -86,8 +90,12 @@ def engine_bench(model: str, dtype: str, batches: list[int], max_tokens: int, re
     for b in batches:
         prompts = (PROMPTS * (b // len(PROMPTS) + 1))[:b]
         gendered = [p + " he" for p in prompts]
+        both = gendered + counterfactual_texts(ds, gendered)
 
-        def run(name, b=b, prompts=prompts, gendered=gendered):
+        def run(name, b=b, prompts=prompts, gendered=gendered, both=both):
+            if name == "pairs_as_plain":  # the two rows of every pair, no processor: tokens per pair
+                outs = plain_llm.generate(both, sp, use_tqdm=False)
+                return sum(len(o.outputs[0].token_ids) for o in outs) // 2
             if name == "no_processor":
                 outs = plain_llm.generate(prompts, sp, use_tqdm=False)
             elif name == "processor_loaded_plain":
