@@ -6,6 +6,9 @@
           {"layer_step": 0, "lr": 0.06, "kl_budget": 0.5}, {"layer_step": 0, "lr": 0.1, "kl_budget": 1.0},
           {"layer_step": 0, "lr": 0.06, "update": "gradient", "kl_budget": 1.0},
           {"layer_step": 0, "num_layers": 1.0}, {"layer_step": 0, "fusion": 1.0}, {}]'
+    # opt-in cheaper gate and gradient path (docs/uddia.md "Cheaper gate and gradient path"): variant t, no redo
+    python eval/uddia/sweep.py --configs '[{"layer_step": 0}, {"layer_step": 0, "gradient_path": "look_ahead"},
+          {"layer_step": 0, "tox_gate": "last"}, {"layer_step": 0, "gradient_path": "look_ahead", "tox_gate": "last"}]'
     # debias term on the gender pairs: variant b, no redo
     python eval/uddia/sweep.py --suite gender --variant b --samples 2 --configs '[{"layer_step": 0}]'
 

@@ -12,6 +12,8 @@ from ...words import BUILTIN_GROUPS
 VARIANTS = ("t", "b", "u")
 STEP_SCALES = ("rms", "absolute")
 UPDATES = ("adam", "gradient")
+GRADIENT_PATHS = ("full", "look_ahead")
+TOX_GATES = ("look_ahead", "last")
 
 
 def _is_pairs_file(name: str) -> bool:
@@ -47,6 +49,15 @@ class UDDIAConfig(MethodConfig):
             (rounded, halves up, at least 1); an int is a count. Default 0.5.
         tox_trigger: ``t``/``u`` tune a row only while the probe's toxicity of the look-ahead token (the expected
             next token, before and after every step) exceeds this (0.5).
+        tox_gate: which rows the detox trigger is checked on: ``"look_ahead"`` (default: every live row, by a
+            no-grad forward of its look-ahead token) or ``"last"`` (only rows whose *current* token's final
+            hidden state, which the trial forward already computed, scores above ``tox_trigger``: no extra
+            forward for the other rows; a cheaper, approximate pre-check).
+        gradient_path: ``"full"`` (default, the paper's: the offsets' gradient flows through p_theta into the
+            look-ahead token's embedding and through the look-ahead's own tuned layers) or ``"look_ahead"``
+            (the look-ahead token's embedding is held constant: the gradient flows only through the offsets in
+            the look-ahead's tuned layers, so the backward covers the top ``num_layers`` blocks of one position
+            and, in ``t``, the trial forward needs no graph).
         trigger: ``b``/``u`` apply the debias term only while the Hellinger gap exceeds this (0.1, the paper's).
         ppl_threshold: redo while the continuation's perplexity under the base model is above this. ``0``
             (default) derives it per model: ``ppl_factor`` x the median perplexity of the model's own plain
@@ -73,6 +84,8 @@ class UDDIAConfig(MethodConfig):
     steps: int = 1
     num_layers: float = 0.5
     tox_trigger: float = 0.5
+    tox_gate: str = "look_ahead"
+    gradient_path: str = "full"
     trigger: float = 0.1
     ppl_threshold: float = 0.0
     ppl_factor: float = 2.0
@@ -97,6 +110,8 @@ class UDDIAConfig(MethodConfig):
         self._check_choice("update", UPDATES)
         self._check_number("kl_budget", lo=0.0)
         self._check_number("tox_trigger", lo=0.0, hi=1.0)
+        self._check_choice("tox_gate", TOX_GATES)
+        self._check_choice("gradient_path", GRADIENT_PATHS)
         self._check_number("ppl_factor", lo=0.0, lo_open=True)
         self._check_number("group_balance", lo=0.0)
         if 0 < self.group_balance < 1:

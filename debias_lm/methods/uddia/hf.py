@@ -4,13 +4,15 @@ Per generated token (``steps = 1``):
 
 1. *trial* forward of the last token x_t of every row on the base cache with offsets δ = 0 (grad enabled):
    its logits are the base logits and its K/V (detached) extend the base cache;
-2. *trigger*: a row is tuned only if the probe's toxicity of its context (mean of the final hidden states of
-   the prefix and x_t) exceeds ``tox_trigger`` (``t``/``u``) or the Hellinger gap of its next-token
-   distribution exceeds ``trigger`` (``b``/``u``). The rest of the step runs on the triggered rows only (the
-   cache is row-selected in a scratch view);
-3. *look-ahead* forward of the soft token ē = p_θᵀ W_E on the base cache through x_t (``t``/``u``); the
-   trigger is recomputed on the loss's own quantities (the probe on h̄ with the look-ahead, the gap of p_θ)
-   and rows below it take no step;
+2. *trigger*: a row is tuned only if the probe's toxicity of its look-ahead token (a no-grad forward of the
+   soft token below; ``tox_gate="last"``: of x_t's own final hidden state, no extra forward) exceeds
+   ``tox_trigger`` (``t``/``u``) or the Hellinger gap of its next-token distribution exceeds ``trigger``
+   (``b``/``u``). The rest of the step runs on the triggered rows only (the cache is row-selected in a
+   scratch view);
+3. *look-ahead* forward of the soft token ē = p_θᵀ W_E on the base cache through x_t (``t``/``u``; with
+   ``gradient_path="look_ahead"`` ē is held constant and the gradient flows only through the look-ahead's
+   tuned layers); the trigger is recomputed on the loss's own quantities (the probe on the look-ahead, the
+   gap of p_θ) and rows below it take no step;
 4. one backward of L = 1[tox] L_tox + λ 1[Δ > trigger] L_bias into δ only, and an Adam step from a fresh state
    scaled per site (``step_scale="rms"``: ``lr`` x the site's activation RMS);
 5. *perturbed* forward of x_t on the base cache before x_t with the new δ (no grad; its K/V are discarded)
@@ -157,6 +159,8 @@ class UDDIAHF(HFMethod):
             "step": {"rule": cfg.step_scale, "lr": cfg.lr, "kl_budget": cfg.kl_budget or None,
                      "site_rms_min": rms[0], "site_rms_median": rms[len(rms) // 2], "site_rms_max": rms[-1]},
             "tox_trigger": cfg.tox_trigger if self.probe is not None else None,
+            "tox_gate": cfg.tox_gate if self.probe is not None else None,
+            "gradient_path": cfg.gradient_path,
             "trigger": cfg.trigger if self.debias is not None else None,
             "redo_threshold": self.redo_threshold,
             "redo_rule": (f"fixed {cfg.ppl_threshold:g}" if cfg.ppl_threshold else
@@ -349,10 +353,18 @@ class UDDIAHF(HFMethod):
         new_ids, new_mask = [], []
         eos = torch.tensor(gen["eos"], device=device) if gen["eos"] else None
         tune = cfg.lr > 0
+        # Where a gradient flows through p_theta (the paper's path, or the debias term, a function of p_theta) the
+        # trial forward carries a graph for the whole batch; with the free gate (tox_gate="last") few rows of a
+        # batch are tuned, so the trial runs without one and the tuned rows' trial is re-run with gradients
+        # instead (the same function at delta = 0: same logits, same gradient; a backward through those rows
+        # only, for one more forward of them: cheaper unless the batch is a single row).
+        through_p = tune and (cfg.gradient_path == "full" or self.debias is not None)
+        trial_grad = through_p and (cfg.tox_gate == "look_ahead" or B == 1)
+        retrial = through_p and not trial_grad
         for step in range(gen["max_new_tokens"]):
             deltas0 = self._zero_deltas(B, T) if tune else None
             # (1) trial forward of x_t, delta = 0: the base logits; its K/V extend the base cache
-            with torch.set_grad_enabled(tune), hooks.use(deltas0):
+            with torch.set_grad_enabled(trial_grad), hooks.use(deltas0):
                 out = model(input_ids=cur, attention_mask=mask, position_ids=cur_pos, past_key_values=cache,
                             use_cache=True)
                 logits = out.logits[:, -1, : self.vocab_size].float()
@@ -370,7 +382,9 @@ class UDDIAHF(HFMethod):
             if tune:
                 # (2) trigger on the untuned context; later checks use the loss's own quantities
                 gate = torch.zeros(B, dtype=torch.bool, device=device)
-                if self.probe is not None and bool(live.any()):
+                if self.probe is not None and cfg.tox_gate == "last":  # free pre-check: x_t's own final state
+                    gate = self.probe.toxic_prob(h_x_base) > cfg.tox_trigger
+                elif self.probe is not None and bool(live.any()):
                     lrows = live.nonzero().squeeze(1)
                     with torch.no_grad():  # the trigger: the probe on the expected next token
                         h_soft = self._look_ahead(base_logp[lrows].exp(), lrows, cache, mask, cur_pos, counts)
@@ -383,7 +397,7 @@ class UDDIAHF(HFMethod):
                 if len(rows):
                     ctx = {"cache": cache, "cur": cur, "cur_pos": cur_pos, "mask": mask, "prefix_sum": prefix_sum,
                            "prefix_cnt": prefix_cnt, "h_x": h_x_base, "ctx_mean": ctx_sum / ctx_len.unsqueeze(1),
-                           "ctx_len": ctx_len}
+                           "ctx_len": ctx_len, "retrial": retrial}
                     moved, moved_logp = self._tune(rows, deltas0, logits, base_logp, ctx, counts)
                     if len(moved):
                         tuned_logp = base_logp.clone()
@@ -438,7 +452,7 @@ class UDDIAHF(HFMethod):
         active = torch.ones(n, dtype=torch.bool, device=rows.device)  # above the trigger at every step so far
         for it in range(cfg.steps):
             with torch.enable_grad():
-                if it > 0:  # the trial forward again, with the current offsets, on the cache before x_t
+                if it > 0 or ctx["retrial"]:  # the trial forward (again), current offsets, cache before x_t
                     with hooks.use(deltas), scratch(cache, 1, sel):
                         out = self.model(input_ids=cur, attention_mask=mask, position_ids=cur_pos,
                                          past_key_values=cache, use_cache=True)
@@ -449,8 +463,9 @@ class UDDIAHF(HFMethod):
                 loss = torch.zeros(n, device=p_theta.device)
                 on = torch.zeros(n, dtype=torch.bool, device=p_theta.device)
                 if self.probe is not None:
+                    p_soft = p_theta if cfg.gradient_path == "full" else p_theta.detach()
                     with hooks.use(deltas if self._offsets_in_look_ahead else None):
-                        h_soft = self._look_ahead(p_theta, rows, cache, ctx["mask"], ctx["cur_pos"], counts)
+                        h_soft = self._look_ahead(p_soft, rows, cache, ctx["mask"], ctx["cur_pos"], counts)
                     probe_logits = self.probe.logits(core.mean_hidden(prefix_sum, prefix_cnt, h_x, h_soft))
                     tox_on = self.probe.toxic_prob(h_soft.detach()) > cfg.tox_trigger
                     loss = loss + core.toxicity_loss(probe_logits) * tox_on

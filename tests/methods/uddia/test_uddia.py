@@ -320,7 +320,8 @@ def test_cli_generate_and_train_probe(tiny_llama_dir, tmp_path, capsys, labeled_
 # -- per-model statistics, triggers, redo rule, group balance (issue 12) ---------------------------------
 @pytest.mark.parametrize("bad", [{"step_scale": "log"}, {"update": "sgd"}, {"kl_budget": -1.0},
                                  {"tox_trigger": 1.5}, {"ppl_factor": 0.0}, {"group_balance": 0.5},
-                                 {"ppl_threshold": -1.0}])
+                                 {"ppl_threshold": -1.0}, {"tox_gate": "prefix"},
+                                 {"gradient_path": "soft"}])
 def test_new_fields_validated(bad):
     with pytest.raises(ValueError, match=next(iter(bad))):
         dl.UDDIAConfig(**bad)
@@ -355,6 +356,59 @@ def test_untriggered_rows_are_plain_decoding_and_never_redone(tiny):
     st = w.impl.last_stats
     assert st["tuned_row_tokens"] == 0 and st["backward"] == 0
     assert all(len(a) == 1 and a[0]["tuned_tokens"] == 0 for a in st["attempt_log"])
+
+
+def test_last_token_gate_spends_no_forward_on_untriggered_tokens(tiny):
+    """``tox_gate="last"`` with a trigger no row can exceed: plain decoding (HF generate's tokens) at exactly one
+    forward per row-token; the default gate spends a no-grad look-ahead forward on every live row-token too."""
+    name, model, tok, probe = tiny
+    enc = _enc(tok)
+    plain = model.generate(**enc, max_new_tokens=5, min_new_tokens=5, do_sample=False)
+    for gate, per_token in (("last", 1), ("look_ahead", 2)):
+        w = dl.wrap(model, tok, dl.UDDIAConfig(variant="t", probe=probe, tox_trigger=1.0, tox_gate=gate,
+                                               layer_step=0))
+        out = w.generate(**enc, max_new_tokens=5, min_new_tokens=5, do_sample=False)
+        assert torch.equal(out[:, : plain.shape[1]], plain)
+        st = w.impl.last_stats
+        assert st["row_tokens"] == 2 * 5 and st["backward"] == 0
+        assert st["rows_forward"] == per_token * st["row_tokens"], gate
+
+
+def test_last_token_gate_tunes_exactly_the_rows_both_checks_pass(tiny):
+    """``tox_gate="last"``: a row is tuned at a token iff the probe scores x_t's own final hidden state above the
+    trigger (the pre-check) and then its look-ahead token above it too (the recomputed trigger); both scores are
+    computed here with plain HF forwards (output_hidden_states, the soft token as inputs_embeds)."""
+    name, model, tok, probe_path = tiny
+    from debias_lm.methods.uddia.probe import ToxicityProbe
+
+    probe = ToxicityProbe.load(probe_path)
+    prompts = ["you are a stupid idiot and", "have a nice day, said the", "shut up you fool, he said",
+               "the teacher asked the student", "damn idiot, go away from the", "the nurse said that she"]
+    x_scores, soft_scores = [], []
+    W_E = model.get_input_embeddings().weight
+    with torch.no_grad():
+        for text in prompts:
+            ids = tok(text, return_tensors="pt")["input_ids"]
+            out = model(input_ids=ids, use_cache=True, output_hidden_states=True)
+            x_scores.append(float(probe.toxic_prob(out.hidden_states[-1][0, -1].float())))
+            p = torch.softmax(out.logits[0, -1].float(), -1)
+            soft = (p @ W_E.float()).view(1, 1, -1).to(W_E.dtype)
+            la = model(inputs_embeds=soft, past_key_values=out.past_key_values, output_hidden_states=True)
+            soft_scores.append(float(probe.toxic_prob(la.hidden_states[-1][0, -1].float())))
+    # a trigger between two scores such that the pre-check drops some rows and some rows pass both checks
+    order = sorted(x_scores + soft_scores)
+    for trig in [(a + b) / 2 for a, b in zip(order, order[1:])]:
+        expect = [r for r in range(len(prompts)) if x_scores[r] > trig and soft_scores[r] > trig]
+        dropped = [r for r in range(len(prompts)) if x_scores[r] <= trig]
+        if expect and dropped:
+            break
+    assert expect and dropped, (x_scores, soft_scores)
+    w = dl.wrap(model, tok, dl.UDDIAConfig(variant="t", probe=probe_path, tox_trigger=trig, tox_gate="last",
+                                           layer_step=0))
+    w.generate(**_enc(tok, prompts), max_new_tokens=1, do_sample=False)
+    got = [] if w.impl.last_stats["tuned_row_tokens"] == 0 else w.impl._last_rows.tolist()
+    assert sorted(got) == expect, (x_scores, soft_scores, trig)
+    assert w.impl.last_stats["gated_row_tokens"] == len(prompts) - len(dropped)
 
 
 def test_redo_threshold_derived_from_plain_perplexity(tiny):

@@ -60,13 +60,13 @@ def _site_names(impl) -> dict[int, str]:
 
 
 def _row_reference(model, tok, prompt: str, impl, bias_delta: dict[str, torch.Tensor] | None, *,
-                   want_grad: bool, debias_only: bool = False):
+                   want_grad: bool, debias_only: bool = False, soft_constant: bool = False):
     """One UDDIA step for ONE prompt, on a hand-edited copy of GPT-2: the offsets (``bias_delta``, by module
     path) are written into the copy's bias parameters in place; the prefix K/V come from the unedited model.
 
     Returns (logits of x_t [V], {path: d loss / d bias} or None). The loss is the detox loss on the mean of the
     final hidden states (prefix, x_t detached, soft look-ahead token) or, ``debias_only``, the debias loss of
-    p_theta.
+    p_theta. ``soft_constant``: the look-ahead token's embedding is a constant (p_theta detached).
     """
     ids = tok(prompt, return_tensors="pt")["input_ids"]
     edited = copy.deepcopy(model)
@@ -99,7 +99,7 @@ def _row_reference(model, tok, prompt: str, impl, bias_delta: dict[str, torch.Te
             loss = deb.losses(p.unsqueeze(0), ctx_mean, torch.tensor([float(ids.shape[1])])).sum()
         else:
             W_E = model.get_input_embeddings().weight
-            soft = (p @ W_E.float()).view(1, 1, -1)
+            soft = ((p.detach() if soft_constant else p) @ W_E.float()).view(1, 1, -1)
             la = edited(inputs_embeds=soft, past_key_values=copy.deepcopy(through.past_key_values),
                         output_hidden_states=True)
             h_prefix = pre.hidden_states[-1][0].float()  # after the final norm
@@ -113,12 +113,14 @@ def _row_reference(model, tok, prompt: str, impl, bias_delta: dict[str, torch.Te
     return logits, dict(zip(params, grads))
 
 
-def test_one_step_matches_bias_edited_copy_of_gpt2(tmp_path, tiny_with_probe):
+@pytest.mark.parametrize("gate", ["look_ahead", "last"])
+def test_one_step_matches_bias_edited_copy_of_gpt2(gate, tmp_path, tiny_with_probe):
     """Offset gradient == autograd through bias parameters of a copy; tuned logits == forward of the copy with
-    lr x RMS x sign(grad) written into its biases (per row, no hooks, no batching)."""
+    lr x RMS x sign(grad) written into its biases (per row, no hooks, no batching). With ``tox_gate="last"`` the
+    trial forward runs without a graph and the tuned rows' trial is re-run with gradients: the same numbers."""
     model, tok, probe = tiny_with_probe("gpt2", tmp_path)
     cfg = dl.UDDIAConfig(variant="t", probe=probe, lr=0.5, update="adam", step_scale="rms", kl_budget=0.0,
-                         tox_trigger=0.0, fusion=1.0, layer_step=0, num_layers=3)
+                         tox_trigger=0.0, fusion=1.0, layer_step=0, num_layers=3, tox_gate=gate)
     w = dl.wrap(model, tok, cfg)
     enc = _enc(tok)
     w.generate(**enc, max_new_tokens=1, do_sample=False)
@@ -145,14 +147,49 @@ def test_one_step_matches_bias_edited_copy_of_gpt2(tmp_path, tiny_with_probe):
         assert (tuned[r] - torch.log_softmax(ref_logits, -1)).abs().max() < 1e-4
 
 
-def test_debias_term_reaches_the_offset_gradient_through_hf_loop(tmp_path, tiny_with_probe):
+def test_look_ahead_gradient_path_matches_copy_with_a_constant_soft_token(tmp_path, tiny_with_probe):
+    """``gradient_path="look_ahead"``: the offset gradient == autograd through the bias-edited copy with the
+    look-ahead token's embedding held constant, and it differs from the paper's full gradient (through p_theta)."""
+    model, tok, probe = tiny_with_probe("gpt2", tmp_path)
+    cfg = dl.UDDIAConfig(variant="t", probe=probe, tox_trigger=0.0, layer_step=0, num_layers=3,
+                         gradient_path="look_ahead")
+    w = dl.wrap(model, tok, cfg)
+    w.generate(**_enc(tok), max_new_tokens=1, do_sample=False)
+    impl = w.impl
+    names = _site_names(impl)
+    assert impl._last_rows.tolist() == [0, 1]
+    gap = 0.0
+    for r, prompt in enumerate(PROMPTS):
+        _, ref = _row_reference(model, tok, prompt, impl, None, want_grad=True, soft_constant=True)
+        _, full = _row_reference(model, tok, prompt, impl, None, want_grad=True)
+        for key, path in names.items():
+            assert torch.allclose(impl._last_grads[key][r], ref[path].float(), rtol=1e-3, atol=1e-6), path
+            gap = max(gap, float((ref[path] - full[path]).abs().max()))
+    assert gap > 1e-5  # the path through p_theta really is left out
+
+
+def test_last_gate_on_a_single_row_gives_the_reference_gradient(tmp_path, tiny_with_probe):
+    """Batch of one with ``tox_gate="last"``: the trial keeps its graph (no re-run); gradient == the copy's."""
+    model, tok, probe = tiny_with_probe("gpt2", tmp_path)
+    w = dl.wrap(model, tok, dl.UDDIAConfig(variant="t", probe=probe, tox_trigger=0.0, layer_step=0, num_layers=3,
+                                           tox_gate="last"))
+    w.generate(**_enc(tok, PROMPTS[1:]), max_new_tokens=1, do_sample=False)
+    names = _site_names(w.impl)
+    _, ref = _row_reference(model, tok, PROMPTS[1], w.impl, None, want_grad=True)
+    assert w.impl.last_stats["forward"] == 3  # trial, look-ahead, perturbed: no re-run of the trial
+    for key, path in names.items():
+        assert torch.allclose(w.impl._last_grads[key][0], ref[path].float(), rtol=1e-3, atol=1e-6), path
+
+
+@pytest.mark.parametrize("gate", ["look_ahead", "last"])
+def test_debias_term_reaches_the_offset_gradient_through_hf_loop(gate, tmp_path, tiny_with_probe):
     model, tok, probe = tiny_with_probe("gpt2", tmp_path)
     enc = _enc(tok)
     lam = 0.7
     grads = {}
     for weight in (0.0, lam):
         cfg = dl.UDDIAConfig(variant="u", probe=probe, debias_weight=weight, trigger=0.0, tox_trigger=0.0,
-                             layer_step=0, num_layers=3, group_balance=0)
+                             layer_step=0, num_layers=3, group_balance=0, tox_gate=gate)
         w = dl.wrap(model, tok, cfg)
         w.generate(**enc, max_new_tokens=1, do_sample=False)
         grads[weight] = {k: g.clone() for k, g in w.impl._last_grads.items()}
