@@ -69,7 +69,7 @@ def engine_bench(model: str, dtype: str, batches: list[int], max_tokens: int, re
     from vllm import LLM, SamplingParams
 
     import debias_lm as dl
-    from debias_lm.methods.debias_sampling.counterfactual import counterfactual_texts
+    from debias_lm.methods.debias_sampling.vllm import counterfactual_texts
 
     from . import LOGITS_PROCESSORS, generate, request_args
     from .processors import without_installed
