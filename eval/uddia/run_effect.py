@@ -206,7 +206,7 @@ def main() -> None:
                         rec["attempts"] = [stats["attempt_log"][r] for r in idx]
                         rec["batch_stats"] = {k: stats[k] for k in (
                             "forward", "backward", "rows_forward", "rows_backward", "tokens", "row_tokens",
-                            "tuned_row_tokens", "gated_row_tokens", "kept_tokens", "attempts", "ppl_passes",
+                            "tuned_row_tokens", "gated_row_tokens", "kept_tokens", "attempts",
                             "kl_sum", "kl_max", "kl_shrunk", "kl_dropped", "trigger_rate", "mean_kl_tuned",
                             "redo_threshold")}
                     fh.write(json.dumps(rec) + "\n")

@@ -60,7 +60,7 @@ def uddia_stats(recs) -> dict:
         batches[(r["cpu_seconds_batch"], r["batch_rows"], json.dumps(r["batch_stats"], sort_keys=True))] = r
     bs = [r["batch_stats"] for r in batches.values()]
     tot = {k: sum(b[k] for b in bs) for k in ("rows_forward", "rows_backward", "kept_tokens", "row_tokens",
-                                               "tuned_row_tokens", "kl_sum", "ppl_passes")}
+                                               "tuned_row_tokens", "kl_sum")}
     return {
         "passes_per_sample": mean([len(a) for a in att]),
         "share_redone": mean([float(len(a) > 1) for a in att]),

@@ -4,23 +4,31 @@ Per generated token (``steps = 1``):
 
 1. *trial* forward of the last token x_t of every row on the base cache with offsets δ = 0 (grad enabled):
    its logits are the base logits and its K/V (detached) extend the base cache;
-2. *trigger*: a row is tuned only if the probe's toxicity of its look-ahead token (a no-grad forward of the
-   soft token below; ``tox_gate="last"``: of x_t's own final hidden state, no extra forward) exceeds
-   ``tox_trigger`` (``t``/``u``) or the Hellinger gap of its next-token distribution exceeds ``trigger``
-   (``b``/``u``). The rest of the step runs on the triggered rows only (the cache is row-selected in a
-   scratch view);
-3. *look-ahead* forward of the soft token ē = p_θᵀ W_E on the base cache through x_t (``t``/``u``; with
-   ``gradient_path="look_ahead"`` ē is held constant and the gradient flows only through the look-ahead's
-   tuned layers); the trigger is recomputed on the loss's own quantities (the probe on the look-ahead, the
-   gap of p_θ) and rows below it take no step;
+2. *trigger*: a row is tuned only if the probe's toxicity of its look-ahead token exceeds ``tox_trigger``
+   (``t``/``u``) or the Hellinger gap of its next-token distribution exceeds ``trigger`` (``b``/``u``). The
+   look-ahead is the forward of the soft token ē = p_θᵀ W_E (the expected next token) on the base cache through
+   x_t, with gradients and the (zero) offsets, for every live row: for a gated row it *is* step 3 at δ = 0, so
+   one pass over the weights serves both. ``tox_gate="last"`` pre-checks x_t's own final hidden state instead
+   (no extra forward) and runs the look-ahead for the rows above it only. The rest of the step runs on the
+   triggered rows (the cache is row-selected in a scratch view);
+3. *look-ahead* with gradients (``t``/``u``; with ``gradient_path="look_ahead"`` ē is held constant and the
+   gradient flows only through the look-ahead's tuned layers); the trigger is recomputed on the loss's own
+   quantities (the probe on the look-ahead, the gap of p_θ) before every step and rows below it take no step.
+   Only its final hidden state is used, so it runs through the backbone (no LM-head logits);
 4. one backward of L = 1[tox] L_tox + λ 1[Δ > trigger] L_bias into δ only, and an Adam step from a fresh state
    scaled per site (``step_scale="rms"``: ``lr`` x the site's activation RMS);
 5. *perturbed* forward of x_t on the base cache before x_t with the new δ (no grad; its K/V are discarded)
-   for the rows that moved; with ``kl_budget`` > 0 rows whose KL(tuned || base) exceeds it are shrunk and
-   re-run (at most twice, then left untuned);
+   for the rows that moved, through the tuned blocks only: the blocks below carry no offsets, so x_t's state
+   entering the first tuned block is replayed from the trial forward; with ``kl_budget`` > 0 rows whose
+   KL(tuned || base) exceeds it are shrunk and re-run (at most twice, then left untuned);
 6. fuse p ∝ p_tuned^γ p_base^(1-γ), apply temperature / top-k / top-p, pick the next token.
 
-So an untriggered row costs one forward per token (plain decoding) and a triggered one 3 forwards + 1 backward.
+So with the default gate every live row costs the trial and the look-ahead forwards per token, and a triggered
+one the perturbed forward of the top T blocks and its share of one backward on top; with ``tox_gate="last"`` an
+untriggered row costs one forward (plain decoding). The two shortcuts (backbone look-ahead, replayed lower blocks)
+are compared once with the full forward at their first use and dropped, with a warning, on a decoder where they
+differ.
+
 Scratch forwards work on the same cache object and restore its layers' state afterwards, so the base cache
 only ever holds unperturbed K/V. After a continuation is done its perplexity under the base model decides,
 per row, whether to redo it with T ← T − ΔT: only rows that were tuned at least once are redone (an untuned
@@ -41,7 +49,7 @@ from ...core import uddia as core
 from ...errors import UserInputError
 from ...hf.base import HFMethod
 from .config import UDDIAConfig
-from .sites import OffsetHooks, collect_sites, module_device
+from .sites import LowerBlocks, OffsetHooks, backbone, collect_sites, find_blocks, module_device
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +127,13 @@ class UDDIAHF(HFMethod):
                                  f"{self.depth} layers (use at most {self.depth}, or a fraction in (0, 1])")
         self.dT = core.resolve_depth(config.layer_step, self.depth) if config.layer_step else 0
         self.hooks = OffsetHooks(self.sites, self.final_site)
+        # shortcuts, each compared once with the full forward at its first use (None = not yet; False = off):
+        # the look-ahead needs only final hidden states (the backbone: no LM-head logits), and the perturbed
+        # forward only the tuned blocks (the ones below replay the trial forward's state)
+        self.lower = LowerBlocks(find_blocks(model)[1])
+        self.backbone = backbone(model)
+        self._shortcut_ok: dict[str, bool | None] = {"backbone": None if self.backbone is not model else False,
+                                                     "replay": None}
         self.vocab_size = int(model.get_output_embeddings().weight.shape[0]) if model.get_output_embeddings() \
             is not None else int(model.config.vocab_size)
         self.probe = None
@@ -248,21 +263,20 @@ class UDDIAHF(HFMethod):
         T = self.T0
         counts = {"forward": 0, "backward": 0, "rows_forward": 0, "rows_backward": 0, "tokens": 0,
                   "row_tokens": 0, "tuned_row_tokens": 0, "gated_row_tokens": 0, "kl_sum": 0.0, "kl_max": 0.0,
-                  "kl_shrunk": 0, "kl_dropped": 0, "kl_values": [], "ppl_passes": 0, "attempts": 0}
+                  "kl_shrunk": 0, "kl_dropped": 0, "kl_values": [], "attempts": 0, "check_forwards": 0}
         t0 = time.perf_counter()
         with self.hooks.installed():
             while True:
                 ids, mask = input_ids[rows], attention_mask[rows]
                 if self.offset_observer is not None:
                     self.offset_observer.begin_attempt(rows)
-                new, new_mask, c, tuned = self._decode(ids, mask, T, gen)
+                new, new_mask, c, tuned, nll = self._decode(ids, mask, T, gen)
                 for k in c:
                     counts[k] = max(counts[k], c[k]) if k == "kl_max" else counts[k] + c[k]
                 counts["attempts"] += 1
-                if redo:
-                    ppl = self._perplexity(ids, mask, new, new_mask).double().cpu()
-                    counts["ppl_passes"] += 1
-                else:  # nothing to decide: no perplexity pass
+                if redo:  # the base model's log-probs of the chosen tokens, kept while decoding: no extra pass
+                    ppl = core.conditional_perplexity(nll.double(), new_mask.double()).cpu()
+                else:  # nothing to decide
                     ppl = torch.full((len(rows),), math.nan, dtype=torch.float64)
                 accepted, kept = [], []
                 for j, r in enumerate(rows.tolist()):
@@ -319,7 +333,7 @@ class UDDIAHF(HFMethod):
 
     def _decode(self, input_ids, attention_mask, T: int, gen: dict, return_cache: bool = False):
         """Decode one continuation per row with T tuned layers -> (new ids [B, n], their mask [B, n], counts,
-        tuned tokens per row [B])."""
+        tuned tokens per row [B], each new token's NLL under the base model [B, n]: the redo's score)."""
         cfg = self.config
         model = self.model
         B, P = input_ids.shape
@@ -350,7 +364,7 @@ class UDDIAHF(HFMethod):
         cur_pos = pos_all[:, -1:]
         finished = torch.zeros(B, dtype=torch.bool, device=device)
         tuned_per_row = torch.zeros(B, dtype=torch.long)
-        new_ids, new_mask = [], []
+        new_ids, new_mask, new_nll = [], [], []
         eos = torch.tensor(gen["eos"], device=device) if gen["eos"] else None
         tune = cfg.lr > 0
         # Where a gradient flows through p_theta (the paper's path, or the debias term, a function of p_theta) the
@@ -358,13 +372,14 @@ class UDDIAHF(HFMethod):
         # batch are tuned, so the trial runs without one and the tuned rows' trial is re-run with gradients
         # instead (the same function at delta = 0: same logits, same gradient; a backward through those rows
         # only, for one more forward of them: cheaper unless the batch is a single row).
+        lo = self.depth - T  # the blocks below lo carry no offsets
         through_p = tune and (cfg.gradient_path == "full" or self.debias is not None)
         trial_grad = through_p and (cfg.tox_gate == "look_ahead" or B == 1)
         retrial = through_p and not trial_grad
         for step in range(gen["max_new_tokens"]):
             deltas0 = self._zero_deltas(B, T) if tune else None
             # (1) trial forward of x_t, delta = 0: the base logits; its K/V extend the base cache
-            with torch.set_grad_enabled(trial_grad), hooks.use(deltas0):
+            with torch.set_grad_enabled(trial_grad), hooks.use(deltas0), self.lower.record(lo if tune else 0):
                 out = model(input_ids=cur, attention_mask=mask, position_ids=cur_pos, past_key_values=cache,
                             use_cache=True)
                 logits = out.logits[:, -1, : self.vocab_size].float()
@@ -382,13 +397,22 @@ class UDDIAHF(HFMethod):
             if tune:
                 # (2) trigger on the untuned context; later checks use the loss's own quantities
                 gate = torch.zeros(B, dtype=torch.bool, device=device)
+                look = None  # (rows, their look-ahead states at delta = 0, with the graph) when computed here
                 if self.probe is not None and cfg.tox_gate == "last":  # free pre-check: x_t's own final state
                     gate = self.probe.toxic_prob(h_x_base) > cfg.tox_trigger
                 elif self.probe is not None and bool(live.any()):
+                    # the trigger: the probe on the expected next token. That look-ahead at delta = 0 is step 3's
+                    # for a gated row, so it runs once, with gradients, for every live row: one pass over the
+                    # weights instead of a no-grad pass for all and a second one for the gated rows
                     lrows = live.nonzero().squeeze(1)
-                    with torch.no_grad():  # the trigger: the probe on the expected next token
-                        h_soft = self._look_ahead(base_logp[lrows].exp(), lrows, cache, mask, cur_pos, counts)
-                    gate[lrows] = self.probe.toxic_prob(h_soft) > cfg.tox_trigger
+                    with torch.enable_grad():
+                        p_l = torch.softmax(logits[lrows], -1)
+                        p_soft = p_l if cfg.gradient_path == "full" else p_l.detach()
+                        with hooks.use({k: d[lrows] for k, d in deltas0.items()}
+                                       if self._offsets_in_look_ahead else None):
+                            h_soft = self._look_ahead(p_soft, lrows, cache, mask, cur_pos, counts)
+                    look = (lrows, h_soft)
+                    gate[lrows] = self.probe.toxic_prob(h_soft.detach()) > cfg.tox_trigger
                 if self.debias is not None:
                     gate |= (self.debias.gaps(base_logp.exp()) > cfg.trigger).any(0)
                 gate &= live
@@ -397,7 +421,8 @@ class UDDIAHF(HFMethod):
                 if len(rows):
                     ctx = {"cache": cache, "cur": cur, "cur_pos": cur_pos, "mask": mask, "prefix_sum": prefix_sum,
                            "prefix_cnt": prefix_cnt, "h_x": h_x_base, "ctx_mean": ctx_sum / ctx_len.unsqueeze(1),
-                           "ctx_len": ctx_len, "retrial": retrial}
+                           "ctx_len": ctx_len, "retrial": retrial, "lo": lo,
+                           "look": look}
                     moved, moved_logp = self._tune(rows, deltas0, logits, base_logp, ctx, counts)
                     if len(moved):
                         tuned_logp = base_logp.clone()
@@ -412,6 +437,7 @@ class UDDIAHF(HFMethod):
                 nxt = self._pick(fused, gen)
                 nxt = torch.where(finished, torch.full_like(nxt, gen["pad"]), nxt)
                 new_ids.append(nxt)
+                new_nll.append(-base_logp.gather(1, nxt.unsqueeze(1)).squeeze(1))  # offsets off: the base model
                 new_mask.append((~finished).long())
                 counts["tokens"] += int((~finished).sum())
                 if eos is not None:
@@ -428,9 +454,10 @@ class UDDIAHF(HFMethod):
                 break
         new = torch.stack(new_ids, 1)
         nmask = torch.stack(new_mask, 1)
+        nll = torch.stack(new_nll, 1)
         if return_cache:
-            return new, nmask, counts, tuned_per_row, cache
-        return new, nmask, counts, tuned_per_row
+            return new, nmask, counts, tuned_per_row, nll, cache
+        return new, nmask, counts, tuned_per_row, nll
 
     def _tune(self, rows, deltas0, logits, base_logp, ctx, counts):
         """Steps 3-5 for the triggered ``rows``: -> (rows that moved, their tuned log-probs)."""
@@ -463,9 +490,13 @@ class UDDIAHF(HFMethod):
                 loss = torch.zeros(n, device=p_theta.device)
                 on = torch.zeros(n, dtype=torch.bool, device=p_theta.device)
                 if self.probe is not None:
-                    p_soft = p_theta if cfg.gradient_path == "full" else p_theta.detach()
-                    with hooks.use(deltas if self._offsets_in_look_ahead else None):
-                        h_soft = self._look_ahead(p_soft, rows, cache, ctx["mask"], ctx["cur_pos"], counts)
+                    if it == 0 and ctx["look"] is not None:  # computed with the trigger, for every live row
+                        lrows, h_live = ctx["look"]
+                        h_soft = h_live[torch.searchsorted(lrows, rows)]
+                    else:
+                        p_soft = p_theta if cfg.gradient_path == "full" else p_theta.detach()
+                        with hooks.use(deltas if self._offsets_in_look_ahead else None):
+                            h_soft = self._look_ahead(p_soft, rows, cache, ctx["mask"], ctx["cur_pos"], counts)
                     probe_logits = self.probe.logits(core.mean_hidden(prefix_sum, prefix_cnt, h_x, h_soft))
                     tox_on = self.probe.toxic_prob(h_soft.detach()) > cfg.tox_trigger
                     loss = loss + core.toxicity_loss(probe_logits) * tox_on
@@ -482,7 +513,9 @@ class UDDIAHF(HFMethod):
                 wrt = [deltas0[k] for k in keys] if it == 0 else [deltas[k] for k in keys]
                 grads = torch.autograd.grad(loss.sum(), wrt, allow_unused=True)
             counts["backward"] += 1
-            counts["rows_backward"] += n
+            # the backward runs through the graph the loss hangs on: the look-ahead of every live row when the
+            # trigger's look-ahead was reused
+            counts["rows_backward"] += len(ctx["look"][0]) if it == 0 and ctx["look"] is not None else n
             if it == 0:
                 grads = [g[rows] if g is not None else None for g in grads]
                 self._last_grads = {k: (g.detach() if g is not None else None) for k, g in zip(keys, grads)}
@@ -545,30 +578,63 @@ class UDDIAHF(HFMethod):
 
     def _look_ahead(self, p, rows, cache, mask, cur_pos, counts) -> torch.Tensor:
         """Final hidden state of the soft token ē = pᵀ W_E (the expected next token) on the base cache through x_t,
-        for ``rows`` (offsets: whatever the hooks hold; differentiable when grad is on)."""
+        for ``rows`` (offsets: whatever the hooks hold; differentiable when grad is on). Only the final hidden
+        state is used, so the forward runs through the backbone (no LM-head logits, none in the backward)."""
         W_E = self.model.get_input_embeddings().weight
         n = len(rows)
         sel = None if n == mask.shape[0] else rows
         soft = (p.to(device=W_E.device, dtype=W_E.dtype) @ W_E[: self.vocab_size]) * self.embed_scale
+        kwargs = {"inputs_embeds": soft.unsqueeze(1), "attention_mask": torch.cat([mask[rows], mask.new_ones(n, 1)], 1),
+                  "position_ids": cur_pos[rows] + 1, "past_key_values": cache, "use_cache": True}
+        ok = self._shortcut_ok["backbone"]
         with scratch(cache, 0, sel):
-            self.model(inputs_embeds=soft.unsqueeze(1), attention_mask=torch.cat([mask[rows], mask.new_ones(n, 1)], 1),
-                       position_ids=cur_pos[rows] + 1, past_key_values=cache, use_cache=True)
+            (self.backbone if ok is not False else self.model)(**kwargs)
             h = self.hooks.captured[:, -1].float()
         counts["forward"] += 1
         counts["rows_forward"] += n
+        if ok is None:  # first use: the backbone's final state must be the full model's (same grad mode: on a
+            with scratch(cache, 0, sel):  # mismatch the full forward's result, graph included, is used)
+                self.model(**kwargs)
+                full = self.hooks.captured[:, -1].float()
+            self._confirm_shortcut("backbone", h.detach(), full, counts)
+            if not self._shortcut_ok["backbone"]:
+                h = full
         return h.to(p.device)
+
+    def _confirm_shortcut(self, name: str, got: torch.Tensor, full: torch.Tensor, counts: dict) -> None:
+        """Keep a shortcut only if its first result equals the full forward's (else warn and stop using it). The
+        comparison forward is counted apart (``check_forwards``), not as decoding work."""
+        counts["check_forwards"] = counts.get("check_forwards", 0) + 1
+        err = float((got.detach().float() - full.detach().float()).abs().max())
+        scale = float(full.detach().float().abs().max()) + 1e-6
+        ok = err <= 1e-3 * scale
+        self._shortcut_ok[name] = ok
+        if not ok:
+            log.warning("UDDIA: the %s shortcut differs from the full forward on %s (max |diff| %.3g of %.3g); "
+                        "running full forwards instead", name, type(self.model).__name__, err, scale)
 
     @torch.no_grad()
     def _perturbed(self, deltas, rows, ctx, counts) -> torch.Tensor:
-        """Step 5: x_t's next-token log-probs with offsets ``deltas`` (rows ``rows``), on the cache before x_t."""
+        """Step 5: x_t's next-token log-probs with offsets ``deltas`` (rows ``rows``), on the cache before x_t.
+        Only the tuned blocks run: the ones below replay x_t's state from the trial forward (the offsets cannot
+        change it)."""
         n = len(rows)
         sel = None if n == ctx["cur"].shape[0] else rows
+        kwargs = {"input_ids": ctx["cur"][rows], "attention_mask": ctx["mask"][rows],
+                  "position_ids": ctx["cur_pos"][rows], "past_key_values": ctx["cache"], "use_cache": True}
+        ok = self._shortcut_ok["replay"]
         with self.hooks.use(deltas), scratch(ctx["cache"], 1, sel):
-            out = self.model(input_ids=ctx["cur"][rows], attention_mask=ctx["mask"][rows],
-                             position_ids=ctx["cur_pos"][rows], past_key_values=ctx["cache"], use_cache=True)
+            with self.lower.replay(ctx["lo"], sel) if ok is not False else contextlib.nullcontext():
+                logits = self.model(**kwargs).logits[:, -1, : self.vocab_size].float()
         counts["forward"] += 1
         counts["rows_forward"] += n
-        return torch.log_softmax(out.logits[:, -1, : self.vocab_size].float(), -1)
+        if ok is None:  # first use: replaying the lower blocks must give the full forward's logits
+            with self.hooks.use(deltas), scratch(ctx["cache"], 1, sel):
+                full = self.model(**kwargs).logits[:, -1, : self.vocab_size].float()
+            self._confirm_shortcut("replay", logits, full, counts)
+            if not self._shortcut_ok["replay"]:
+                logits = full
+        return torch.log_softmax(logits, -1)
 
     @staticmethod
     def _pick(logp: torch.Tensor, gen: dict) -> torch.Tensor:

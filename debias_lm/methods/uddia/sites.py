@@ -76,3 +76,86 @@ class OffsetHooks:
             yield
         finally:
             self.deltas = old
+
+
+class _Replayed(torch.nn.Module):
+    """Stand-in for a block below the tuned ones: returns the stored input of the first tuned block."""
+
+    def __init__(self, block: torch.nn.Module, hidden: torch.Tensor, tuple_len: int) -> None:
+        super().__init__()
+        self.hidden = hidden
+        self.tuple_len = tuple_len
+        for attr in ("attention_type", "layer_idx", "is_sliding"):  # read by some decoders' layer loops
+            if hasattr(block, attr):
+                setattr(self, attr, getattr(block, attr))
+
+    def forward(self, *args, **kwargs):
+        return (self.hidden,) + (None,) * (self.tuple_len - 1) if self.tuple_len else self.hidden
+
+
+class LowerBlocks:
+    """Skip the blocks below the tuned ones in a forward of the current token.
+
+    The offsets sit in the top T blocks (and the final norm), so for the current token every block below
+    ``lo = depth - T`` computes the same hidden state whatever the offsets are. ``record(lo)`` stores the input
+    of block ``lo`` during a forward; inside ``replay(lo, rows)`` the blocks below ``lo`` are swapped out of the
+    model's block list for stand-ins that return the stored state of ``rows``: the real blocks are not called
+    (no compute, no K/V written; forwards that use it run on a scratch cache) and layer counters hooked on them
+    do not fire. Decoders whose layer loop needs more of a block than its output are caught by a one-time
+    comparison with the full forward (``UDDIAHF._check_shortcuts``).
+    """
+
+    def __init__(self, blocks: torch.nn.ModuleList) -> None:
+        self.blocks = blocks
+        self.hidden: torch.Tensor | None = None
+        self.tuple_len = 0
+
+    @contextlib.contextmanager
+    def record(self, lo: int):
+        if lo <= 0:
+            yield
+            return
+
+        def pre(_mod, args, kwargs):
+            x = args[0] if args else kwargs.get("hidden_states")
+            self.hidden = x.detach()
+
+        def post(_mod, _args, output):
+            self.tuple_len = len(output) if isinstance(output, tuple) else 0
+
+        handles = [self.blocks[lo].register_forward_pre_hook(pre, with_kwargs=True),
+                   self.blocks[lo - 1].register_forward_hook(post)]
+        try:
+            yield
+        finally:
+            for h in handles:
+                h.remove()
+
+    @contextlib.contextmanager
+    def replay(self, lo: int, rows: torch.Tensor | None):
+        """Blocks below ``lo`` replaced by the stored state (of ``rows``; all when None) for the block."""
+        if lo <= 0:
+            yield
+            return
+        if self.hidden is None:
+            raise RuntimeError("LowerBlocks.replay before any recorded forward")
+        hidden = self.hidden if rows is None else self.hidden[rows.to(self.hidden.device)]
+        originals = [self.blocks[i] for i in range(lo)]
+        try:
+            for i, block in enumerate(originals):
+                self.blocks[i] = _Replayed(block, hidden, self.tuple_len)
+            yield
+        finally:
+            for i, block in enumerate(originals):
+                self.blocks[i] = block
+
+
+def backbone(model: torch.nn.Module) -> torch.nn.Module:
+    """The module that holds the decoder blocks and the final norm (the model without its LM head): a forward
+    through it gives the final hidden states without computing the vocabulary logits."""
+    from ...hf.sites import base_model
+
+    name, _, _ = find_blocks(model)
+    base = base_model(model)
+    parent = name.rpartition(".")[0]
+    return base.get_submodule(parent) if parent else base

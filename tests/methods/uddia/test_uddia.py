@@ -218,11 +218,11 @@ def test_tuning_changes_output_and_base_cache_is_unperturbed(tiny):
     impl = w.impl
     gen = impl._generation_args({"max_new_tokens": 5, "do_sample": False})
     with impl.hooks.installed():
-        new, nmask, counts, tuned, cache = impl._decode(enc["input_ids"], enc["attention_mask"], impl.T0, gen,
+        new, nmask, counts, tuned, _, cache = impl._decode(enc["input_ids"], enc["attention_mask"], impl.T0, gen,
                                                         return_cache=True)
-    # every row triggered at every token: trial, trigger look-ahead (no grad), look-ahead with grad, perturbed
-    # forward; one backward
-    assert counts["forward"] == 4 * new.shape[1] and counts["backward"] == new.shape[1]
+    # every row triggered at every token: trial, look-ahead (with grad: it serves the trigger and the step),
+    # perturbed forward; one backward
+    assert counts["forward"] == 3 * new.shape[1] and counts["backward"] == new.shape[1]
     assert tuned.tolist() == [new.shape[1]] * 2
     # the cache holds exactly the plain model's K/V of prompt + all generated tokens but the last
     full = torch.cat([enc["input_ids"], new], 1)[:, :-1]
@@ -235,6 +235,42 @@ def test_tuning_changes_output_and_base_cache_is_unperturbed(tiny):
         assert torch.allclose(got_layer.values, ref_layer.values, atol=1e-5)
     plain = model.generate(**enc, max_new_tokens=5, do_sample=False)
     assert not torch.equal(torch.cat([enc["input_ids"], new], 1), plain)  # lr 2 moves the greedy path
+
+
+def test_look_ahead_runs_once_without_logits_and_the_perturbed_forward_only_through_the_tuned_blocks(tiny):
+    """Counted with hooks on the model's own blocks and LM head, every row triggered at every token: blocks below
+    the tuned ones see each row twice per token (trial, look-ahead), the tuned blocks three times (+ the
+    perturbed forward); the LM head runs for the trial and the perturbed forward only (+ once for the prefill)."""
+    name, model, tok, probe = tiny
+    from debias_lm.hf.sites import find_blocks
+
+    enc = _enc(tok)
+    w = dl.wrap(model, tok, dl.UDDIAConfig(variant="t", probe=probe, tox_trigger=0.0, layer_step=0, num_layers=2))
+    w.generate(**enc, max_new_tokens=1, do_sample=False)  # first use: the shortcuts are compared, once
+    assert w.impl._shortcut_ok == {"backbone": True, "replay": True} and w.impl.last_stats["check_forwards"] == 2
+    _, blocks, _ = find_blocks(model)
+    rows = [0] * len(blocks)
+    head_calls = []
+
+    def count(i):
+        def pre(_m, args, kwargs):
+            rows[i] += (args[0] if args else kwargs["hidden_states"]).shape[0]
+        return pre
+
+    handles = [b.register_forward_pre_hook(count(i), with_kwargs=True) for i, b in enumerate(blocks)]
+    handles.append(model.get_output_embeddings().register_forward_hook(lambda m, a, o: head_calls.append(1)))
+    try:
+        n, B = 4, enc["input_ids"].shape[0]
+        w.generate(**enc, max_new_tokens=n, min_new_tokens=n, do_sample=False)
+    finally:
+        for h in handles:
+            h.remove()
+    st = w.impl.last_stats
+    assert st["tuned_row_tokens"] == B * n and st["check_forwards"] == 0
+    lo = len(blocks) - 2
+    assert rows[:lo] == [B + 2 * B * n] * lo  # prefill, then trial + look-ahead per token
+    assert rows[lo:] == [B + 3 * B * n] * 2  # + the perturbed forward
+    assert len(head_calls) == 1 + 2 * n
 
 
 def test_redo_lowers_T_per_sample(tiny):
@@ -254,6 +290,28 @@ def test_redo_lowers_T_per_sample(tiny):
                                             tox_trigger=0.0))
     w2.generate(**_enc(tok), max_new_tokens=3, do_sample=False)
     assert all(len(log) == 1 for log in w2.impl.last_stats["attempt_log"])
+
+
+def test_redo_scores_each_row_by_its_perplexity_under_the_plain_model(tiny):
+    """The redo's score, kept from the base log-probs while decoding (no extra pass), equals the conditional
+    perplexity of the continuation computed here with one plain HF forward over prompt + continuation, per row
+    (unpadded prompt), for tuned rows decoded with sampling."""
+    name, model, tok, probe = tiny
+    prompts = ["The nurse said that", "He and she went to the store and the teacher asked"]
+    w = dl.wrap(model, tok, dl.UDDIAConfig(variant="t", probe=probe, tox_trigger=0.0, lr=0.5, ppl_threshold=1e9))
+    torch.manual_seed(3)
+    out = w.generate(**_enc(tok, prompts), max_new_tokens=6, min_new_tokens=6, do_sample=True, top_p=0.9)
+    st = w.impl.last_stats
+    assert all(a[0]["tuned_tokens"] > 0 for a in st["attempt_log"])  # tuned rows: the redo would consider them
+    for r, prompt in enumerate(prompts):
+        ids = tok(prompt, return_tensors="pt")["input_ids"][0]
+        new = out[r, -6:]
+        with torch.no_grad():
+            logits = model(input_ids=torch.cat([ids, new]).unsqueeze(0)).logits[0].double()
+        lp = torch.log_softmax(logits[len(ids) - 1 : -1], -1)
+        ref = math.exp(-float(lp.gather(1, new.unsqueeze(1)).mean()))
+        assert st["perplexity"][r] == pytest.approx(ref, rel=1e-4)
+        assert st["attempt_log"][r][0]["ppl"] == pytest.approx(ref, rel=1e-4)
 
 
 def test_eos_stops_and_pads(tiny):
@@ -360,7 +418,7 @@ def test_untriggered_rows_are_plain_decoding_and_never_redone(tiny):
 
 def test_last_token_gate_spends_no_forward_on_untriggered_tokens(tiny):
     """``tox_gate="last"`` with a trigger no row can exceed: plain decoding (HF generate's tokens) at exactly one
-    forward per row-token; the default gate spends a no-grad look-ahead forward on every live row-token too."""
+    forward per row-token; the default gate spends a look-ahead forward on every live row-token too."""
     name, model, tok, probe = tiny
     enc = _enc(tok)
     plain = model.generate(**enc, max_new_tokens=5, min_new_tokens=5, do_sample=False)

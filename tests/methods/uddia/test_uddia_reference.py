@@ -113,18 +113,9 @@ def _row_reference(model, tok, prompt: str, impl, bias_delta: dict[str, torch.Te
     return logits, dict(zip(params, grads))
 
 
-@pytest.mark.parametrize("gate", ["look_ahead", "last"])
-def test_one_step_matches_bias_edited_copy_of_gpt2(gate, tmp_path, tiny_with_probe):
-    """Offset gradient == autograd through bias parameters of a copy; tuned logits == forward of the copy with
-    lr x RMS x sign(grad) written into its biases (per row, no hooks, no batching). With ``tox_gate="last"`` the
-    trial forward runs without a graph and the tuned rows' trial is re-run with gradients: the same numbers."""
-    model, tok, probe = tiny_with_probe("gpt2", tmp_path)
-    cfg = dl.UDDIAConfig(variant="t", probe=probe, lr=0.5, update="adam", step_scale="rms", kl_budget=0.0,
-                         tox_trigger=0.0, fusion=1.0, layer_step=0, num_layers=3, tox_gate=gate)
-    w = dl.wrap(model, tok, cfg)
-    enc = _enc(tok)
-    w.generate(**enc, max_new_tokens=1, do_sample=False)
-    impl = w.impl
+def _assert_step_matches_copy(model, tok, impl, cfg) -> None:
+    """The gradient, step and tuned logits of the one-token run ``impl`` just did on :data:`PROMPTS` equal the
+    bias-edited copy's (both rows tuned)."""
     names = _site_names(impl)
     assert impl._last_rows.tolist() == [0, 1]  # both rows were tuned (trigger 0)
     rms = _independent_rms(model, tok, list(names.values()))
@@ -145,6 +136,54 @@ def test_one_step_matches_bias_edited_copy_of_gpt2(gate, tmp_path, tiny_with_pro
         ref_logits, _ = _row_reference(model, tok, prompt, impl, step, want_grad=False)
         assert torch.allclose(tuned[r], torch.log_softmax(ref_logits, -1), atol=1e-4)
         assert (tuned[r] - torch.log_softmax(ref_logits, -1)).abs().max() < 1e-4
+
+
+def _one_step_config(probe, gate="look_ahead"):
+    return dl.UDDIAConfig(variant="t", probe=probe, lr=0.5, update="adam", step_scale="rms", kl_budget=0.0,
+                          tox_trigger=0.0, fusion=1.0, layer_step=0, num_layers=3, tox_gate=gate)
+
+
+@pytest.mark.parametrize("gate", ["look_ahead", "last"])
+def test_one_step_matches_bias_edited_copy_of_gpt2(gate, tmp_path, tiny_with_probe):
+    """Offset gradient == autograd through bias parameters of a copy; tuned logits == forward of the copy with
+    lr x RMS x sign(grad) written into its biases (per row, no hooks, no batching). The look-ahead runs through
+    the backbone and the perturbed forward replays the block below the tuned three (both shortcuts on). With
+    ``tox_gate="last"`` the trial forward runs without a graph and the tuned rows' trial is re-run with
+    gradients: the same numbers."""
+    model, tok, probe = tiny_with_probe("gpt2", tmp_path)
+    cfg = _one_step_config(probe, gate)
+    w = dl.wrap(model, tok, cfg)
+    w.generate(**_enc(tok), max_new_tokens=1, do_sample=False)
+    assert w.impl._shortcut_ok == {"backbone": True, "replay": True}
+    _assert_step_matches_copy(model, tok, w.impl, cfg)
+
+
+def test_broken_shortcuts_are_caught_and_the_step_still_matches_the_copy(tmp_path, tiny_with_probe, monkeypatch,
+                                                                         caplog):
+    """A decoder on which the shortcuts would be wrong (sabotaged here: the replayed lower blocks return zeros,
+    the backbone doubles its input) is caught by the first-use comparison: UDDIA warns, runs full forwards, and
+    the step still equals the bias-edited copy's."""
+    from debias_lm.methods.uddia import sites
+
+    monkeypatch.setattr(sites._Replayed, "forward", lambda self, *a, **k: torch.zeros_like(self.hidden))
+    model, tok, probe = tiny_with_probe("gpt2", tmp_path)
+    cfg = _one_step_config(probe)
+    w = dl.wrap(model, tok, cfg)
+
+    class Doubled(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, inputs_embeds=None, **kwargs):
+            return self.inner(inputs_embeds=2 * inputs_embeds, **kwargs)
+
+    w.impl.backbone = Doubled(w.impl.backbone)
+    with caplog.at_level("WARNING", logger="debias_lm.methods.uddia.hf"):
+        w.generate(**_enc(tok), max_new_tokens=1, do_sample=False)
+    assert w.impl._shortcut_ok == {"backbone": False, "replay": False}
+    assert caplog.text.count("shortcut differs from the full forward") == 2
+    _assert_step_matches_copy(model, tok, w.impl, cfg)
 
 
 def test_look_ahead_gradient_path_matches_copy_with_a_constant_soft_token(tmp_path, tiny_with_probe):
