@@ -2,7 +2,7 @@
 batch 1 and 8, with the default config (redo included).
 
     python eval/uddia/cost.py --out eval/uddia/results/cost.json               # quiet machine: the timing numbers
-    python eval/uddia/cost.py --count-only --out eval/uddia/measured/cost-counted.json   # counts only, any machine
+    python eval/uddia/cost.py --count-only --out eval/uddia/results/cost-counted.json    # counts only, any machine
     python eval/uddia/cost.py --prompts 2 --max-new-tokens 4 --repeats 1 --out /tmp/cost.json   # smoke run
 
 Prompts: the first 8 toxicity-prone prompts (``debias_lm/data/eval/toxicity_prompts.jsonl``): UDDIA's triggers fire
@@ -14,8 +14,8 @@ load hits them alike.
 
 Counted (hardware independent), per generated token that is kept, over every redo attempt:
   * ``layer_fwd_equiv`` / ``layer_bwd_equiv``: rows through the decoder layers counted by
-    debias_lm.metrics.overhead.LayerCounter (the project's definition: one full-depth pass of one row = 1;
-    prefill and the redo perplexity passes included, each as one pass), divided by the kept tokens;
+    debias_lm.metrics.overhead.LayerCounter (the project's definition: one full-depth pass of one row = 1, a
+    pass through some of the layers its share; prefill included), divided by the kept tokens;
   * ``forward_equivalents`` = layer_fwd_equiv + 2 x layer_bwd_equiv (a backward counted as two forwards);
   * UDDIA's own counts: decoding-loop forwards/backwards per kept token, trigger rate, passes per sample.
 Plain decoding is 1 forward-equivalent per token by the same count. The goals checked (issue 12): <= 3
