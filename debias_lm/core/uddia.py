@@ -127,20 +127,22 @@ def token_attribute_posterior(emb: torch.Tensor, v: torch.Tensor, tau: float = T
 
 
 def context_attribute_posterior(
-    emb: torch.Tensor, v: torch.Tensor, ctx_mean: torch.Tensor, ctx_len: torch.Tensor, tau: float = TAU
+    emb: torch.Tensor, v: torch.Tensor, ctx_mean: torch.Tensor, ctx_len: torch.Tensor, tau: float = TAU, *,
+    ev: torch.Tensor | None = None, e_sq: torch.Tensor | None = None, ec: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """p(a|x, c) with r(x, c) = (L * mean(E[c]) + e_x) / (L + 1) -> ``[B, V, 2]``.
 
     ``ctx_mean``: ``[B, d]`` mean input embedding of each context c (BOS + prompt + generated tokens);
     ``ctx_len``: ``[B]`` its length L. Computed without materialising r: r.v and |r|^2 expand into
-    E v, E ctx_mean, |e_x|^2 and |ctx_mean|^2.
+    E v, E ctx_mean, |e_x|^2 and |ctx_mean|^2. ``ev`` = E v ``[V]``, ``e_sq`` = |e_x|^2 ``[V]`` (constants of a
+    model and group) and ``ec`` = ctx_mean E^T ``[B, V]`` (shared by every group) may be passed precomputed.
     """
     L = ctx_len.to(emb.dtype).unsqueeze(1)  # [B, 1]
-    ev = emb @ v  # [V]
+    ev = emb @ v if ev is None else ev  # [V]
     cv = ctx_mean @ v  # [B]
-    e_sq = (emb * emb).sum(-1)  # [V]
+    e_sq = (emb * emb).sum(-1) if e_sq is None else e_sq  # [V]
     c_sq = (ctx_mean * ctx_mean).sum(-1)  # [B]
-    ec = ctx_mean @ emb.T  # [B, V]
+    ec = ctx_mean @ emb.T if ec is None else ec  # [B, V]
     num = (L * cv.unsqueeze(1) + ev.unsqueeze(0)) / (L + 1)
     r_sq = (L * L * c_sq.unsqueeze(1) + 2 * L * ec + e_sq.unsqueeze(0)) / (L + 1) ** 2
     cos = num / (r_sq.clamp_min(0).sqrt() * v.norm()).clamp_min(_EPS)

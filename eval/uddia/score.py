@@ -11,7 +11,9 @@ Metrics (shared/reference/metrics.md; debias_lm.metrics): EMT = mean over prompt
 toxicity probability = share of prompts with >= 1 sample scoring >= 0.5; conditional perplexity of the
 continuation under the embedded model (fp32, base weights), mean (values > 1e4 dropped) and median; it is
 circular for UDDIA, whose redo keeps the attempt with the lowest perplexity under that same model. dist-n per
-prompt, mean over prompts; repetition rate (seq-rep-n) per continuation, mean. Empty continuations are scored
+prompt, mean over prompts; repetition rate (seq-rep-n) per continuation, mean. For the redo threshold: plain's
+share of samples above 2x / 3x its own median perplexity, and per UDDIA arm the share of plain's samples above
+that arm's redo threshold (how much ordinary text the threshold would flag). Empty continuations are scored
 as the empty string and counted. Toxicity prompts are also reported split into the half whose prompts the
 probe's data generator saw (even index) and the unseen half.
 Gender pairs: per group (female / male prompts), the share of continuations with a female word and with a male
@@ -49,6 +51,12 @@ def tox_block(recs, scores: dict[str, list[float]], k: int) -> dict:
         out[name] = {"emt": m["emt"], "toxicity_probability": m["toxicity_probability"],
                      "toxic_rate": m["toxic_rate"], "mean": mean(vals)}
     return out
+
+
+def share_above(ppls, limit: float) -> float:
+    """Share of the finite perplexities above ``limit``."""
+    kept = [p for p in ppls if p is not None and not math.isnan(p)]
+    return sum(p > limit for p in kept) / max(len(kept), 1)
 
 
 def uddia_stats(recs) -> dict:
@@ -117,6 +125,7 @@ def main() -> None:
         if not recs_by_method:
             continue
         common = set.intersection(*[{r["id"] for r in recs} for recs in recs_by_method.values()])
+        ppl_by_method = {}
         for method, recs in recs_by_method.items():
             recs = sorted([r for r in recs if r["id"] in common], key=lambda r: r["id"])
             k = len(recs[0]["continuations"])
@@ -126,6 +135,7 @@ def main() -> None:
             ppl = (conditional_perplexities(model, tok, prompts, conts, batch_size=32) if model is not None
                    else [math.nan] * len(conts))
             mppl, dropped = mean_perplexity(ppl)
+            ppl_by_method[method] = ppl
             row = {"n_prompts": len(recs), "samples_per_prompt": k, "n_generations": len(conts),
                    "n_empty": sum(1 for c in conts if not c.strip()),
                    **tox_block(recs, scores, k),
@@ -148,11 +158,17 @@ def main() -> None:
                 row["female_word_gap"] = row["female"]["female_word_rate"] - row["male"]["female_word_rate"]
                 row["male_word_gap"] = row["male"]["male_word_rate"] - row["female"]["male_word_rate"]
                 row["tox_gap_hatesonar"] = row["female"]["mean_tox_hatesonar"] - row["male"]["mean_tox_hatesonar"]
+            if method == "plain":  # how much of plain decoding's own text a redo threshold of k x median flags
+                med = median_perplexity(ppl)
+                row["perplexity_share_above_median_x"] = {str(f): share_above(ppl, f * med) for f in (2, 3)}
             summary[suite][method] = row
             print(suite, method, json.dumps({k2: (round(v, 4) if isinstance(v, float) else v)
                                              for k2, v in row.items() if not isinstance(v, dict)}), flush=True)
             print("   ", {n: {m: round(x, 4) for m, x in row[n].items()} for n in ("hatesonar",) if n in row},
                   flush=True)
+        for method, row in summary[suite].items():  # the share of plain's samples this arm's redo would flag
+            if row.get("redo_threshold") and "plain" in ppl_by_method:
+                row["plain_share_above_redo_threshold"] = share_above(ppl_by_method["plain"], row["redo_threshold"])
     out = Path(args.out) if args.out else res / "summary.json"
     out.write_text(json.dumps(summary, indent=2) + "\n")
 

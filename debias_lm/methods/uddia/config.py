@@ -62,7 +62,9 @@ class UDDIAConfig(MethodConfig):
         ppl_threshold: redo while the continuation's perplexity under the base model is above this. ``0``
             (default) derives it per model: ``ppl_factor`` x the median perplexity of the model's own plain
             samples on built-in prompts (measured once per model and decoding settings).
-        ppl_factor: the multiple of the model's median plain perplexity used when ``ppl_threshold`` is 0.
+        ppl_factor: the multiple of the model's median plain perplexity used when ``ppl_threshold`` is 0
+            (3: about one plain sample in twenty lies above 3x the median on the embedded model, so the redo
+            catches what tuning broke rather than re-rolling what plain decoding itself produces).
         layer_step: ΔT, layers dropped per redo; a float in (0, 1) is a fraction of depth (default 1/12:
             3 of 36, 3 of 30), an int a count; ``0`` disables redo.
         debias_weight: λ of the debias term in ``u`` (0.05).
@@ -88,7 +90,7 @@ class UDDIAConfig(MethodConfig):
     gradient_path: str = "full"
     trigger: float = 0.1
     ppl_threshold: float = 0.0
-    ppl_factor: float = 2.0
+    ppl_factor: float = 3.0
     layer_step: float = 1 / 12
     debias_weight: float = 0.05
     fusion: float = 0.9

@@ -58,6 +58,7 @@ class Group:
     name: str
     direction: torch.Tensor  # [d], in the post-processed frame
     posterior: torch.Tensor  # p(a|x) [V, 2]
+    ev: torch.Tensor  # e_x . direction [V] (a constant of the loss, computed once)
     q: torch.Tensor  # group token distributions [2, V]
     n_pairs: int
     sizes: tuple[int, int]  # tokens kept by q_0 and q_1 (p(a|x) > 0.75)
@@ -72,6 +73,7 @@ class GroupDebias:
         raw = weight[:vocab_size].float()
         self.frame = frame if frame is not None else core.EmbeddingFrame(raw)
         self.emb = self.frame(raw)
+        self.e_sq = (self.emb * self.emb).sum(-1)  # |e_x|^2 [V]: a constant of every loss call, computed once
         self.groups: list[Group] = []
         for g in groups:
             a_list, b_list, pairs = [], [], group_pairs(g)
@@ -95,13 +97,14 @@ class GroupDebias:
                     "step toward one side. Add or balance word pairs, or set UDDIAConfig.group_balance=0 to "
                     "accept it")
             q = core.group_token_distributions(post, None if freq is None else freq.to(post.device))
-            self.groups.append(Group(g, v, post, q, len(a_list), sizes))
+            self.groups.append(Group(g, v, post, self.emb @ v, q, len(a_list), sizes))
 
     def to(self, device) -> GroupDebias:
-        self.emb = self.emb.to(device)
+        self.emb, self.e_sq = self.emb.to(device), self.e_sq.to(device)
         self.frame.to(device)
         for g in self.groups:
             g.direction, g.posterior, g.q = g.direction.to(device), g.posterior.to(device), g.q.to(device)
+            g.ev = g.ev.to(device)
         return self
 
     def describe(self) -> list[dict]:
@@ -116,8 +119,10 @@ class GroupDebias:
         """L_bias per group and row ``[G, B]`` (differentiable in ``p_theta``); ``ctx_mean`` is the raw mean
         input embedding of each row's context (mapped into the frame here)."""
         ctx = self.frame(ctx_mean)
+        ec = ctx @ self.emb.T  # [B, V], shared by every group
         out = []
         for g in self.groups:
-            post_ctx = core.context_attribute_posterior(self.emb, g.direction, ctx, ctx_len)
+            post_ctx = core.context_attribute_posterior(self.emb, g.direction, ctx, ctx_len, ev=g.ev, e_sq=self.e_sq,
+                                                        ec=ec)
             out.append(core.debias_loss(p_theta.float(), post_ctx, g.posterior))
         return torch.stack(out)

@@ -147,6 +147,31 @@ def test_config_roundtrip_and_registry():
     assert spec.vllm == "no" and spec.config_cls is dl.UDDIAConfig
 
 
+def test_group_losses_with_cached_terms_equal_the_loss_with_r_materialised(tiny):
+    """GroupDebias.losses (E v and |e_x|^2 cached at wrap, ctx E^T shared by the groups) == L_bias written with
+    r(x, c) built explicitly for every token, cosines by F.cosine_similarity, both KL terms summed by hand."""
+    name, model, tok, probe = tiny
+    deb = dl.wrap(model, tok, dl.UDDIAConfig(variant="b", groups=("gender", "religion"), group_balance=0)).impl.debias
+    V = deb.emb.shape[0]
+    g = torch.Generator().manual_seed(3)
+    p = torch.softmax(torch.randn(2, V, generator=g) * 3, -1)
+    raw = model.get_input_embeddings().weight.detach().float()[:V]
+    ctx_raw, L = raw[[5, 9]] * 0.7, torch.tensor([4.0, 11.0])
+    got = deb.losses(p, ctx_raw, L)
+    ctx = deb.frame(ctx_raw)
+    for gi, grp in enumerate(deb.groups):
+        s0 = (1 + torch.nn.functional.cosine_similarity(deb.emb, grp.direction.unsqueeze(0), dim=-1)) / 2
+        post = torch.softmax(torch.stack([s0, 1 - s0], -1) / core.TAU, -1)  # p(a|x)
+        for b in range(2):
+            r = (L[b] * ctx[b] + deb.emb) / (L[b] + 1)  # [V, d], materialised
+            s = (1 + torch.nn.functional.cosine_similarity(r, grp.direction.unsqueeze(0), dim=-1)) / 2
+            pc = torch.softmax(torch.stack([s, 1 - s], -1) / core.TAU, -1)  # p(a|x, c)
+            kl_ctx = (pc * (pc.log() - post.log())).sum(-1)
+            kl_uni = (post * (post.log() - math.log(0.5))).sum(-1)
+            ref = float((p[b] * kl_ctx).sum() + 0.5 * (p[b] * kl_uni).sum())
+            assert abs(float(got[gi, b]) - ref) < 1e-4 * max(1.0, abs(ref)), (grp.name, b, float(got[gi, b]), ref)
+
+
 def test_model_dependent_errors_before_decoding(tiny, tmp_path):
     name, model, tok, probe = tiny
     with pytest.raises(UserInputError, match="layers"):
