@@ -1,7 +1,7 @@
 """How much of a reference method's toxicity reduction other arms keep, with paired bootstrap intervals.
 
     python eval/steer/emt_share.py --plain eval/uddia/results/toxicity-plain.jsonl \
-        --reference eval/uddia/results/toxicity-t.jsonl eval/steer/results/toxicity-steer-{tox,distill,trig}?.jsonl \
+        --reference eval/uddia/measured/toxicity-t-redo2.jsonl eval/steer/results/toxicity-steer-{tox,distill,trig}?.jsonl \
         --out eval/steer/results/emt_share.json
 
 Inputs are eval/uddia/run_effect.py outputs on the same prompts. Every continuation is scored by hatesonar

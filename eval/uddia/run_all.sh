@@ -3,7 +3,7 @@
 #   toxicity: all 102 prompts x 4 samples, plain vs UDDIA-t vs UDDIA-u;
 #   gender:   all 30 pairs (60 prompts) x 4 samples, plain vs UDDIA-b vs UDDIA-u;
 # 20 new tokens, nucleus p = 0.9, the DEFAULT UDDIAConfig, then scoring (score.py) and the counted cost (cost.py).
-# Resumable: rerun the same command to continue (finished prompts are skipped). About 65 min of one unloaded CPU
+# Resumable: rerun the same command to continue (finished prompts are skipped). About 45 min of one unloaded CPU
 # core for the generations on the embedded model (fp32, one thread; summed from the batches' CPU seconds);
 # score.py compares methods on the prompts they all share, so a partial run can be scored too.
 #   LIMIT=20 PAIRS=6 bash eval/uddia/run_all.sh      # a quick subset (NOT the reported protocol)
