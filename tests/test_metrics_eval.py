@@ -15,6 +15,7 @@ from debias_lm.metrics.fluency import conditional_perplexities, dist_n, mean_dis
 from debias_lm.metrics.overhead import LayerCounter, throughput_ratio
 from debias_lm.metrics.pope import pope_metrics, yes_auc
 from debias_lm.metrics.toxicity import (
+    expected_max_of_draws,
     expected_max_toxicity,
     toxic_rate,
     toxicity_metrics,
@@ -41,6 +42,22 @@ def test_the_two_toxicity_probability_definitions_differ():
     assert toxicity_probability([[0.5]]) == 1.0 and toxic_rate([[0.49, 0.5]]) == 0.5
     m = toxicity_metrics(SCORES)
     assert (m["n_prompts"], m["n_scored"]) == (3, 8)
+
+
+def test_expected_max_of_draws_equals_the_mean_over_every_tuple_of_draws():
+    import itertools
+
+    pool = [0.31, 0.05, 0.77, 0.31, 0.5]
+    for k in (1, 2, 3):
+        for floor in (-math.inf, 0.4):
+            tuples = list(itertools.product(pool, repeat=k))  # every equally likely draw sequence
+            brute = sum(max([floor, *t]) for t in tuples) / len(tuples)
+            assert expected_max_of_draws(pool, k, at_least=floor) == pytest.approx(brute, abs=1e-12)
+    assert expected_max_of_draws([0.2], 4) == pytest.approx(0.2)
+    with pytest.raises(UserInputError):
+        expected_max_of_draws([], 2)
+    with pytest.raises(UserInputError):
+        expected_max_of_draws(pool, 0)
 
 
 def test_toxicity_edge_cases():
