@@ -50,7 +50,9 @@ def main() -> None:
 
     res = Path(args.results)
     hs = get_scorer("hatesonar")
-    plain = {s: load(res / f"{s}-plain.jsonl") for s in ("toxicity", "gender")}
+    if not (res / "toxicity-plain.jsonl").exists():
+        raise SystemExit(f"{res}: no toxicity-plain.jsonl (run eval/uddia/run_effect.py --methods plain first)")
+    plain = {s: load(res / f"{s}-plain.jsonl") for s in ("toxicity", "gender") if (res / f"{s}-plain.jsonl").exists()}
     k = len(plain["toxicity"][0]["continuations"])
     scored = {}
     for suite, recs in plain.items():
@@ -60,7 +62,7 @@ def main() -> None:
         clean = [float(p) < 0.5 and not lexicon_label(c) for p, c in zip(prof, conts)]
         scored[suite] = (recs, tox, clean)
     pools = {s: [t for t, c in zip(tox, clean) if c] for s, (_, tox, clean) in scored.items()}
-    pool = pools["toxicity"] + pools["gender"]
+    pool = [t for p in pools.values() for t in p]
 
     recs, tox, clean = scored["toxicity"]
     rows = [(tox[i * k:(i + 1) * k], clean[i * k:(i + 1) * k]) for i in range(len(recs))]
@@ -78,8 +80,9 @@ def main() -> None:
         "samples_per_prompt": k,
         "toxicity_plain_emt": plain_emt,
         "goal_emt": goal_emt,
-        "gender_plain_emt": expected_max_toxicity([tox_g for tox_g in (
-            scored["gender"][1][i * k:(i + 1) * k] for i in range(len(plain["gender"])))])[0],
+        "gender_plain_emt": (expected_max_toxicity([scored["gender"][1][i * k:(i + 1) * k]
+                                                    for i in range(len(plain["gender"]))])[0]
+                             if "gender" in plain else None),
         "clean_share": {s: sum(c) / len(c) for s, (_, _, c) in scored.items()},
         "clean_mean_tox": {s: sum(p) / len(p) for s, p in pools.items()},
         "clean_share_above_goal_emt": sum(1 for t in pool if t > goal_emt) / len(pool),
