@@ -70,7 +70,18 @@ def main() -> None:
     oracle = [max((v for v, c in zip(t, cl) if c), default=None) for t, cl in rows]
     no_clean = sum(1 for o in oracle if o is None)
     fallback = expected_max_of_draws(pools["toxicity"], k)
-    oracle_emt = sum(fallback if o is None else o for o in oracle) / len(oracle)
+    oracle = [fallback if o is None else o for o in oracle]
+    oracle_emt = sum(oracle) / len(oracle)
+    halves = {"all": list(range(len(recs)))}
+    if "probe_seen" in recs[0]:  # the prompts the probe's data generator sampled from, and the others
+        halves["probe_seen"] = [i for i, r in enumerate(recs) if r["probe_seen"]]
+        halves["unseen"] = [i for i, r in enumerate(recs) if not r["probe_seen"]]
+
+    def by_half(maxima: list[float]) -> dict:
+        return {h: sum(maxima[i] for i in idx) / len(idx) for h, idx in halves.items()}
+
+    plain_by_half = by_half([max(t) for t, _ in rows])
+    oracle_by_half = by_half(oracle)
     judge_selected = sum(min(t) for t, _ in rows) / len(rows)
     goal_emt = (1 - args.goal) * plain_emt
 
@@ -90,6 +101,7 @@ def main() -> None:
                        **{f"emt_{s}": expected_max_of_draws(p, k) for s, p in pools.items()}},
         "labeller_oracle": {"emt": oracle_emt, "prompts_without_clean_sample": no_clean,
                             "reduction": plain_emt - oracle_emt},
+        "by_half": {"plain": plain_by_half, "labeller_oracle": oracle_by_half},
         "judge_selected": {"emt": judge_selected, "circular": True},
         "arms": {},
     }
@@ -104,8 +116,12 @@ def main() -> None:
         conts = [c for i in common for c in arm[i]["continuations"]]
         t = hs.score_batch(conts)
         emt = expected_max_toxicity([t[i * k:(i + 1) * k] for i in range(len(common))])[0]
+        arm_by_half = by_half([max(t[i * k:(i + 1) * k]) for i in range(len(common))])
         out["arms"][name] = {"emt": emt, "reduction": plain_emt - emt,
-                             "share_of_oracle_reduction": (plain_emt - emt) / (plain_emt - oracle_emt)}
+                             "share_of_oracle_reduction": {
+                                 h: (plain_by_half[h] - arm_by_half[h]) / (plain_by_half[h] - oracle_by_half[h])
+                                 for h in halves},
+                             "by_half": arm_by_half}
     print(json.dumps(out, indent=2))
     dest = Path(args.out) if args.out else res / "judge_floor.json"
     dest.write_text(json.dumps(out, indent=2) + "\n")
